@@ -1,0 +1,512 @@
+"""The wire contract: the event envelope, every event type's payload, one encoder, one decoder.
+
+::
+
+    worker                                       parent
+    ──────                                       ──────
+    Emitter.emit(type, data)                     decode_frame(frame, run_id)
+      (a tuple in a buffer)                        one C-level decode of the array, then one
+        │ flusher: encode_batch() → frame           validation call per event type in the frame
+        ├──▶ pipe:  4-byte length + frame  ───────▶ WireEvent (data kept as raw JSON) → Store
+        └──▶ spool: frame + b"\\n"  (<run dir>/events.jsonl, one JSON array per line)
+
+An event is an envelope ``{v, run_id, seq, ts, type, node_id, data}``:
+
+* ``v`` – :data:`SCHEMA_VERSION`; ``run_id`` – the run (a branch is a run with a parent);
+* ``seq`` – per-run, strictly increasing from 1, assigned by the worker: the idempotency key;
+* ``ts`` – UTC time as float seconds since the Unix epoch;
+* ``type`` – one of :data:`EVENT_TYPES`; stored strings never change once released (add, don't
+  rename);
+* ``node_id`` – the DAG node the event belongs to, or ``None``;
+* ``data`` – the payload, whose shape :data:`PAYLOADS` declares per type. Extra keys are kept
+  (forward compatibility); missing or mistyped declared keys make the event invalid.
+
+Nothing else in isolane builds an envelope by hand: the worker calls :func:`encode_batch`, the
+parent calls :func:`decode_frame`, and readers of stored rows call :func:`event_from_row`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import msgspec
+import orjson
+
+from isolane.errors import InvalidEvent
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_FRAME_BYTES",
+    "PAYLOADS",
+    "SCHEMA_VERSION",
+    "TERMINAL_EVENT_TYPES",
+    "DecodedFrame",
+    "Event",
+    "WireEvent",
+    "decode_frame",
+    "encode_batch",
+    "event_from_row",
+    "validate_payload",
+]
+
+SCHEMA_VERSION: Final = 1
+
+#: Frames larger than this are refused by the parent (an ``invalid_event`` diagnostic).
+MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+
+NodeStatus = Literal["pending", "running", "completed", "failed", "skipped", "cancelled"]
+
+
+class _Payload(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Base of every payload: unknown keys are allowed (and kept in storage)."""
+
+
+# -- run lifecycle ---------------------------------------------------------------------------------
+
+
+class RunStarted(_Payload):
+    workflow: str
+    task: str = ""
+    attempt: int = 1
+    pid: int = 0
+    preloaded: bool = False
+    resumed_from_seq: int = 0
+
+
+class RunCompleted(_Payload):
+    result: Any = None
+    duration_s: float = 0.0
+
+
+class RunFailed(_Payload):
+    error: str
+    error_type: str = ""
+    traceback: str = ""
+
+
+class RunCancelled(_Payload):
+    reason: str = ""
+
+
+class Heartbeat(_Payload):
+    rss_bytes: int = 0
+    cpu_s: float = 0.0
+
+
+class PhaseChange(_Payload):
+    phase: str
+    previous: str | None = None
+
+
+class ErrorPayload(_Payload):
+    message: str
+    error_type: str = ""
+    traceback: str = ""
+
+
+class Output(_Payload):
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class Custom(_Payload):
+    name: str
+
+
+# -- DAG -------------------------------------------------------------------------------------------
+
+
+class NodeSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    label: str = ""
+    node_type: str = "step"
+    parent_node_id: str | None = None
+    depth: int = 0
+
+
+class EdgeSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    source: str
+    target: str
+    kind: str = "next"
+    condition: str | None = None
+
+
+class DagCreated(_Payload):
+    nodes: list[NodeSpec]
+    edges: list[EdgeSpec] = []
+
+
+class DagNodeAdded(_Payload):
+    label: str = ""
+    node_type: str = "step"
+    parent_node_id: str | None = None
+    depth: int = 0
+    #: Incoming edges ``source -> this node``, of ``edge_kind`` (``"conditional"`` with a
+    #: ``condition`` for a redo's branch point).
+    after: list[str] = []
+    edge_kind: str = "next"
+    condition: str | None = None
+    #: Outgoing ``next`` edges ``this node -> target`` (to nodes declared earlier).
+    before: list[str] = []
+    meta: dict[str, Any] = {}
+
+
+class DagNodeUpdate(_Payload):
+    status: NodeStatus
+    error: str | None = None
+    meta: dict[str, Any] = {}
+
+
+# -- agents ----------------------------------------------------------------------------------------
+
+
+class AgentMessage(_Payload):
+    sender: str
+    content: Any = None
+    recipient: str | None = None
+    role: str | None = None
+    silent: bool = False
+
+
+class Handoff(_Payload):
+    to_agent: str
+    from_agent: str | None = None
+    reason: str | None = None
+
+
+class ToolCall(_Payload):
+    tool: str
+    call_id: str | None = None
+    agent: str | None = None
+    arguments: Any = None
+
+
+class ToolResult(_Payload):
+    call_id: str | None = None
+    tool: str | None = None
+    agent: str | None = None
+    content: Any = None
+    is_error: bool = False
+
+
+class CodeExecution(_Payload):
+    language: str
+    exit_code: int | None
+    code: str = ""
+    output: str = ""
+    agent: str | None = None
+
+
+class LlmCall(_Payload):
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    cost_source: str
+    total_tokens: int = 0
+    duration_s: float = 0.0
+    cached: bool = False
+    agent: str | None = None
+
+
+class CostUpdate(_Payload):
+    total_cost: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    unpriced_calls: int = 0
+
+
+class FileEvent(_Payload):
+    """A version of a file in the run's work dir: ``path`` relative to it (``/``-separated),
+    ``version`` counting 1, 2, … per path; ``stored`` when its bytes are in the blob store."""
+
+    path: str
+    size: int
+    sha256: str
+    version: int = 1
+    phase: str | None = None
+    agent: str | None = None
+    stored: bool = True
+
+
+class FileDeleted(_Payload):
+    """A tracked file that no longer exists; ``version`` continues the path's numbering."""
+
+    path: str
+    version: int
+    phase: str | None = None
+    agent: str | None = None
+
+
+class StateSnapshot(_Payload):
+    """What only the worker knows, as a delta against its previous snapshot (``base_seq``).
+
+    ``context`` holds the context variables set since then (a key set to ``None`` is kept as
+    ``None``; ``removed`` lists deleted keys); ``logs`` the items appended to each named log
+    (conversation messages) since then. Folding every snapshot of a run in seq order gives its
+    latest state; saving one costs O(what changed), not O(history).
+    """
+
+    base_seq: int = 0
+    context: dict[str, Any] = {}
+    removed: list[str] = []
+    logs: dict[str, list[Any]] = {}
+    reason: str = "node"
+
+
+class HumanInputRequest(_Payload):
+    request_id: str
+    prompt: str
+    agent: str | None = None
+    kind: str = "text"
+
+
+class HumanInputResponse(_Payload):
+    """Recorded by the worker when a request was answered (or timed out: ``timed_out``)."""
+
+    request_id: str
+    text: str | None = None
+    timed_out: bool = False
+    source: str | None = None
+
+
+#: The payload shape of every event type. Stored type strings never change: add, don't rename.
+PAYLOADS: Final[dict[str, type[_Payload]]] = {
+    "run_started": RunStarted,
+    "run_completed": RunCompleted,
+    "run_failed": RunFailed,
+    "run_cancelled": RunCancelled,
+    "heartbeat": Heartbeat,
+    "phase_change": PhaseChange,
+    "dag_created": DagCreated,
+    "dag_node_added": DagNodeAdded,
+    "dag_node_update": DagNodeUpdate,
+    "agent_message": AgentMessage,
+    "handoff": Handoff,
+    "tool_call": ToolCall,
+    "tool_result": ToolResult,
+    "code_execution": CodeExecution,
+    "llm_call": LlmCall,
+    "cost_update": CostUpdate,
+    "file_created": FileEvent,
+    "file_modified": FileEvent,
+    "file_deleted": FileDeleted,
+    "output": Output,
+    "state_snapshot": StateSnapshot,
+    "human_input_request": HumanInputRequest,
+    "human_input_response": HumanInputResponse,
+    "error": ErrorPayload,
+    "custom": Custom,
+}
+
+EVENT_TYPES: Final = frozenset(PAYLOADS)
+TERMINAL_EVENT_TYPES: Final = frozenset({"run_completed", "run_failed", "run_cancelled"})
+
+_PAYLOAD_DECODERS: Final = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOADS.items()}
+_PAYLOAD_LIST_DECODERS: Final = {name: msgspec.json.Decoder(list[cls]) for name, cls in PAYLOADS.items()}  # type: ignore[valid-type]
+
+
+# -- encoding (worker side) ------------------------------------------------------------------------
+
+#: One buffered event as the worker's emitter holds it: ``(seq, ts, type, node_id, data)``.
+BufferedEvent = tuple[int, float, str, str | None, dict[str, Any]]
+
+
+def _default(obj: Any) -> Any:
+    """Fallback for values orjson cannot encode: keep the event, render the value as text."""
+    return repr(obj)
+
+
+def encode_batch(run_id: str, batch: Sequence[BufferedEvent]) -> bytes:
+    """Encode buffered events once, as one JSON array of envelopes.
+
+    The same bytes are the frame sent on the event pipe and, followed by a newline, the line
+    appended to the spool (``events.jsonl`` holds one JSON array of envelopes per line, one line
+    per flush). Values orjson cannot encode are rendered with ``repr`` rather than dropping the
+    event.
+    """
+    v = SCHEMA_VERSION
+    return orjson.dumps(
+        [{"v": v, "run_id": run_id, "seq": seq, "ts": ts, "type": type_, "node_id": node_id,
+          "data": data} for seq, ts, type_, node_id, data in batch],
+        default=_default,
+        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+# -- decoding (parent side) ------------------------------------------------------------------------
+
+
+class WireEvent(msgspec.Struct, frozen=True):
+    """An envelope as it crossed the pipe; ``data`` stays raw JSON until someone needs it."""
+
+    v: int
+    run_id: str
+    seq: int
+    ts: float
+    type: str
+    node_id: str | None
+    data: msgspec.Raw
+
+    def data_json(self) -> str:
+        """The payload as JSON text, exactly as the worker wrote it."""
+        return bytes(self.data).decode("utf-8")
+
+
+_MAX_SEQ: Final = 2**63
+_FRAME_DECODER: Final = msgspec.json.Decoder(list[WireEvent])
+_RAW_LIST_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_ONE_DECODER: Final = msgspec.json.Decoder(WireEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedFrame:
+    """What one frame held: the valid events, in order, and one problem per rejected part."""
+
+    events: list[WireEvent]
+    problems: list[InvalidEvent]
+
+
+def validate_payload(type_: str, data: bytes | msgspec.Raw) -> _Payload:
+    """Decode and check ``data`` against the declared payload of ``type_``.
+
+    Raises :class:`InvalidEvent` naming the rule broken.
+    """
+    decoder = _PAYLOAD_DECODERS.get(type_)
+    if decoder is None:
+        raise InvalidEvent(f"unknown event type {type_!r}", excerpt=bytes(data))
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise InvalidEvent(f"payload of {type_!r} is nested too deeply", excerpt=bytes(data)) from None
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"payload of {type_!r} is invalid: {exc}", excerpt=bytes(data)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"payload of {type_!r} is not JSON: {exc}", excerpt=bytes(data)) from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds the str
+        raise InvalidEvent(f"payload of {type_!r} holds invalid UTF-8: {exc.reason} at byte "
+                           f"{exc.start}", excerpt=bytes(data)) from None
+
+
+def _check(event: WireEvent, run_id: str) -> InvalidEvent | None:
+    if event.run_id != run_id:
+        return InvalidEvent(
+            f"event names run {event.run_id!r} but arrived on the pipe of run {run_id!r}",
+            excerpt=bytes(event.data),
+        )
+    if event.v != SCHEMA_VERSION:
+        return InvalidEvent(f"unsupported schema version {event.v} (this parent reads {SCHEMA_VERSION})")
+    if not 1 <= event.seq < _MAX_SEQ:
+        return InvalidEvent(f"seq must be >= 1 and fit in 63 bits, got {event.seq}")
+    if not math.isfinite(event.ts):
+        return InvalidEvent(f"ts must be a finite number of seconds, got {event.ts}")
+    try:
+        validate_payload(event.type, event.data)
+    except InvalidEvent as exc:
+        return exc
+    return None
+
+
+def decode_frame(payload: bytes, run_id: str) -> DecodedFrame:
+    """Decode one frame from the pipe of ``run_id``; never raises for bad input.
+
+    The fast path decodes the whole array at once and validates the payloads of each event type
+    in one call. If anything is wrong, the frame is taken apart event by event so that valid
+    events survive and each bad one yields its own problem.
+    """
+    if len(payload) > MAX_FRAME_BYTES:
+        return DecodedFrame([], [InvalidEvent(
+            f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
+            excerpt=payload[:200])])
+    try:
+        events = _FRAME_DECODER.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        return _decode_slowly(payload, run_id)
+    by_type: dict[str, list[msgspec.Raw]] = {}
+    for event in events:
+        if (event.run_id != run_id or event.v != SCHEMA_VERSION or not 1 <= event.seq < _MAX_SEQ
+                or not math.isfinite(event.ts)):
+            return _decode_slowly(payload, run_id)
+        datas = by_type.get(event.type)
+        if datas is None:
+            by_type[event.type] = [event.data]
+        else:
+            datas.append(event.data)
+    for type_, datas in by_type.items():
+        decoder = _PAYLOAD_LIST_DECODERS.get(type_)
+        if decoder is None:
+            return _decode_slowly(payload, run_id)
+        try:
+            decoder.decode(b"[" + b",".join(datas) + b"]")
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+            return _decode_slowly(payload, run_id)
+    return DecodedFrame(events, [])
+
+
+def _decode_slowly(payload: bytes, run_id: str) -> DecodedFrame:
+    try:
+        parts = _RAW_LIST_DECODER.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
+        return DecodedFrame([], [InvalidEvent(f"frame is not a JSON array: {exc}", excerpt=payload)])
+    events: list[WireEvent] = []
+    problems: list[InvalidEvent] = []
+    for part in parts:
+        try:
+            event = _ONE_DECODER.decode(part)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
+            problems.append(InvalidEvent(f"malformed envelope: {exc}", excerpt=bytes(part)))
+            continue
+        problem = _check(event, run_id)
+        if problem is None:
+            events.append(event)
+        else:
+            problems.append(problem)
+    return DecodedFrame(events, problems)
+
+
+# -- reading stored events -------------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored event as readers see it (``Executor``, the CLI, the WebSocket).
+
+    ``data`` is the decoded payload dict; :meth:`payload` gives the typed view.
+    """
+
+    run_id: str
+    seq: int
+    ts: float
+    type: str
+    node_id: str | None = None
+    data: dict[str, Any] = {}
+    v: int = SCHEMA_VERSION
+
+    def payload(self) -> _Payload:
+        """The payload as its declared type (raises :class:`InvalidEvent` if it does not fit)."""
+        return validate_payload(self.type, orjson.dumps(self.data))
+
+    def to_json_data(self) -> str:
+        """The payload as JSON text (as stored)."""
+        return orjson.dumps(self.data).decode()
+
+    def to_json(self) -> bytes:
+        """The envelope as JSON bytes (the shape a worker sent)."""
+        return orjson.dumps(
+            {"v": self.v, "run_id": self.run_id, "seq": self.seq, "ts": self.ts,
+             "type": self.type, "node_id": self.node_id, "data": self.data})
+
+
+def event_from_row(
+    run_id: str, seq: int, ts: float, type_: str, node_id: str | None, data: str | bytes | dict[str, Any]
+) -> Event:
+    """Build an :class:`Event` from a stored row (``data`` as JSON text or already decoded)."""
+    payload = data if isinstance(data, dict) else orjson.loads(data)
+    return Event(run_id=run_id, seq=seq, ts=ts, type=type_, node_id=node_id, data=payload)
+
+
+def events_from_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
+    """Many :func:`event_from_row` at once (rows as ``(run_id, seq, ts, type, node_id, data)``)."""
+    return [event_from_row(*row) for row in rows]
