@@ -1,0 +1,106 @@
+"""Connecting: from a URL to a migrated engine, and transactions that fail in isolane's terms.
+
+::
+
+    url ─resolve_url─▶ URL ─BACKENDS[name]─▶ Backend
+        ─create_location─▶ (SQLite: the file's directory)
+        ─create_engine + Backend.prepare─▶ Engine
+        ─write transaction + Backend.lock_migrations─▶ Alembic upgrade to head ─▶ commit
+
+Every driver failure met here becomes :class:`StoreUnavailable` (or :class:`ConfigError` for a
+URL that cannot be used) with the driver's one-line reason, the password masked and what to do
+next; the SQLAlchemy traceback only goes to the debug log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from isolane.errors import StoreUnavailable
+from isolane.tracking._dialects import BACKENDS, WRITE_OPTION, Backend
+from isolane.tracking._migrate import upgrade
+from isolane.tracking.urls import ENV_URL, display_url, resolve_url
+
+__all__ = ["open_engine", "transaction"]
+
+logger = logging.getLogger(__name__)
+
+
+def _json_dumps(value: Any) -> str:
+    # Same fallback as the wire encoder: keep the row, render an odd value as its repr.
+    return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _json_loads(value: Any) -> Any:
+    # SQLite hands a JSON column's number back as a number (NUMERIC affinity), not as text.
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _reason(exc: DBAPIError, url: URL) -> str:
+    """The driver's own first line, with the password (if any) masked."""
+    text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return text.replace(url.password, "***") if url.password else text
+
+
+def open_engine(url: str | URL | None, *, home: Path | str | None) -> tuple[Engine, Backend]:
+    """Resolve ``url`` (see :func:`resolve_url`), connect, and migrate the database to head."""
+    target = resolve_url(url, home=home)
+    backend = BACKENDS[target.get_backend_name()]
+    backend.create_location(target)
+    engine = create_engine(target, json_serializer=_json_dumps, json_deserializer=_json_loads,
+                           **backend.engine_options(target))
+    backend.prepare(engine)
+    try:
+        # Any driver error while opening means the store cannot be used (e.g. "file is not a
+        # database", permission denied to create tables), not only a lost connection.
+        with transaction(engine, write=True, action="open", failures=(DBAPIError,)) as conn:
+            backend.lock_migrations(conn)
+            upgrade(conn)
+    except CommandError as exc:
+        engine.dispose()
+        raise StoreUnavailable(
+            f"cannot migrate the database at {display_url(target)}: {exc}; it was probably "
+            "written by a newer isolane: upgrade isolane") from None
+    except BaseException:
+        engine.dispose()
+        raise
+    logger.debug("store open at %s", display_url(target))
+    return engine, backend
+
+
+#: Driver errors that mean "the database cannot be reached" once the store is open; others
+#: (integrity, programming errors) are bugs and propagate as they are.
+_UNREACHABLE: tuple[type[DBAPIError], ...] = (OperationalError, InterfaceError)
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool, action: str = "use",
+                failures: tuple[type[DBAPIError], ...] = _UNREACHABLE) -> Iterator[Connection]:
+    """A connection in a transaction, committed when the block ends without an exception.
+
+    ``write=True`` marks the connection as a writer (SQLite then takes the write lock at
+    ``BEGIN``). A driver error of ``failures`` raises :class:`StoreUnavailable` saying what to
+    check.
+    """
+    try:
+        with engine.connect() as conn:
+            if write:
+                conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+    except failures as exc:
+        url = engine.url
+        logger.debug("cannot %s the database at %s", action, display_url(url), exc_info=True)
+        raise StoreUnavailable(
+            f"cannot {action} the database at {display_url(url)}: {_reason(exc, url)}; check that "
+            f"it is running and reachable and that the URL (--db / ${ENV_URL}) is right") from None

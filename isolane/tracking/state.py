@@ -1,0 +1,52 @@
+"""The latest consistent state of a run, rebuilt from the store for a resume (or a branch).
+
+The worker saves only what it alone knows, as ``state_snapshot`` deltas; everything else (which
+nodes completed and with what result, the phase, the last ``seq``) is already in the event log
+and its projections. :func:`resume_state` puts the two together in the shape the worker's
+:class:`~isolane.executor.state.ResumeInfo` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from isolane.tracking.store import Store
+from isolane.tracking.workspace import file_baseline
+
+__all__ = ["fold_snapshots", "resume_state"]
+
+
+def fold_snapshots(snapshots: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Fold ``(seq, state_snapshot payload)`` pairs, in seq order, into the latest state."""
+    context: dict[str, Any] = {}
+    logs: dict[str, list[Any]] = {}
+    last = 0
+    for seq, data in snapshots:
+        context.update(data.get("context", {}))
+        for key in data.get("removed", ()):
+            context.pop(key, None)
+        for key, items in data.get("logs", {}).items():
+            logs.setdefault(key, []).extend(items)
+        last = seq
+    return {"context": context, "logs": logs, "snapshot_seq": last}
+
+
+def resume_state(store: Store, run_id: str, *, upto_seq: int | None = None) -> dict[str, Any]:
+    """The state a new worker of ``run_id`` starts from (events after ``upto_seq`` ignored)."""
+    row = store.get_run(run_id)
+    nodes, _ = store.dag(row.id)
+    snapshots = store.events(row.id, types=["state_snapshot"])
+    if upto_seq is not None:
+        snapshots = [e for e in snapshots if e.seq <= upto_seq]
+    folded = fold_snapshots((e.seq, e.data) for e in snapshots)
+    _, _, high = store.seq_stats(row.id)
+    return {
+        "completed": {n.node_id: n.meta.get("result") for n in nodes if n.status == "completed"},
+        "nodes": {n.node_id: n.parent_node_id for n in nodes},
+        "phase": row.phase,
+        "last_seq": high or 0,
+        # The files earlier workers reported: a new worker continues their versions.
+        "files": file_baseline(store, row.id, upto_seq=upto_seq),
+        **folded,
+    }

@@ -1,0 +1,417 @@
+"""The store: every read and write of isolane's database, behind one narrow class.
+
+::
+
+    Executor / CLI ──Store.open(url)──▶ resolve URL ─▶ engine (backend by dialect name)
+                                         └─▶ migrate to head (under the migration lock)
+    StoreWriter (one thread) ──write_batch(events, diagnostics, run_updates)──▶ ONE transaction:
+         runs (lock + last_seq) → events (executemany, duplicates ignored)
+         → projections (dag, phase, llm_calls, files) → diagnostics → run updates
+    readers (any thread) ──get_run / list_runs / events / dag / …──▶ frozen rows
+
+Threading: one writer thread plus any number of reader threads may share a :class:`Store`; each
+call checks a connection out of the engine's pool for its own duration. Times are float epoch
+seconds (UTC), like the wire ``ts``. Connection-level failures raise :class:`StoreUnavailable`
+(retry later; the events are safe in the run's spool), never a raw driver error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from operator import itemgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
+from sqlalchemy.engine import URL
+
+from isolane.errors import ConfigError, RunNotFound
+from isolane.schemas.events import Event, event_from_row
+from isolane.tracking._dialects import Backend, EventTuple
+from isolane.tracking._engine import open_engine, transaction
+from isolane.tracking.models import (
+    RUN_STATUSES,
+    DagEdgeRecord,
+    DagNodeRecord,
+    DiagnosticRecord,
+    EventRecord,
+    FileRecord,
+    LlmCallRecord,
+    RunRecord,
+    SessionRecord,
+    table_of,
+)
+from isolane.tracking.projections import (
+    ProjectionContext,
+    apply_projections,
+    to_project,
+)
+from isolane.tracking.rows import (
+    EXCERPT_LIMIT,
+    DagEdgeRow,
+    DagNodeRow,
+    DiagnosticRow,
+    FileRow,
+    LlmCallRow,
+    RunRow,
+    columns_of,
+)
+from isolane.tracking.urls import display_url
+
+__all__ = ["MIN_PREFIX", "UNFINISHED_STATUSES", "EventTuple", "Store"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: A run id prefix must have at least this many characters to be looked up.
+MIN_PREFIX: Final = 4
+#: Statuses of a run that has not reached an outcome (what recovery looks at).
+UNFINISHED_STATUSES: Final = ("queued", "starting", "running")
+
+_RUNS: Final = table_of(RunRecord)
+_EVENTS: Final = table_of(EventRecord)
+_SESSIONS: Final = table_of(SessionRecord)
+_DIAGNOSTICS: Final = table_of(DiagnosticRecord)
+_NODES: Final = table_of(DagNodeRecord)
+_EDGES: Final = table_of(DagEdgeRecord)
+_LLM_CALLS: Final = table_of(LlmCallRecord)
+_FILES: Final = table_of(FileRecord)
+
+_RUN_COLUMNS: Final = tuple(_RUNS.c[name] for name in columns_of(RunRow))
+#: Run fields callers may set; ``last_seq`` is kept by write_batch (the projections rely on it).
+_UPDATABLE: Final = frozenset(c.name for c in _RUNS.c) - {"id", "last_seq"}
+_EVENT_READ: Final = (_EVENTS.c.run_id, _EVENTS.c.seq, _EVENTS.c.ts, _EVENTS.c.type,
+                      _EVENTS.c.node_id, _EVENTS.c.data)
+_DIAGNOSTIC_FIELDS: Final = ("run_id", "ts", "kind", "reason", "excerpt")
+# Built once: the hot path should not pay for constructing statements.
+# FOR UPDATE: a second writer of the same run (PostgreSQL) waits for this one to commit.
+_LOCK_RUNS: Final = select(_RUNS.c.id, _RUNS.c.last_seq).where(
+    _RUNS.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_RAISE_LAST_SEQ: Final = update(_RUNS).where(
+    _RUNS.c.id == bindparam("run"), _RUNS.c.last_seq < bindparam("top")).values(
+    last_seq=bindparam("top"))
+
+
+class Store:
+    """isolane's database: runs, their event log and what is derived from it.
+
+    Open with :meth:`Store.open`; the constructor takes an engine already migrated by it.
+    """
+
+    def __init__(self, engine: Engine, backend: Backend) -> None:
+        self._engine = engine
+        self._backend = backend
+        self.url: Final = display_url(engine.url)
+        """The database URL with its password masked."""
+        self.dialect: Final = backend.name
+        """The backend's dialect name: ``"sqlite"`` or ``"postgresql"``."""
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | URL | None = None, *, home: Path | str | None = None) -> Store:
+        """Open (and migrate to the newest schema) the database at ``url``.
+
+        ``url`` defaults to ``$ISOLANE_DB_URL``, else ``sqlite:///<home>/isolane.db`` with
+        ``home`` defaulting to ``./.isolane``; a SQLite file's directory is created if missing.
+        Safe when several processes open the same fresh database at once.
+
+        Raises :class:`ConfigError` for a malformed or unsupported URL and
+        :class:`StoreUnavailable` when the database cannot be reached or migrated.
+        """
+        return cls(*open_engine(url, home=home))
+
+    def close(self) -> None:
+        """Close every pooled connection; the store must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, write=write, action="write to" if write else "read")
+
+    # -- runs --------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        task: str = "",
+        config: Mapping[str, Any] | None = None,
+        status: str = "queued",
+        work_dir: str = "",
+        name: str | None = None,
+        session_id: str | None = None,
+        parent_run_id: str | None = None,
+        branch_point_node: str | None = None,
+        attempt: int = 1,
+        meta: Mapping[str, Any] | None = None,
+        created_at: float | None = None,
+    ) -> RunRow:
+        """Record a new run and return it.
+
+        A ``session_id`` not seen before creates that session. Raises :class:`ConfigError` for
+        a duplicate ``run_id`` or an unknown status, :class:`RunNotFound` for an unknown
+        ``parent_run_id``.
+        """
+        _check_status(status)
+        row = RunRow(
+            id=run_id, workflow=workflow, task=task, config=dict(config or {}), status=status,
+            created_at=time.time() if created_at is None else created_at, work_dir=work_dir,
+            last_seq=0, attempt=attempt, meta=dict(meta or {}), session_id=session_id,
+            parent_run_id=parent_run_id, branch_point_node=branch_point_node, name=name)
+        with self._transaction(write=True) as conn:
+            insert_run(conn, self._backend, row)
+        return row
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set the given columns of a run (``status="running"``, ``started_at=…``).
+
+        Raises :class:`ConfigError` for an unknown field name (or ``id``/``last_seq``, which
+        are not caller-settable) or status, :class:`RunNotFound` for an unknown run.
+        """
+        _check_fields(fields)
+        with self._transaction(write=True) as conn:
+            _update_run(conn, run_id, fields)
+
+    def get_run(self, run_id_or_prefix: str) -> RunRow:
+        """The run with this exact id, else the one run whose id starts with it.
+
+        A prefix needs at least :data:`MIN_PREFIX` characters. Raises :class:`RunNotFound` when
+        nothing matches and :class:`ConfigError` listing the candidates when several do.
+        """
+        key = run_id_or_prefix.strip()
+        with self._transaction(write=False) as conn:
+            found = conn.execute(select(*_RUN_COLUMNS).where(_RUNS.c.id == key)).first()
+            if found is not None:
+                return RunRow(**found._mapping)
+            if len(key) < MIN_PREFIX:
+                raise RunNotFound(key, hint=f"give the full id or at least {MIN_PREFIX} characters")
+            # LIKE is case-insensitive on SQLite: filter exactly in Python.
+            rows = [row for row in conn.execute(
+                select(*_RUN_COLUMNS).where(_RUNS.c.id.startswith(key, autoescape=True))
+                .order_by(_RUNS.c.id).limit(50)) if row.id.startswith(key)]
+        if not rows:
+            raise RunNotFound(key)
+        if len(rows) > 1:
+            shown = ", ".join(row.id for row in rows[:10]) + (", …" if len(rows) > 10 else "")
+            raise ConfigError(
+                f"run id prefix {key!r} is ambiguous: it matches {shown}; give more characters")
+        return RunRow(**rows[0]._mapping)
+
+    def list_runs(self, *, limit: int = 50, status: str | Sequence[str] | None = None,
+                  parent_run_id: str | None = None) -> list[RunRow]:
+        """Runs, newest first; optionally only those with ``status`` (one or several) or the
+        children of ``parent_run_id``."""
+        stmt = select(*_RUN_COLUMNS).order_by(_RUNS.c.created_at.desc(), _RUNS.c.id.desc())
+        if status is not None:
+            stmt = stmt.where(_RUNS.c.status.in_([status] if isinstance(status, str) else status))
+        if parent_run_id is not None:
+            stmt = stmt.where(_RUNS.c.parent_run_id == parent_run_id)
+        return self._rows(stmt.limit(limit), RunRow)
+
+    def unfinished_runs(self) -> list[RunRow]:
+        """Runs still queued, starting or running, oldest first (what recovery inspects)."""
+        stmt = select(*_RUN_COLUMNS).where(_RUNS.c.status.in_(UNFINISHED_STATUSES)).order_by(
+            _RUNS.c.created_at, _RUNS.c.id)
+        return self._rows(stmt, RunRow)
+
+    # -- the hot path ------------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        *,
+        events: Sequence[EventTuple] = (),
+        diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
+        run_updates: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Store events, diagnostics and run changes in ONE transaction; return new event rows.
+
+        ``events`` are ``(run_id, seq, ts, type, node_id, data_json_text)``; a ``(run_id, seq)``
+        already stored (or repeated in the batch) is skipped, so a batch can be written again
+        harmlessly. Events new to the database are projected (see
+        :mod:`isolane.tracking.projections`); each run's ``last_seq`` rises to the largest seq
+        written. Diagnostics are ``DiagnosticRow`` or ``(run_id, ts, kind, reason, excerpt)``.
+        ``run_updates`` maps a run id to columns to set, as :meth:`update_run`.
+
+        Raises :class:`RunNotFound` (nothing written) when an event or update names an unknown
+        run, :class:`StoreUnavailable` when the database cannot be reached.
+        """
+        updates = run_updates or {}
+        for fields in updates.values():
+            _check_fields(fields)
+        if not events and not diagnostics and not updates:
+            return 0
+        with self._transaction(write=True) as conn:
+            return write_in(conn, self._backend, events=events, diagnostics=diagnostics,
+                            run_updates=updates)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None,
+               types: Sequence[str] | None = None) -> list[Event]:
+        """The run's events with ``seq > after_seq``, in seq order (at most ``limit``)."""
+        stmt = select(*_EVENT_READ).where(_EVENTS.c.run_id == run_id, _EVENTS.c.seq > after_seq)
+        if types is not None:
+            stmt = stmt.where(_EVENTS.c.type.in_(types))
+        stmt = stmt.order_by(_EVENTS.c.seq).limit(limit)
+        with self._transaction(write=False) as conn:
+            return [event_from_row(*row) for row in conn.execute(stmt)]
+
+    def count_events(self, run_id: str, *, types: Sequence[str] | None = None) -> int:
+        """How many events of the run are stored (only of ``types`` when given)."""
+        stmt = select(func.count()).select_from(_EVENTS).where(_EVENTS.c.run_id == run_id)
+        if types is not None:
+            stmt = stmt.where(_EVENTS.c.type.in_(types))
+        with self._transaction(write=False) as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def seq_stats(self, run_id: str) -> tuple[int, int | None, int | None]:
+        """``(count, min seq, max seq)`` of the run's stored events (``(0, None, None)`` if none);
+        ``count == max - min + 1`` means no gap."""
+        stmt = select(func.count(), func.min(_EVENTS.c.seq), func.max(_EVENTS.c.seq)).where(
+            _EVENTS.c.run_id == run_id)
+        with self._transaction(write=False) as conn:
+            count, low, high = conn.execute(stmt).one()
+        return int(count), low, high
+
+    def dag(self, run_id: str) -> tuple[list[DagNodeRow], list[DagEdgeRow]]:
+        """The run's DAG: nodes in the order they were added, edges in insertion order."""
+        nodes = self._rows(select(*(_NODES.c[n] for n in columns_of(DagNodeRow)))
+                           .where(_NODES.c.run_id == run_id)
+                           .order_by(_NODES.c.position, _NODES.c.id), DagNodeRow)
+        edges = self._rows(select(*(_EDGES.c[n] for n in columns_of(DagEdgeRow)))
+                           .where(_EDGES.c.run_id == run_id).order_by(_EDGES.c.id), DagEdgeRow)
+        return nodes, edges
+
+    def diagnostics(self, run_id: str | None = None) -> list[DiagnosticRow]:
+        """Recorded diagnostics, oldest first; only the run's when ``run_id`` is given."""
+        stmt = select(*(_DIAGNOSTICS.c[n] for n in columns_of(DiagnosticRow))).order_by(
+            _DIAGNOSTICS.c.id)
+        if run_id is not None:
+            stmt = stmt.where(_DIAGNOSTICS.c.run_id == run_id)
+        return self._rows(stmt, DiagnosticRow)
+
+    def llm_calls(self, run_id: str) -> list[LlmCallRow]:
+        """The run's LLM calls in seq order."""
+        stmt = select(*(_LLM_CALLS.c[n] for n in columns_of(LlmCallRow))).where(
+            _LLM_CALLS.c.run_id == run_id).order_by(_LLM_CALLS.c.seq)
+        return self._rows(stmt, LlmCallRow)
+
+    def files(self, run_id: str) -> list[FileRow]:
+        """The run's file versions in seq order."""
+        stmt = select(*(_FILES.c[n] for n in columns_of(FileRow))).where(
+            _FILES.c.run_id == run_id).order_by(_FILES.c.seq)
+        return self._rows(stmt, FileRow)
+
+    def _rows(self, stmt: Select[Any], row_type: type[R]) -> list[R]:
+        with self._transaction(write=False) as conn:
+            return [row_type(**row._mapping) for row in conn.execute(stmt)]
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def insert_run(conn: Connection, backend: Backend, row: RunRow) -> None:
+    """Insert ``row`` inside the caller's transaction (see :meth:`Store.create_run`)."""
+    if conn.execute(select(_RUNS.c.id).where(_RUNS.c.id == row.id)).first() is not None:
+        raise ConfigError(f"a run with id {row.id!r} already exists; run ids are unique")
+    if row.parent_run_id is not None and conn.execute(
+            select(_RUNS.c.id).where(_RUNS.c.id == row.parent_run_id)).first() is None:
+        raise RunNotFound(row.parent_run_id, hint="the parent of a branch must be stored first")
+    if row.session_id is not None:
+        conn.execute(backend.insert_ignore(_SESSIONS, ("id",)),
+                     {"id": row.session_id, "name": None, "created_at": row.created_at, "meta": {}})
+    conn.execute(_RUNS.insert().values({c.name: getattr(row, c.name) for c in _RUN_COLUMNS}))
+
+
+def write_in(
+    conn: Connection,
+    backend: Backend,
+    *,
+    events: Sequence[EventTuple] = (),
+    diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
+    run_updates: Mapping[str, Mapping[str, Any]] | None = None,
+) -> int:
+    """The body of :meth:`Store.write_batch`, inside the caller's transaction."""
+    top_seq = _top_seq_per_run(events)
+    problems = [_diagnostic_params(d) for d in diagnostics]
+    inserted = 0
+    if top_seq:
+        stored_before = dict(conn.execute(_LOCK_RUNS, {"ids": list(top_seq)}).all())
+        missing = top_seq.keys() - stored_before.keys()
+        if missing:
+            raise RunNotFound(min(missing), hint="create the run before writing its events")
+        fresh = to_project(conn, events, stored_before)  # asked before inserting
+        inserted = backend.insert_events(conn, events)
+        conn.execute(_RAISE_LAST_SEQ,
+                     [{"run": run_id, "top": seq} for run_id, seq in top_seq.items()])
+        if fresh:
+            ctx = ProjectionContext(conn, backend, stored_before)
+            apply_projections(ctx, fresh)
+            problems += map(_diagnostic_params, ctx.diagnostics)
+    if problems:
+        conn.execute(_DIAGNOSTICS.insert(), problems)
+    for run_id, fields in (run_updates or {}).items():
+        if fields:
+            _update_run(conn, run_id, fields)
+    return inserted
+
+
+def _check_status(status: str) -> None:
+    if status not in RUN_STATUSES:
+        raise ConfigError(f"unknown run status {status!r}; one of {', '.join(sorted(RUN_STATUSES))}")
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    unknown = fields.keys() - _UPDATABLE
+    if unknown:
+        raise ConfigError(
+            f"cannot set run field(s) {', '.join(sorted(unknown))}; settable fields: "
+            f"{', '.join(sorted(_UPDATABLE))}")
+    if "status" in fields:
+        _check_status(fields["status"])
+
+
+def _update_run(conn: Connection, run_id: str, fields: Mapping[str, Any]) -> None:
+    if conn.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(dict(fields))).rowcount == 0:
+        raise RunNotFound(run_id)
+
+
+def _top_seq_per_run(events: Sequence[EventTuple]) -> dict[str, int]:
+    if not events:
+        return {}
+    run_ids = set(map(itemgetter(0), events))
+    if len(run_ids) == 1:  # the common case: one run's batch
+        return {run_ids.pop(): max(map(itemgetter(1), events))}
+    top: dict[str, int] = {}
+    for run_id, seq, *_ in events:
+        if seq > top.get(run_id, 0):
+            top[run_id] = seq
+    return top
+
+
+def _diagnostic_params(diagnostic: DiagnosticRow | tuple[str | None, float, str, str, str]
+                       ) -> dict[str, Any]:
+    if isinstance(diagnostic, DiagnosticRow):
+        values: tuple[Any, ...] = (diagnostic.run_id, diagnostic.ts, diagnostic.kind,
+                                   diagnostic.reason, diagnostic.excerpt)
+    else:
+        values = tuple(diagnostic)
+    params = dict(zip(_DIAGNOSTIC_FIELDS, values, strict=True))
+    params["excerpt"] = (params["excerpt"] or "")[:EXCERPT_LIMIT]
+    return params
