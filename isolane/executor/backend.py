@@ -1,0 +1,127 @@
+"""The worker backend interface: where a run's worker process lives and how the parent reaches it.
+
+::
+
+    Executor ──create_backend(name)──▶ BACKENDS[name](...) ──▶ WorkerBackend
+                                          "local": multiprocess forkserver on this machine
+                                          "ray":   one Ray async actor per run (lazy import)
+    WorkerBackend.launch(spec) ──▶ WorkerHandle
+        frames()         worker → parent: batches of raw frames (bytes only), in write order
+        wait()           how the worker ended: exit code and, when the backend knows it, a cause
+        request_cancel() cooperative stop (control message)          parent → worker
+        send_control()   any control message (human answers)          parent → worker
+        kill_tree()      forced: the worker and everything it started
+        aclose()         release what the handle holds (after the end)
+
+:class:`~isolane.executor.monitor.RunMonitor` is the only user of a handle: it runs ``wait()`` in
+one task and iterates ``frames()`` in another, decodes and validates every frame itself (a
+backend never interprets what a worker sent), and decides the run's status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+
+from isolane.errors import ConfigError
+
+if TYPE_CHECKING:
+    from isolane.executor.channel import ReadResult
+    from isolane.executor.worker import WorkerSpec
+
+__all__ = ["BACKENDS", "BackendFactory", "WorkerBackend", "WorkerExit", "WorkerHandle",
+           "create_backend"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExit:
+    """How a worker process ended, as its backend saw it."""
+
+    #: The process's exit code (negative: the signal that killed it); None when unknown
+    #: (the node or the actor holding it was lost with it).
+    exit_code: int | None
+    #: Why, when the backend knows more than the exit code (``"ray node 3f2a… died"``).
+    cause: str | None = None
+
+
+@runtime_checkable
+class WorkerHandle(Protocol):
+    """One started worker, as the parent monitor drives it.
+
+    Contract (the backend suite in ``tests/test_backends.py`` pins it down):
+
+    - ``frames()`` yields the worker's frames in the order it wrote them, batched, each batch a
+      :class:`~isolane.executor.channel.ReadResult`; it may be iterated once. It ends at the end
+      of the stream, or once the worker has exited (``wait()`` returned) and nothing it wrote is
+      left to deliver.
+    - ``wait()`` may be awaited by several tasks; it returns when the process has ended (a
+      SIGKILL is noticed within milliseconds locally, a lost node within Ray's detection time).
+    - ``request_cancel``, ``send_control`` and ``kill_tree`` may be called at any time, also
+      after the end (they then do nothing).
+    """
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def create_time(self) -> float: ...
+    @property
+    def location(self) -> str:
+        """Where the worker runs, for people: ``"local"``, ``"ray node 3f2a… (10.0.0.5)"``."""
+        ...
+
+    def frames(self) -> AsyncIterator[ReadResult]: ...
+    async def wait(self) -> WorkerExit: ...
+    def request_cancel(self) -> None: ...
+    def send_control(self, message: Mapping[str, Any]) -> None: ...
+    async def kill_tree(self) -> int:
+        """SIGKILL the worker and every process it started; return how many were signalled."""
+        ...
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class WorkerBackend(Protocol):
+    """Starts workers somewhere. ``start``/``close`` block (call them from a thread)."""
+
+    name: str
+
+    def start(self) -> None: ...
+    async def launch(self, spec: WorkerSpec) -> WorkerHandle: ...
+    def close(self) -> None: ...
+
+
+#: A backend factory takes keyword options only (``start_method``, ``env_allow``, its own).
+BackendFactory = Callable[..., WorkerBackend]
+
+
+def _local(**options: Any) -> WorkerBackend:
+    from isolane.executor.local_backend import LocalBackend
+
+    return LocalBackend(**options)
+
+
+def _ray(**options: Any) -> WorkerBackend:
+    try:
+        from isolane.executor.ray_backend import RayBackend
+    except ImportError as exc:
+        raise ConfigError(f"the ray backend needs Ray ({exc}); install it with "
+                          "`pip install 'isolane[ray]'`") from exc
+    return RayBackend(**options)
+
+
+#: Backends by name; the Ray module is imported only when its backend is created.
+BACKENDS: Final[Mapping[str, BackendFactory]] = {"local": _local, "ray": _ray}
+
+
+def create_backend(name: str, *, start_method: str | None = None,
+                   env_allow: Iterable[str] | None = None, **options: Any) -> WorkerBackend:
+    """The backend called ``name`` (see :data:`BACKENDS`), built with ``options``."""
+    factory = BACKENDS.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown worker backend {name!r}; use one of {', '.join(sorted(BACKENDS))}")
+    if env_allow is not None:
+        options["env_allow"] = env_allow
+    return factory(start_method=start_method, **options)

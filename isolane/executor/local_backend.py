@@ -1,0 +1,131 @@
+"""The local worker backend: a preloaded forkserver on this machine, one process per run.
+
+::
+
+    LocalBackend.launch(spec) ──Supervisor.spawn (thread)──▶ WorkerProcess ──▶ LocalWorker
+    LocalWorker.frames():  event pipe fd ──wait_readable──▶ FrameReader.read_available() ──▶ batch
+    LocalWorker.wait():    process sentinel ──wait_readable──▶ WorkerExit (and wakes frames())
+
+Waiting is on file descriptors, never a sleep loop: a SIGKILLed worker is noticed as soon as its
+sentinel becomes readable, and ``frames()`` then hands out what is left in the pipe and ends,
+even when a process the worker started still holds the pipe open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from isolane.executor.backend import WorkerExit
+from isolane.executor.channel import FrameReader, ReadResult
+from isolane.executor.supervisor import (
+    DEFAULT_ENV_ALLOW,
+    DEFAULT_PRELOAD,
+    Supervisor,
+    WorkerProcess,
+)
+from isolane.executor.worker import WorkerSpec
+
+__all__ = ["LocalBackend", "LocalWorker"]
+
+
+class LocalWorker:
+    """A :class:`~isolane.executor.backend.WorkerHandle` on a local :class:`WorkerProcess`."""
+
+    location = "local"
+
+    def __init__(self, process: WorkerProcess) -> None:
+        self.process = process
+        self._reader = FrameReader(process.event_fd)
+        self._exited = anyio.Event()
+        self._exit: WorkerExit | None = None
+        self._watching = False
+        self._wait_scope: anyio.CancelScope | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.process.run_id
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def create_time(self) -> float:
+        return self.process.create_time
+
+    async def wait(self) -> WorkerExit:
+        if self._exit is not None:
+            return self._exit
+        if self._watching:  # one task waits on the sentinel; the others on its result
+            await self._exited.wait()
+            assert self._exit is not None
+            return self._exit
+        self._watching = True
+        try:
+            await anyio.wait_readable(self.process.sentinel)
+        finally:
+            self._watching = False
+        self._exit = WorkerExit(self.process.exitcode())
+        self._exited.set()
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        return self._exit
+
+    async def frames(self) -> AsyncIterator[ReadResult]:
+        reader = self._reader
+        fd = reader.fd
+        assert fd is not None
+        while True:
+            if not self._exited.is_set() and not reader.backlog:
+                with anyio.CancelScope() as scope:
+                    self._wait_scope = scope
+                    await anyio.wait_readable(fd)
+                self._wait_scope = None
+            result = reader.read_available()
+            if result.frames or result.problems:
+                yield result
+            if result.eof:
+                # The pipe closed; the worker is ending (or closed it on purpose): wait for it.
+                await self._exited.wait()
+                return
+            if self._exited.is_set() and not result.frames and not result.problems:
+                return
+
+    def request_cancel(self) -> None:
+        self.process.request_cancel()
+
+    def send_control(self, message: Mapping[str, Any]) -> None:
+        """Send ``message`` down the control pipe; ``OSError``/``ValueError`` once it is closed."""
+        self.process.control.send(dict(message))
+
+    async def kill_tree(self) -> int:
+        return self.process.kill_tree()
+
+    async def aclose(self) -> None:
+        self._reader.close()
+        self.process.close()
+
+
+class LocalBackend:
+    """Workers as processes of this machine, forked from a preloaded forkserver."""
+
+    name = "local"
+
+    def __init__(self, *, start_method: str | None = None,
+                 env_allow: Iterable[str] = DEFAULT_ENV_ALLOW,
+                 preload: Iterable[str] = DEFAULT_PRELOAD) -> None:
+        self.supervisor = Supervisor(start_method=start_method, env_allow=env_allow, preload=preload)
+
+    def start(self) -> None:
+        self.supervisor.start()
+
+    async def launch(self, spec: WorkerSpec) -> LocalWorker:
+        process = await anyio.to_thread.run_sync(self.supervisor.spawn, spec)
+        return LocalWorker(process)
+
+    def close(self) -> None:
+        """Nothing to release: the forkserver is shared by every executor of this process."""

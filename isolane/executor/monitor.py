@@ -1,0 +1,293 @@
+"""The parent's watch over one running worker: read, validate, persist, detect the end.
+
+::
+
+    WorkerHandle.frames() ──batches──▶ decode_frame ──▶ WriteItem ──▶ StoreWriter
+    WorkerHandle.wait() ──▶ exited ──▶ frames() drains what is left, then decide the status
+    watchdog ──(run timeout | no frame for heartbeat_timeout)──▶ stop() ──▶ timed_out
+    more than max_invalid bad frames (a flood) ──▶ kill_tree() at once ──▶ failed (InvalidEvent)
+    cancel() ──────────────────────────────────────────────────▶ stop() ──▶ cancelled
+
+All of it runs in one task group per run, inside the executor's task group. The reader is the only
+task that takes frames, so they are persisted in the order the worker wrote them. The handle comes
+from a worker backend (:mod:`isolane.executor.backend`): the local one waits on the event pipe and
+the process sentinel (a SIGKILLed worker is noticed within milliseconds), the Ray one on the
+actor's streaming generator. Either way the monitor decodes and validates every frame itself.
+
+The status is decided from what the worker reported and how it ended:
+
+========================  ===============================================================
+``cancelled``             a cancel was requested (whatever the worker managed to report)
+``timed_out``             the run passed its timeout, or its heartbeats stopped
+``completed``/``failed``  the worker reported ``run_completed`` / ``run_failed`` and exited
+                          (``failed`` also: a limit, ``LimitExceeded``; a frame flood)
+``crashed``               the process ended without reporting (signal, ``os._exit``, OOM, its
+                          node lost); SIGXCPU with a CPU limit is ``failed``/``LimitExceeded``
+========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from isolane.errors import describe_exit
+from isolane.executor.backend import WorkerExit, WorkerHandle
+from isolane.executor.channel import ReadResult
+from isolane.executor.limits import Limits, crash_hint, limit_crash
+from isolane.executor.writer import DiagnosticRow, EventRow, StoreWriter, WriteItem
+from isolane.schemas.events import TERMINAL_EVENT_TYPES, WireEvent, decode_frame
+
+__all__ = ["RunMonitor", "RunResult"]
+
+log = logging.getLogger(__name__)
+
+_HEARTBEAT_WRITE_EVERY = 5.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    """How a worker ended, as the monitor concluded."""
+
+    status: str
+    exit_code: int | None
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    last_seq: int = 0
+    events: int = 0
+    invalid: int = 0
+
+    def run_update(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "ended_at": time.time(), "exit_code": self.exit_code,
+            "result": self.result, "error": self.error, "error_type": self.error_type,
+        }
+
+
+@dataclass(slots=True)
+class _Stop:
+    reason: str  # "cancelled" | "timed_out" | "failed"
+    message: str
+    error_type: str | None = None  # defaults to the reason
+
+
+@dataclass
+class RunMonitor:
+    """Supervises one worker (a :class:`WorkerHandle`) until it has ended and its events are stored."""
+
+    worker: WorkerHandle
+    writer: StoreWriter
+    start_seq: int = 0
+    timeout: float | None = None
+    heartbeat_timeout: float | None = 60.0
+    cancel_grace: float = 3.0
+    #: The run's limits, to name the one that ended a worker the kernel killed.
+    limits: Limits | None = None
+    #: Invalid frames stored as diagnostics; one more stops the run (a flood costs the sender).
+    max_invalid: int = 1000
+    _stop: _Stop | None = None
+    _exited: anyio.Event = field(default_factory=anyio.Event)
+    _exit: WorkerExit | None = None
+    _stopping: bool = False
+    _terminal: WireEvent | None = None
+    _last_frame: float = field(default_factory=time.monotonic)
+    _last_hb_write: float = 0.0
+
+    @property
+    def run_id(self) -> str:
+        return self.worker.run_id
+
+    async def supervise(self) -> RunResult:
+        """Run until the worker has exited and every frame it wrote is handed to the writer."""
+        self._expected = self.start_seq + 1
+        self._count = 0
+        self._invalid = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_exit)
+                tg.start_soon(self._watchdog)
+                async for batch in self.worker.frames():
+                    await self._deliver(batch)
+                await self._exited.wait()
+                tg.cancel_scope.cancel()
+            assert self._exit is not None
+            # Anything the worker left behind in its process group goes with it.
+            await self.worker.kill_tree()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.worker.aclose()
+        return self._conclude(self._exit)
+
+    async def cancel(self, message: str = "cancelled by request") -> None:
+        """Stop the run: cooperative request, then SIGKILL of its tree after the grace period."""
+        if self._stop is None:
+            self._stop = _Stop("cancelled", message)
+        await self._stop_worker()
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def _watch_exit(self) -> None:
+        self._exit = await self.worker.wait()
+        self._exited.set()
+
+    async def _watchdog(self) -> None:
+        started = time.monotonic()
+        while not self._exited.is_set():
+            now = time.monotonic()
+            checks = []
+            if self.timeout is not None:
+                checks.append(started + self.timeout)
+            if self.heartbeat_timeout is not None:
+                checks.append(self._last_frame + self.heartbeat_timeout)
+            if not checks:
+                return
+            wake = min(checks)
+            if wake > now:
+                with anyio.move_on_after(wake - now):
+                    await self._exited.wait()
+                continue
+            if self.timeout is not None and now >= started + self.timeout:
+                self._stop = self._stop or _Stop("timed_out", f"run timeout of {self.timeout:g} s passed")
+            else:
+                self._stop = self._stop or _Stop(
+                    "timed_out", f"no heartbeat for {self.heartbeat_timeout:g} s (worker hung?)")
+            await self._stop_worker()
+            return
+
+    async def _stop_worker(self) -> None:
+        if self._stopping or self._exited.is_set():
+            return
+        self._stopping = True
+        self.worker.request_cancel()
+        with anyio.move_on_after(self.cancel_grace):
+            await self._exited.wait()
+        if not self._exited.is_set():
+            killed = await self.worker.kill_tree()
+            log.info("run %s: worker ignored the cancel for %.1f s; killed %d processes",
+                     self.run_id, self.cancel_grace, killed)
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    async def _deliver(self, result: ReadResult) -> None:
+        if not result.frames and not result.problems:
+            return
+        now = time.time()
+        self._last_frame = time.monotonic()
+        run_id = self.run_id
+        rows: list[EventRow] = []
+        diagnostics: list[DiagnosticRow] = [
+            (run_id, now, "invalid_event", p.reason, p.excerpt) for p in result.problems
+        ]
+        for frame in result.frames:
+            decoded = decode_frame(frame, run_id)
+            for problem in decoded.problems:
+                diagnostics.append((run_id, now, "invalid_event", problem.reason, problem.excerpt))
+            events = decoded.events
+            if not events:
+                continue
+            first = self._expected
+            if not all(e.seq == s for e, s in zip(events, range(first, first + len(events)))):
+                events = self._reorder(events, diagnostics, now)
+            if events:
+                self._expected = events[-1].seq + 1
+                rows.extend([(run_id, e.seq, e.ts, e.type, e.node_id, bytes(e.data).decode())
+                             for e in events])
+                terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
+                if terminal:
+                    self._terminal = terminal[-1]
+        self._count += len(rows)
+        if diagnostics and self._invalid + len(diagnostics) > self.max_invalid:
+            diagnostics = await self._flood(diagnostics, now)
+        self._invalid += len(diagnostics)
+        updates: dict[str, dict[str, Any]] = {}
+        if now - self._last_hb_write >= _HEARTBEAT_WRITE_EVERY:
+            updates[run_id] = {"heartbeat_at": now}
+            self._last_hb_write = now
+        await self.writer.put(WriteItem(run_id=run_id, events=rows,
+                                        diagnostics=diagnostics, run_updates=updates))
+
+    async def _flood(self, diagnostics: list[DiagnosticRow], now: float) -> list[DiagnosticRow]:
+        """Past ``max_invalid``: keep no more diagnostics and end the run, at once."""
+        kept = diagnostics[:max(self.max_invalid - self._invalid, 0)]
+        if self._stop is None:
+            message = (f"the worker sent more than {self.max_invalid} invalid frames; the run was "
+                       "stopped (a broken or hostile workflow writing into its event pipe?)")
+            kept.append((self.run_id, now, "invalid_event_flood", message, ""))
+            self._stop = _Stop("failed", message, "InvalidEvent")
+            killed = await self.worker.kill_tree()
+            log.warning("run %s: %s; killed %d processes", self.run_id, message, killed)
+        return kept
+
+    def _reorder(self, events: list[WireEvent], diagnostics: list[DiagnosticRow],
+                 now: float) -> list[WireEvent]:
+        """Keep events whose seq moves forward; record each gap and each repeat."""
+        kept: list[WireEvent] = []
+        expected = self._expected
+        for event in events:
+            seq = event.seq
+            if seq < expected:
+                diagnostics.append((self.run_id, now, "seq_duplicate",
+                                    f"seq {seq} arrived again (expected {expected})", ""))
+                continue
+            if seq > expected:
+                diagnostics.append((self.run_id, now, "seq_gap",
+                                    f"seq jumped from {expected - 1} to {seq}", ""))
+            kept.append(event)
+            expected = seq + 1
+        return kept
+
+    # -- verdict --------------------------------------------------------------------------------
+
+    def _conclude(self, exit: WorkerExit) -> RunResult:
+        exit_code = exit.exit_code
+        base: dict[str, Any] = {"exit_code": exit_code, "last_seq": self._expected - 1,
+                                "events": self._count, "invalid": self._invalid}
+        terminal = self._terminal
+        data: dict[str, Any] = orjson.loads(bytes(terminal.data)) if terminal is not None else {}
+        if self._stop is not None:
+            return RunResult(self._stop.reason, error=self._stop.message,
+                             error_type=self._stop.error_type or self._stop.reason,
+                             **base)
+        if terminal is not None and terminal.type == "run_completed":
+            return RunResult("completed", result=data.get("result"), **base)
+        if terminal is not None and terminal.type == "run_failed":
+            return RunResult("failed", error=data.get("error"), error_type=data.get("error_type"),
+                             traceback=data.get("traceback"), **base)
+        if terminal is not None and terminal.type == "run_cancelled":
+            return RunResult("cancelled", error=data.get("reason"), error_type="cancelled",
+                             **base)
+        limit = limit_crash(exit_code, self.limits)
+        if limit is not None:
+            return RunResult("failed", error=limit, error_type="LimitExceeded",
+                             **base)
+        corrupted = (f"; its event stream was corrupted ({self._invalid} invalid frames), the "
+                     "spool holds what it wrote") if self._invalid else ""
+        if exit.cause is not None:  # the backend knows more: a lost node or actor
+            return RunResult(
+                "crashed", error=f"worker lost before reporting an outcome: {exit.cause}" + corrupted,
+                error_type="WorkerCrashed", **base)
+        return RunResult(
+            "crashed",
+            error=f"worker died with {describe_exit(exit_code)} before reporting an outcome"
+                  + _likely_cause(exit_code) + crash_hint(exit_code, self.limits) + corrupted,
+            error_type="WorkerCrashed", **base)
+
+
+def _likely_cause(exit_code: int | None) -> str:
+    causes = {-9: " (SIGKILL: killed from outside or by the kernel's OOM killer)",
+              -11: " (SIGSEGV: a native extension crashed)",
+              -6: " (SIGABRT: a native library aborted)"}
+    if exit_code is None:
+        return ""
+    if exit_code in causes:
+        return causes[exit_code]
+    if exit_code > 0:
+        return " (the process called exit without reporting; os._exit or sys.exit from a thread?)"
+    return ""

@@ -1,0 +1,281 @@
+"""A run's processes as the kernel sees them: its tree in ``/proc``, its pids cgroup.
+
+::
+
+    tree_usage(worker pid)  → (live processes, anonymous RSS, CPU seconds) of the worker and every
+                              descendant, read from /proc (children of each thread, recursively)
+    ProcessCgroup           → isolane-<run_id> under the parent's pids cgroup (v1 ``pids``, or a
+                              v2 tree delegating ``pids``): pids.max as a kernel backstop, and
+                              the list of every process of the run however it detached
+
+The limits watcher (:mod:`isolane.executor.limits`) and the supervisor's ``kill_tree`` use these;
+both are Linux-only and degrade to nothing elsewhere (no descendants, no cgroup).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+__all__ = ["CGROUP_TASK_ALLOWANCE", "ProcessCgroup", "descendants", "is_zombie",
+           "kill_process_tree", "process_alive", "remove_stale_cgroups", "tree_usage"]
+
+log = logging.getLogger(__name__)
+
+#: Threads count as tasks in a pids cgroup: the kernel cap is ``processes`` plus this many.
+CGROUP_TASK_ALLOWANCE: Final = 256
+_CGROUP_PREFIX: Final = "isolane-"
+
+# -- one process, known by pid and create time -----------------------------------------------------
+
+
+def process_alive(pid: int | None, create_time: float | None) -> bool:
+    """Whether ``pid`` still runs and is the same process (create time matches; zombies are gone)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(int(pid))
+        return bool(proc.create_time() == create_time) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_process_tree(pid: int, create_time: float | None) -> int:
+    """SIGKILL a session-leader worker, its process group and every descendant; return how many.
+
+    The root is frozen first so it cannot fork while its tree is walked. A pid whose create time
+    no longer matches is not walked (it was reused); its group is still signalled.
+    """
+    victims: list[psutil.Process] = []
+    if process_alive(pid, create_time):
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            with contextlib.suppress(psutil.Error):
+                root.suspend()
+            victims = [root, *root.children(recursive=True)]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for proc in victims:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(victims)
+
+
+# -- reading the process tree from /proc -----------------------------------------------------------
+
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def descendants(root: int) -> list[int]:
+    """Every descendant of ``root`` (children of each of its threads, recursively)."""
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    kids = fh.read().split()
+            except OSError:
+                continue
+            for kid in kids:
+                child = int(kid)
+                found.append(child)
+                stack.append(child)
+    return found
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """``/proc/<pid>/stat`` after the command name: ``[state, ppid, …]``."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        raw = fh.read()
+    return raw[raw.rindex(b")") + 2:].split()
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return _stat_fields(pid)[0] in (b"Z", b"X")
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def tree_usage(root: int) -> tuple[int, int, float]:
+    """(live processes, anonymous resident bytes, CPU seconds) of ``root`` and its descendants.
+
+    CPU includes the children ``root`` already reaped (``cutime``/``cstime``).
+    """
+    count = 0
+    anon = 0
+    ticks = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            fields = _stat_fields(pid)
+            if fields[0] in (b"Z", b"X"):
+                continue
+            with open(f"/proc/{pid}/statm", "rb") as fh:
+                statm = fh.read().split()
+        except (OSError, ValueError, IndexError):
+            continue
+        count += 1
+        anon += max(int(statm[1]) - int(statm[2]), 0) * _PAGE
+        # utime, stime are fields 14 and 15 of stat (11, 12 here); cutime, cstime 13, 14.
+        ticks += int(fields[11]) + int(fields[12])
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])
+    return count, anon, ticks / _CLK_TCK
+
+
+# -- a pids cgroup per run --------------------------------------------------------
+
+
+class ProcessCgroup:
+    """A pids cgroup holding one run's processes, where the machine lets us create one.
+
+    It gives a kernel-enforced cap on the run's tasks (threads count, hence
+    :data:`CGROUP_TASK_ALLOWANCE`) and the list of every process of the run, however it detached
+    and whoever reaped its parent. The parent creates it, the worker joins it first thing, the
+    parent kills what is left in it and removes it when the run ends.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, run_id: str, *, processes: int | None) -> ProcessCgroup | None:
+        """A new cgroup for ``run_id``, or ``None`` where cgroups are absent or read-only."""
+        base = _pids_cgroup_base()
+        if base is None:
+            return None
+        path = base / f"{_CGROUP_PREFIX}{run_id}"
+        try:
+            path.mkdir()
+            cap = "max" if processes is None else str(processes + CGROUP_TASK_ALLOWANCE)
+            (path / "pids.max").write_text(cap)
+        except OSError as exc:
+            log.debug("no pids cgroup for run %s (%s); processes are counted instead", run_id, exc)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            return None
+        return cls(path)
+
+    def join(self, pid: int) -> bool:
+        """Move ``pid`` into the cgroup (its future children follow it)."""
+        try:
+            (self.path / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            log.warning("could not join the run's cgroup %s: %s", self.path, exc)
+            return False
+        return True
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
+
+    def refused_forks(self) -> int:
+        """How many forks the kernel refused because the cap was reached."""
+        try:
+            for line in (self.path / "pids.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def kill_all(self) -> int:
+        """SIGKILL every process still in the cgroup (frozen first, repeated until empty)."""
+        killed: set[int] = set()
+        for _ in range(50):
+            pids = [p for p in self.pids() if not is_zombie(p)]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+        return len(killed)
+
+    def remove(self) -> bool:
+        """Remove the (empty) cgroup; ``False`` if processes are still being reaped in it."""
+        for attempt in range(5):
+            try:
+                self.path.rmdir()
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                if attempt == 0:
+                    self.kill_all()
+                time.sleep(0.001 * 2**attempt)  # zombies leave once their parent reaps them
+        log.info("cgroup %s still holds processes; left for a later clean-up", self.path)
+        return False
+
+
+def _pids_cgroup_base() -> Path | None:
+    """Where this process may create pids cgroups: cgroup v1 ``pids`` or a v2 tree delegating it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        memberships = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    v1_mount = v2_mount = None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        if parts[2] == "cgroup" and "pids" in parts[3].split(","):
+            v1_mount = parts[1]
+        elif parts[2] == "cgroup2" and v2_mount is None:
+            v2_mount = parts[1]
+    for line in memberships:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, rel = rest.partition(":")
+        if v1_mount is not None and "pids" in controllers.split(","):
+            return _writable(Path(v1_mount) / rel.lstrip("/"))
+        if v1_mount is None and v2_mount is not None and hierarchy == "0":
+            base = Path(v2_mount) / rel.lstrip("/")
+            try:
+                delegated = "pids" in (base / "cgroup.subtree_control").read_text().split()
+            except OSError:
+                return None
+            return _writable(base) if delegated else None
+    return None
+
+
+def _writable(path: Path) -> Path | None:
+    return path if path.is_dir() and os.access(path, os.W_OK) else None
+
+
+def remove_stale_cgroups() -> int:
+    """Remove the empty cgroups of runs that ended while their parent was gone."""
+    base = _pids_cgroup_base()
+    removed = 0
+    if base is None:
+        return 0
+    with contextlib.suppress(OSError):
+        for entry in base.iterdir():
+            if entry.name.startswith(_CGROUP_PREFIX):
+                with contextlib.suppress(OSError):
+                    entry.rmdir()  # refused while processes remain: a live run keeps its cgroup
+                    removed += 1
+    return removed

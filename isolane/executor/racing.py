@@ -1,0 +1,235 @@
+"""Racing branches: several variants from one node at once, one winner, the rest stopped.
+
+::
+
+    race(run, node, variants, strategy)
+        ├─ racing group row ─ one branch per variant (own worker, own process tree)
+        ├─ budget watcher per racer: sums its llm_call costs; past its share → cancelled
+        └─ strategy (registry, by name)
+              first_complete: the first racer to complete wins; the others are cancelled at
+                              once (their whole trees) and end ``lost``
+              best_score:     every racer finishes; the scorer ranks the completed ones
+    finally: winner ``won``; losers ``lost``; budget-stopped racers ``cancelled``; the group
+             records its winner. A cancelled racer keeps the cost of every call it finished.
+
+A scorer is ``scorer(result, files, cost) -> float`` (``files``: path → sha256 of the racer's
+workspace; ``cost``: its spend in USD), named ``package.module:function`` or passed as a callable.
+It runs in the parent, on stored data only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import anyio
+import anyio.to_thread
+
+from isolane.errors import ConfigError
+from isolane.tracking.branching import create_racing_group, finish_racing_group
+from isolane.tracking.compare import summarize_run
+
+if TYPE_CHECKING:
+    from isolane.executor.executor import Executor, Outcome, RunHandle
+
+__all__ = ["STRATEGIES", "RaceOutcome", "Racer", "run_race"]
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[[Any, dict[str, str], float], float]
+
+#: Grace for a loser between the cooperative cancel and SIGKILL: losers must go fast.
+_LOSER_GRACE: Final = 0.5
+
+
+@dataclass(slots=True)
+class Racer:
+    run_id: str
+    variant: dict[str, Any]
+    handle: RunHandle
+    outcome: Outcome | None = None
+    status: str = "racing"
+    score: float | None = None
+    spent_usd: float = 0.0
+    stopped_for: str | None = None  # "lost" | "budget"
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RaceOutcome:
+    group_id: str
+    strategy: str
+    winner_run_id: str | None
+    racers: list[dict[str, Any]]
+    #: Monotonic time the winner was known, and the time the last loser's process was gone.
+    decided_at: float | None = None
+    losers_gone_at: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+class _Strategy(Protocol):
+    needs_scorer: bool
+    decided_at: float | None
+
+    async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None: ...
+
+
+async def _wait(racer: Racer) -> None:
+    racer.outcome = await racer.handle.wait()
+    racer.ended_at = time.monotonic()
+
+
+class FirstComplete:
+    """The first racer to complete successfully wins; the others are cancelled at once."""
+
+    needs_scorer = False
+
+    def __init__(self) -> None:
+        self.decided_at: float | None = None
+
+    async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None:
+        winner: Racer | None = None
+
+        async def watch(racer: Racer, tg: anyio.abc.TaskGroup) -> None:
+            nonlocal winner
+            await _wait(racer)
+            assert racer.outcome is not None
+            if winner is None and racer.outcome.status == "completed":
+                winner = racer
+                self.decided_at = time.monotonic()
+                for other in racers:
+                    if other is not racer and not other.handle.done:
+                        other.stopped_for = other.stopped_for or "lost"
+                        tg.start_soon(other.handle.cancel, f"lost the race to {racer.run_id}")
+
+        async with anyio.create_task_group() as tg:
+            for racer in racers:
+                tg.start_soon(watch, racer, tg)
+        return winner
+
+
+class BestScore:
+    """Every racer finishes; the completed ones are scored and the highest score wins."""
+
+    needs_scorer = True
+
+    def __init__(self) -> None:
+        self.decided_at: float | None = None
+
+    async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None:
+        assert scorer is not None
+        async with anyio.create_task_group() as tg:
+            for racer in racers:
+                tg.start_soon(_wait, racer)
+        best: Racer | None = None
+        for racer in racers:
+            if racer.outcome is None or racer.outcome.status != "completed":
+                continue
+            summary = await anyio.to_thread.run_sync(summarize_run, executor.store, racer.run_id)
+            racer.score = float(scorer(racer.outcome.result, summary.files, summary.cost_usd))
+            if best is None or (best.score is not None and racer.score > best.score):
+                best = racer
+        self.decided_at = time.monotonic()
+        return best
+
+
+#: Racing strategies by name.
+STRATEGIES: Final[dict[str, Callable[[], FirstComplete | BestScore]]] = {
+    "first_complete": FirstComplete,
+    "best_score": BestScore,
+}
+
+
+def _resolve_scorer(scorer: str | Scorer | None) -> Scorer | None:
+    if scorer is None or callable(scorer):
+        return scorer
+    module, _, attr = scorer.rpartition(":")
+    if not module or not attr:
+        raise ConfigError(f"scorer {scorer!r} must be 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load scorer {scorer!r}: {exc}") from exc
+    if not callable(fn):
+        raise ConfigError(f"scorer {scorer!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+async def _budget_watch(racer: Racer, share: float) -> None:
+    async for event in racer.handle.events(types=["llm_call"]):
+        racer.spent_usd += event.data.get("cost") or 0.0
+        if racer.spent_usd > share:
+            racer.stopped_for = "budget"
+            log.info("racer %s spent $%.4f, over its $%.4f share: cancelled", racer.run_id,
+                     racer.spent_usd, share)
+            await racer.handle.cancel(f"over its budget share: spent ${racer.spent_usd:.4f} of "
+                                      f"${share:.4f}")
+            return
+
+
+async def run_race(
+    executor: Executor,
+    run_id: str,
+    from_node: str,
+    variants: Sequence[Mapping[str, Any]],
+    *,
+    strategy: str = "first_complete",
+    scorer: str | Scorer | None = None,
+    budget_usd: float | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RaceOutcome:
+    """Race one branch of ``run_id`` per variant from ``from_node`` and return the verdict."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(sorted(STRATEGIES))}")
+    if len(variants) < 2:
+        raise ConfigError("a race needs at least two variants")
+    if budget_usd is not None and budget_usd <= 0:
+        raise ConfigError(f"budget_usd must be positive, got {budget_usd!r}")
+    judge: _Strategy = STRATEGIES[strategy]()
+    resolved = _resolve_scorer(scorer)
+    if judge.needs_scorer and resolved is None:
+        raise ConfigError(f"strategy {strategy!r} needs a scorer ('package.module:function')")
+    parent = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
+    group = await anyio.to_thread.run_sync(lambda: create_racing_group(
+        executor.store, parent_run_id=parent.id, from_node=from_node, strategy=strategy,
+        budget_usd=budget_usd))
+    racers: list[Racer] = []
+    for i, variant in enumerate(variants, start=1):
+        handle = await executor.branch(
+            parent.id, from_node, name=f"racer-{i}", hypothesis=_describe(variant), config=variant,
+            env=env, timeout=timeout, racing_group_id=group.id, cancel_grace=_LOSER_GRACE)
+        racers.append(Racer(handle.run_id, dict(variant), handle))
+    async with anyio.create_task_group() as tg:
+        if budget_usd is not None:
+            for racer in racers:
+                tg.start_soon(_budget_watch, racer, budget_usd / len(racers))
+        winner = await judge.judge(racers, resolved, executor)
+        tg.cancel_scope.cancel()
+    losers_gone = max((r.ended_at or 0.0) for r in racers if r is not winner) if len(racers) > 1 else None
+    statuses: dict[str, str] = {}
+    for racer in racers:
+        if racer is winner:
+            racer.status = "won"
+        elif racer.stopped_for == "budget":
+            racer.status = "cancelled"
+        else:
+            racer.status = "lost"
+        statuses[racer.run_id] = racer.status
+    await anyio.to_thread.run_sync(lambda: finish_racing_group(
+        executor.store, group.id, winner_run_id=winner.run_id if winner else None, statuses=statuses))
+    return RaceOutcome(
+        group_id=group.id, strategy=strategy, winner_run_id=winner.run_id if winner else None,
+        racers=[{"run_id": r.run_id, "variant": r.variant, "status": r.status, "score": r.score,
+                 "ended": r.outcome.status if r.outcome else None, "spent_usd": r.spent_usd}
+                for r in racers],
+        decided_at=judge.decided_at, losers_gone_at=losers_gone,
+        scores={r.run_id: r.score for r in racers if r.score is not None})
+
+
+def _describe(variant: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variant.items())

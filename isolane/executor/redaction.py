@@ -1,0 +1,133 @@
+"""Secret redaction: API keys, bearer tokens and configured secret values never leave the worker.
+
+::
+
+    Emitter flusher: encode_batch(batch) → frame ──Redactor(frame)──▶ spool line and pipe frame
+
+The emitter redacts each encoded frame, once, on its flusher thread, so ``emit()`` costs nothing
+more and the spool and the parent receive the same redacted bytes (the store, ``isolane events``
+and every reader after them only ever see those). The common case is a few substring searches
+over the frame (``b"sk-" in frame``); a regular expression runs only on a frame that may hold a
+secret. What is redacted, replaced by ``[REDACTED]``:
+
+* OpenAI and Anthropic style keys: ``sk-…``, ``sk-proj-…``, ``sk-ant-api03-…`` (``sk-`` followed by
+  at least 16 key characters, not preceded by a letter or digit);
+* bearer tokens: the token after ``Bearer`` (any case), as in ``Authorization: Bearer …``;
+* configured secret values: every value given in ``RunSpec(secrets=[...])``, and the values of
+  ``RunSpec.env`` variables whose names look like credentials (``…KEY``, ``…TOKEN``,
+  ``…SECRET…``, ``…PASSWORD…``, ``…CREDENTIAL…``, ``…AUTH…``), at least 8 characters long.
+
+The replacement has no quote and no backslash, and the patterns cannot span one, so the frame
+stays valid JSON; a replacement that would cut a JSON escape in two (a secret starting right after
+a ``\\n``) is detected and that frame is redacted value by value instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import orjson
+
+from isolane.errors import ConfigError
+
+__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "secret_values"]
+
+log = logging.getLogger(__name__)
+
+REDACTED: Final = "[REDACTED]"
+#: Shorter configured secrets would redact ordinary words; they are refused (or skipped in env).
+MIN_SECRET_LENGTH: Final = 8
+
+_CREDENTIAL_NAME: Final = re.compile(
+    r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE)", re.IGNORECASE)
+
+# The lookbehinds sit after the literal "sk-" so the engine can search for the literal first.
+_KEY: Final = r"sk-(?:(?<![A-Za-z0-9]sk-)|(?<=\\[nrt]sk-))[A-Za-z0-9_\-]{16,}"
+_BEARER: Final = r"((?i:bearer)(?: |\\t)+)[A-Za-z0-9._~+/=\-]{8,}"
+_KEY_B: Final = re.compile(_KEY.encode())
+_BEARER_B: Final = re.compile(_BEARER.encode())
+_KEY_S: Final = re.compile(_KEY.replace(r"(?<=\\[nrt]sk-)", r"(?<=[\n\r\t]sk-)"))
+_BEARER_S: Final = re.compile(_BEARER.replace(r"(?: |\\t)+", r"[ \t]+"))
+_REDACTED_B: Final = REDACTED.encode()
+
+
+def secret_values(env: Mapping[str, str] | None = None, secrets: Iterable[str] = ()) -> tuple[str, ...]:
+    """The values to redact for a run: ``secrets`` plus the credential-like values of ``env``.
+
+    Raises :class:`ConfigError` for an explicit secret shorter than :data:`MIN_SECRET_LENGTH`.
+    """
+    values: list[str] = []
+    for secret in secrets:
+        if not isinstance(secret, str):
+            raise ConfigError(f"secrets must be strings, got {type(secret).__name__}")
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"a secret must be at least {MIN_SECRET_LENGTH} characters long, or "
+                              f"redacting it would rewrite ordinary text; got one of {len(secret)}")
+        values.append(secret)
+    for name, value in (env or {}).items():
+        if _CREDENTIAL_NAME.search(name) and len(value) >= MIN_SECRET_LENGTH:
+            values.append(value)
+    # Longest first, so a secret that contains another is replaced whole.
+    return tuple(sorted(set(values), key=len, reverse=True))
+
+
+class Redactor:
+    """Redact one encoded frame: ``redactor(frame) -> frame``. Thread-safe, stateless per call."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+        # A secret appears in a frame as it is written inside a JSON string.
+        encoded = [orjson.dumps(s)[1:-1] for s in self.secrets]
+        # Secrets containing "sk-" need no search of their own unless the frame holds "sk-".
+        self._with_key_prefix = [e for e in encoded if b"sk-" in e]
+        self._others = [e for e in encoded if b"sk-" not in e]
+        self.frames_redacted = 0
+
+    def __call__(self, frame: bytes) -> bytes:
+        original = frame
+        if b"sk-" in frame:
+            for encoded in self._with_key_prefix:
+                if encoded in frame:
+                    frame = frame.replace(encoded, _REDACTED_B)
+            frame = _KEY_B.sub(_REDACTED_B, frame)
+        for encoded in self._others:
+            if encoded in frame:
+                frame = frame.replace(encoded, _REDACTED_B)
+        if b"earer" in frame or b"EARER" in frame:
+            frame = _BEARER_B.sub(rb"\1" + _REDACTED_B, frame)
+        if frame is original:
+            return frame
+        self.frames_redacted += 1
+        try:
+            orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return self._redact_values(original)
+        return frame
+
+    def redact_text(self, text: str) -> str:
+        """Redact one string (the same rules, applied to text rather than encoded JSON)."""
+        if "sk-" in text:
+            text = _KEY_S.sub(REDACTED, text)
+        if "earer" in text or "EARER" in text:
+            text = _BEARER_S.sub(r"\1" + REDACTED, text)
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def redact_value(self, value: Any) -> Any:
+        """Redact every string (keys included) inside a JSON-like value."""
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return {self.redact_value(k): self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        return value
+
+    def _redact_values(self, frame: bytes) -> bytes:
+        log.debug("a secret sat next to a JSON escape; redacting this frame value by value")
+        return orjson.dumps(self.redact_value(orjson.loads(frame)))

@@ -1,0 +1,268 @@
+"""Starting worker processes, and ending them with everything they started.
+
+::
+
+    Supervisor.start()  → a multiprocess forkserver, started with a scrubbed environment and
+                          ``autogen``, ``openai`` and the worker module preloaded (spawn where the
+                          platform has no forkserver)
+    Supervisor.spawn()  → WorkerProcess: the process, the read end of its event pipe (raw fd),
+                          the write end of its control pipe, its pid and create time
+    WorkerProcess.kill_tree() → SIGKILL to the worker's process group and to every descendant
+
+A worker is its own session and process group (it calls ``setsid``) and a child subreaper, so
+``killpg`` plus a walk of its descendants reaches the code its agents started, detached or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import multiprocess
+import multiprocess.connection
+import psutil
+from multiprocess import context as mp_context
+from multiprocess import forkserver, popen_forkserver, spawn, util
+
+from isolane.errors import ConfigError
+from isolane.executor.proctree import (
+    ProcessCgroup,
+    kill_process_tree,
+    process_alive,
+    remove_stale_cgroups,
+)
+from isolane.executor.worker import WorkerSpec, worker_main
+
+__all__ = ["DEFAULT_ENV_ALLOW", "DEFAULT_PRELOAD", "ENV_DENY", "Supervisor", "WorkerProcess",
+           "portable_spec", "worker_environment"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRELOAD: Final = ("autogen", "openai", "isolane.executor.worker", "isolane.capture",
+                          "isolane.workflows")
+
+#: Environment variables a worker inherits from the parent; everything else is dropped.
+DEFAULT_ENV_ALLOW: Final = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR",
+    "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "AUTOGEN_USE_DOCKER",
+})
+_ENV_ALLOW_PREFIXES: Final = ("LC_",)
+#: Never given to a worker, whatever the allow-list says: only the parent talks to the store.
+ENV_DENY: Final = frozenset({"ISOLANE_DB_URL", "ISOLANE_TEST_PG_URL", "DATABASE_URL", "PGPASSWORD",
+                             "PGPASSFILE", "PGSERVICEFILE"})
+
+
+def worker_environment(
+    extra: Mapping[str, str] | None = None,
+    *,
+    allow: Iterable[str] = DEFAULT_ENV_ALLOW,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment a worker gets: the allow-listed part of ``base`` plus ``extra``."""
+    source = os.environ if base is None else base
+    allowed = set(allow) - ENV_DENY
+    env = {k: v for k, v in source.items() if k in allowed or k.startswith(_ENV_ALLOW_PREFIXES)}
+    denied = sorted(ENV_DENY.intersection(extra or {}))
+    if denied:
+        raise ConfigError(f"{', '.join(denied)} cannot be given to a worker: workers never receive "
+                          "the store's URL or credentials (only the parent writes the store)")
+    env.update(extra or {})
+    return env
+
+
+_environ_lock = threading.Lock()
+
+# What a worker must not inherit from the parent's start-up: re-running the parent's __main__
+# (multiprocessing's spawn semantics) would execute a user's script or our CLI in every worker.
+_PREPARATION_DROP: Final = ("init_main_from_path", "init_main_from_name")
+
+
+class _ForkServerPopen(popen_forkserver.Popen):  # type: ignore[misc]
+    """The forkserver launcher, minus the re-import of the parent's ``__main__``."""
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        for key in _PREPARATION_DROP:
+            prep_data.pop(key, None)
+        buf = io.BytesIO()
+        mp_context.set_spawning_popen(self)
+        try:
+            mp_context.reduction.dump(prep_data, buf)
+            mp_context.reduction.dump(process_obj, buf)
+        finally:
+            mp_context.set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        parent_w = os.dup(w)  # lets the child notice the parent's death, as upstream does
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _ForkServerWorker(mp_context.ForkServerProcess):  # type: ignore[misc]
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _ForkServerPopen(process_obj)
+
+
+@contextlib.contextmanager
+def _scrubbed_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Swap ``os.environ`` for ``env`` while helper processes (forkserver) are launched."""
+    with _environ_lock:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@dataclass(slots=True)
+class WorkerProcess:
+    """One started worker as the parent sees it."""
+
+    run_id: str
+    process: Any
+    event_fd: int
+    control: Any
+    pid: int
+    create_time: float
+    #: The run's pids cgroup, where one could be made: it holds every process of the run.
+    cgroup: ProcessCgroup | None = None
+
+    @property
+    def sentinel(self) -> int:
+        return int(self.process.sentinel)
+
+    def exitcode(self) -> int | None:
+        """The exit code once the process has ended (negative: killed by that signal)."""
+        self.process.join(0)
+        code = self.process.exitcode
+        return None if code is None else int(code)
+
+    def request_cancel(self) -> None:
+        """Ask the worker to stop cooperatively (control message, then SIGTERM to it alone)."""
+        try:
+            self.control.send({"op": "cancel"})
+        except (OSError, ValueError):
+            self.signal(signal.SIGTERM)
+
+    def signal(self, sig: int) -> None:
+        if process_alive(self.pid, self.create_time):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill_tree(self) -> int:
+        """SIGKILL the worker, its process group and every descendant; return how many."""
+        killed = kill_process_tree(self.pid, self.create_time)
+        if self.cgroup is not None:  # whatever detached and was re-parented out of the tree
+            return killed + self.cgroup.kill_all()
+        return killed
+
+    def close(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        with contextlib.suppress(OSError):
+            self.control.close()
+        with contextlib.suppress(ValueError, AttributeError):
+            self.process.close()
+
+
+def portable_spec(spec: WorkerSpec) -> WorkerSpec:
+    """``spec`` with a callable workflow pickled by value (dill, with the globals it uses), so
+    that the worker does not need to import the parent's ``__main__``."""
+    if not callable(spec.workflow):
+        return spec
+    import dill
+
+    return replace(spec, workflow=getattr(spec.workflow, "__qualname__", "callable"),
+                   workflow_pickle=dill.dumps(spec.workflow, recurse=True))
+
+
+class Supervisor:
+    """Starts workers from a preloaded forkserver (or spawn) and knows how to end them."""
+
+    def __init__(
+        self,
+        *,
+        start_method: str | None = None,
+        preload: Iterable[str] = DEFAULT_PRELOAD,
+        env_allow: Iterable[str] = DEFAULT_ENV_ALLOW,
+        sweep_cgroups: bool = True,
+    ) -> None:
+        methods = multiprocess.get_all_start_methods()
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        if start_method not in methods:
+            raise ConfigError(f"start method {start_method!r} is not available here; use one of {methods}")
+        self.start_method = start_method
+        self.preload = tuple(preload)
+        self.env_allow = frozenset(env_allow)
+        self._ctx = multiprocess.get_context(start_method)
+        #: Remove empty run cgroups left behind at start. Off where many supervisors start while
+        #: runs start (one per Ray actor): a fresh run's cgroup is empty until its worker joins.
+        self.sweep_cgroups = sweep_cgroups
+        self._started = False
+
+    def start(self) -> None:
+        """Start the forkserver (once); it inherits only the allow-listed environment."""
+        if self._started:
+            return
+        with _scrubbed_environ(worker_environment(allow=self.env_allow)):
+            if self.start_method == "forkserver":
+                self._ctx.set_forkserver_preload(list(self.preload))
+                forkserver.ensure_running()
+            from multiprocess import resource_tracker
+
+            resource_tracker.ensure_running()
+        if self.sweep_cgroups:
+            remove_stale_cgroups()
+        self._started = True
+
+    def spawn(self, spec: WorkerSpec) -> WorkerProcess:
+        """Start one worker for ``spec`` (blocking; call it from a thread in async code)."""
+        self.start()
+        limits = spec.limits
+        cgroup = ProcessCgroup.create(spec.run_id, processes=limits.processes if limits else None)
+        if cgroup is not None:
+            spec = replace(spec, cgroup=str(cgroup.path))
+        spec = portable_spec(spec)
+        read_fd, write_fd = os.pipe()
+        event_conn = multiprocess.connection.Connection(write_fd, readable=False)
+        control_recv, control_send = self._ctx.Pipe(duplex=False)
+        process_cls = _ForkServerWorker if self.start_method == "forkserver" else self._ctx.Process
+        process = process_cls(
+            target=worker_main, args=(spec, event_conn, control_recv),
+            name=f"isolane-worker-{spec.run_id}", daemon=False,
+        )
+        try:
+            process.start()
+        except BaseException:
+            os.close(read_fd)
+            event_conn.close()
+            control_recv.close()
+            control_send.close()
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        # The child has its own copies now; ours would keep the pipe open after it dies.
+        event_conn.close()
+        control_recv.close()
+        pid = int(process.pid)
+        try:
+            create_time = psutil.Process(pid).create_time()
+        except psutil.Error:
+            create_time = 0.0
+        return WorkerProcess(spec.run_id, process, read_fd, control_send, pid, create_time, cgroup)
