@@ -1,0 +1,34 @@
+"""Capture everything an AG2 workflow does as typed isolane events, without patching AG2.
+
+::
+
+    with capture_ag2(sink, prices={"my-model": (0.001, 0.002)}) as session:
+        ...build and run AG2 agents...
+        session.totals.total_cost
+
+Channels (one module each): :mod:`~isolane.capture.iostream` (AG2's structured output events),
+:mod:`~isolane.capture.llm_logger` (every LLM call, via the runtime logger),
+:mod:`~isolane.capture.hooks` (silent sends; attaching agents), :mod:`~isolane.capture.code`
+(code executions), :mod:`~isolane.capture.pricing` (cost), :mod:`~isolane.capture.translate`
+(AG2 event -> isolane event mapping), :mod:`~isolane.capture.session` (installs them all).
+"""
+
+from isolane.capture.code import CapturingCodeExecutor
+from isolane.capture.iostream import CaptureIOStream
+from isolane.capture.llm_logger import CaptureLogger
+from isolane.capture.pricing import COST_SOURCES, CostTotals, PriceBook, Quote
+from isolane.capture.session import CaptureSession, capture_ag2
+from isolane.capture.sink import Sink
+
+__all__ = [
+    "COST_SOURCES",
+    "CaptureIOStream",
+    "CaptureLogger",
+    "CaptureSession",
+    "CapturingCodeExecutor",
+    "CostTotals",
+    "PriceBook",
+    "Quote",
+    "Sink",
+    "capture_ag2",
+]

@@ -1,0 +1,170 @@
+"""Per-agent capture: the ``process_message_before_send`` hook and the code-executor wrapper.
+
+::
+
+    AG2 runtime logger ─ log_new_agent(agent) ─▶ Attacher.note_new(agent)   (agent half-built)
+    any later callback ─────────────────────────▶ Attacher.settle()         (now attach it)
+    CaptureSession.attach(agent) ───────────────▶ Attacher.attach(agent)
+                                                     ├─ hook: silent sends ─▶ Translator.on_message
+                                                     └─ agent._code_executor = CapturingCodeExecutor
+
+AG2 calls ``log_new_agent`` from inside ``ConversableAgent.__init__``, before the agent has its
+hook lists, so a new agent is only *noted*; it is attached at the next callback of any capture
+channel (another agent's creation, its first received message, an LLM call, an IOStream event)
+-- always before it can send anything of its own, except when its very first action is a
+silent send. Everything is undone by :meth:`Attacher.detach_all`.
+
+AG2's group chat creates two throw-away agents for every "auto" speaker selection
+(``checking_agent`` and ``speaker_selection_agent``); they are not auto-attached (their chat is
+internal and silent; its LLM calls are still captured by the runtime logger and its outcome by
+the ``handoff`` event).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from isolane.capture.code import CapturingCodeExecutor
+from isolane.capture.sink import Sink
+from isolane.capture.translate import Translator
+from isolane.errors import ConfigError
+
+__all__ = ["INTERNAL_AGENT_NAMES", "Attacher"]
+
+logger = logging.getLogger(__name__)
+
+#: AG2's internal speaker-selection agents (``GroupChat._create_internal_agents``).
+INTERNAL_AGENT_NAMES: Final = frozenset({"checking_agent", "speaker_selection_agent"})
+
+HOOK: Final = "process_message_before_send"
+
+
+@dataclass(slots=True)
+class _Attachment:
+    hook: Callable[..., Any]
+    wrapper: CapturingCodeExecutor | None
+
+
+class Attacher:
+    """Attaches capture to agents and detaches it again; thread-safe."""
+
+    def __init__(self, translator: Translator, sink: Sink, *, active: Callable[[], bool]) -> None:
+        self._translator = translator
+        self._sink = sink
+        self._active = active
+        self._lock = threading.RLock()
+        self._attached: weakref.WeakKeyDictionary[Any, _Attachment] = weakref.WeakKeyDictionary()
+        self._pending: list[weakref.ref[Any]] = []
+
+    # -- discovery --------------------------------------------------------------------------------
+
+    def note_new(self, agent: Any) -> None:
+        """An agent is being constructed (AG2's ``log_new_agent``): attach it once it is built."""
+        with self._lock:
+            try:
+                self._pending.append(weakref.ref(agent))
+            except TypeError:
+                logger.debug("agent %r cannot be weakly referenced; not auto-attached", agent)
+        self.settle()
+
+    def seen(self, agent: Any) -> None:
+        """An agent showed up in a callback: attach it if it is not yet (no-op for names)."""
+        self.settle()
+        if not isinstance(agent, str) and agent is not None:
+            self.attach(agent, auto=True)
+
+    def settle(self) -> None:
+        """Attach every noted agent whose construction has got far enough."""
+        with self._lock:
+            if not self._pending:
+                return
+            waiting: list[weakref.ref[Any]] = []
+            for ref in self._pending:
+                agent = ref()
+                if agent is None:
+                    continue
+                if _is_built(agent):
+                    self.attach(agent, auto=True)
+                else:
+                    waiting.append(ref)
+            self._pending = waiting
+
+    # -- attaching --------------------------------------------------------------------------------
+
+    def attach(self, agent: Any, *, auto: bool = False) -> bool:
+        """Hook ``agent``'s sends and wrap its code executor; idempotent.
+
+        Returns whether the agent is attached. With ``auto`` (discovery), agents that cannot be
+        hooked and AG2's internal speaker-selection agents are skipped quietly; otherwise an
+        agent without hooks (not a ``ConversableAgent``) raises :class:`ConfigError`.
+        """
+        if not _is_built(agent):
+            if auto:
+                return False
+            raise ConfigError(f"cannot attach {agent!r}: capture hooks need an AG2 ConversableAgent "
+                              "(an object with register_hook and hook_lists)")
+        name = str(getattr(agent, "name", ""))
+        if auto and name in INTERNAL_AGENT_NAMES:
+            return False
+        with self._lock:
+            if agent in self._attached:
+                return True
+            hook = self._make_hook()
+            agent.register_hook(HOOK, hook)
+            wrapper = self._wrap_executor(agent, name)
+            self._attached[agent] = _Attachment(hook, wrapper)
+        logger.debug("capture attached to agent %r", name)
+        return True
+
+    def _make_hook(self) -> Callable[..., Any]:
+        translator, active = self._translator, self._active
+
+        def capture_silent_send(sender: Any, message: Mapping[str, Any] | str, recipient: Any,
+                                silent: bool) -> Mapping[str, Any] | str:
+            # Non-silent sends reach capture through the IOStream when the recipient prints them.
+            if silent and active():
+                translator.on_message(sender, recipient, message, silent=True)
+            return message
+
+        return capture_silent_send
+
+    def _wrap_executor(self, agent: Any, name: str) -> CapturingCodeExecutor | None:
+        inner = getattr(agent, "_code_executor", None)
+        if inner is None or isinstance(inner, CapturingCodeExecutor):
+            return None
+        wrapper = CapturingCodeExecutor(inner, sink=self._sink, agent=name, active=self._active)
+        agent._code_executor = wrapper
+        self._translator.code_agents.add(name)
+        return wrapper
+
+    # -- detaching --------------------------------------------------------------------------------
+
+    def detach_all(self) -> None:
+        """Remove every hook and restore every wrapped executor."""
+        with self._lock:
+            attached = list(self._attached.items())
+            self._attached = weakref.WeakKeyDictionary()
+            self._pending = []
+        for agent, attachment in attached:
+            hooks = agent.hook_lists.get(HOOK, [])
+            if attachment.hook in hooks:
+                hooks.remove(attachment.hook)
+            current = getattr(agent, "_code_executor", None)
+            if isinstance(current, CapturingCodeExecutor) and current is attachment.wrapper:
+                agent._code_executor = current.inner
+
+    @property
+    def attached_names(self) -> list[str]:
+        """Names of the agents attached right now."""
+        with self._lock:
+            return [str(getattr(a, "name", "")) for a in self._attached]
+
+
+def _is_built(agent: Any) -> bool:
+    hook_lists = getattr(agent, "hook_lists", None)
+    return isinstance(hook_lists, dict) and HOOK in hook_lists and callable(getattr(agent, "register_hook", None))
