@@ -1,0 +1,223 @@
+"""``isolane``: run a workflow (``isolane run`` = ``run-isolated``) and read what was stored.
+
+Commands: ``run``, ``runs``, ``show RUN``, ``events RUN``, ``cost RUN``, ``dag RUN``. ``RUN`` is a run id or a unique prefix
+of one. Every command takes ``--db URL`` and ``--home DIR``; ``--json`` output is JSON only:
+``runs`` and ``events`` write one object per line, ``show`` writes one object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any, Final, NoReturn
+
+import orjson
+import typer
+
+from isolane.cli.branching import (
+    branch_command,
+    compare_command,
+    play_from_command,
+    race_command,
+)
+from isolane.cli.codes import EXIT_CODES_HELP, EXIT_INTERRUPTED
+from isolane.cli.console import CliApp, fail, out
+from isolane.cli.cost import cost_command
+from isolane.cli.dag import dag_command
+from isolane.cli.durability import recover_command, resume_command
+from isolane.cli.files import checkout_command, files_command
+from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
+from isolane.cli.render import (
+    cost_summary,
+    event_line,
+    run_duration,
+    runs_table,
+    show_page,
+)
+from isolane.cli.run import RUN_HELP, run_command
+from isolane.cli.serve import serve_command
+from isolane.executor.executor import TERMINAL_STATUSES
+from isolane.schemas.events import EVENT_TYPES, Event
+from isolane.tracking.models import RUN_STATUSES
+from isolane.tracking.store import Store
+
+__all__ = ["app", "main"]
+
+_PAGE: Final = 2000
+#: Between two reads of another process's database while following a run.
+_FOLLOW_INTERVAL: Final = 0.25
+
+app: Final = CliApp(
+    name="isolane",
+    help=f"Run workflows in isolated worker processes and inspect what they stored.\n\n{EXIT_CODES_HELP}",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+)
+app.command("run", help=RUN_HELP)(run_command)
+app.command("resume")(resume_command)
+app.command("branch")(branch_command)
+app.command("play-from")(play_from_command)
+app.command("race")(race_command)
+app.command("compare")(compare_command)
+app.command("recover")(recover_command)
+app.command("cost")(cost_command)
+app.command("dag")(dag_command)
+app.command("serve")(serve_command)
+app.command("files")(files_command)
+app.command("checkout")(checkout_command)
+
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _write_json_line(value: Any) -> None:
+    sys.stdout.buffer.write(_dumps(value) + b"\n")
+
+
+def _count_by_type(store: Store, run_id: str) -> dict[str, int]:
+    counts = {type_: store.count_events(run_id, types=[type_]) for type_ in sorted(EVENT_TYPES)}
+    return {type_: n for type_, n in counts.items() if n}
+
+
+@app.command("runs")
+def runs_command(
+    status: Annotated[str | None, typer.Option(
+        "--status", metavar="S", help=f"Only runs with this status ({', '.join(sorted(RUN_STATUSES))}).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", help="At most N runs, newest first.")] = 50,
+    db: DbOption = None,
+    home: HomeOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """List stored runs, newest first."""
+    if status is not None and status not in RUN_STATUSES:
+        fail(f"unknown status {status!r} for --status; use one of {', '.join(sorted(RUN_STATUSES))}")
+    if limit < 1:
+        fail(f"--limit must be at least 1, got {limit}")
+    with open_store(Location.of(db, home)) as store:
+        rows = store.list_runs(limit=limit, status=status)
+        counts = {row.id: store.count_events(row.id) for row in rows}
+    if json_:
+        now = time.time()
+        for row in rows:
+            _write_json_line({**dataclasses.asdict(row), "events": counts[row.id],
+                              "duration_s": run_duration(row, now=now)})
+        return
+    if not rows:
+        out.print("no runs" + (f" with status {status}" if status else ""))
+        return
+    out.print(runs_table(rows, counts))
+
+
+@app.command("show")
+def show_command(
+    run: RunArg,
+    db: DbOption = None,
+    home: HomeOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Everything about one run: fields, outcome, error, result, DAG, diagnostics, events by type."""
+    with open_store(Location.of(db, home)) as store:
+        row = store.get_run(run)
+        nodes, edges = store.dag(row.id)
+        counts = _count_by_type(store, row.id)
+        diagnostics = store.diagnostics(row.id)
+        cost = cost_summary(store.llm_calls(row.id))
+        failures = store.events(row.id, types=["run_failed"])
+    traceback = failures[-1].data.get("traceback") if failures else None
+    if json_:
+        sys.stdout.buffer.write(_dumps({
+            "run": dataclasses.asdict(row),
+            "duration_s": run_duration(row),
+            "traceback": traceback,
+            "events": sum(counts.values()),
+            "event_counts": counts,
+            "cost": cost,
+            "dag": {"nodes": [dataclasses.asdict(n) for n in nodes],
+                    "edges": [dataclasses.asdict(e) for e in edges]},
+            "diagnostics": [dataclasses.asdict(d) for d in diagnostics],
+        }) + b"\n")
+        return
+    out.print(show_page(row, nodes=nodes, edges=edges, event_counts=counts,
+                        diagnostics=len(diagnostics), cost=cost, traceback=traceback))
+
+
+def _stored_events(store: Store, run_id: str, *, after: int,
+                   types: list[str] | None) -> Iterator[Event]:
+    """Every stored event after ``after``, read a page at a time."""
+    while True:
+        page = store.events(run_id, after_seq=after, limit=_PAGE, types=types)
+        yield from page
+        if len(page) < _PAGE:
+            return
+        after = page[-1].seq
+
+
+def _followed_events(store: Store, run_id: str, *, after: int,
+                     types: list[str] | None) -> Iterator[Event]:
+    """Stored events, then new ones as another process stores them, until the run has ended.
+
+    The run's final status is committed after its last event, so once a read of the status says
+    terminal, one more read of the events gets everything.
+    """
+    while True:
+        ended = store.get_run(run_id).status in TERMINAL_STATUSES
+        for event in _stored_events(store, run_id, after=after, types=types):
+            after = event.seq
+            yield event
+        if ended:
+            return
+        time.sleep(_FOLLOW_INTERVAL)
+
+
+@app.command("events")
+def events_command(
+    run: RunArg,
+    type_: Annotated[list[str] | None, typer.Option(
+        "--type", "-t", metavar="T", help="Only events of type T (repeatable).")] = None,
+    since: Annotated[int, typer.Option("--since", metavar="SEQ", help="Only events after seq SEQ.")] = 0,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep reading new events until the run ends.")] = False,
+    db: DbOption = None,
+    home: HomeOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Print a run's events in order, one per line (JSON lines with --json)."""
+    unknown = sorted(set(type_ or ()) - EVENT_TYPES)
+    if unknown:
+        fail(f"unknown event type {', '.join(map(repr, unknown))} for --type; use one of "
+             f"{', '.join(sorted(EVENT_TYPES))}")
+    if since < 0:
+        fail(f"--since must be a seq >= 0, got {since}")
+    types = sorted(set(type_)) if type_ else None
+    with open_store(Location.of(db, home)) as store:
+        run_id = store.get_run(run).id
+        read = _followed_events if follow else _stored_events
+        write = sys.stdout.buffer.write
+        try:
+            for event in read(store, run_id, after=since, types=types):
+                write(event.to_json() + b"\n" if json_ else event_line(event).encode() + b"\n")
+                if follow:
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # The reader went away (`| head`): point stdout at /dev/null so the final flush is quiet.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console-script entry of ``isolane``."""
+    sys.exit(app.main(argv, prog_name="isolane"))

@@ -1,0 +1,101 @@
+"""The ASGI app a parent service embeds (or ``isolane serve`` runs): REST, WebSockets, the page.
+
+::
+
+    create_app(executor) ──▶ Guard (host · token · origin)
+                               ├─ /api/...            REST  (isolane.serve.routes)
+                               ├─ /ws/runs/{id}       one run's events, since=<seq>  (isolane.serve.ws)
+                               ├─ /                   the live page (static/index.html)
+                               └─ /static/...         the page's scripts, vendored libraries
+
+The executor is opened and closed by the host (``async with Executor() as ex``), on the same
+event loop as the server; the app only uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from isolane.errors import ConfigError, IsolaneError
+from isolane.executor.executor import Executor
+from isolane.serve.auth import LOOPBACK_HOSTS, TOKEN_ENV, Guard, GuardPolicy
+from isolane.serve.routes import api_routes, resolve_handle
+from isolane.serve.ws import DEFAULT_QUEUE_SIZE, stream_run
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+_WS_NOT_FOUND: Final = 4404
+_WS_BAD_REQUEST: Final = 4400
+
+
+def create_app(
+    executor: Executor,
+    *,
+    token: str | None = None,
+    allowed_origins: Collection[str] = (),
+    allowed_hosts: Collection[str] = LOOPBACK_HOSTS,
+    workflows: Collection[str] | None = None,
+    client_queue: int = DEFAULT_QUEUE_SIZE,
+) -> Starlette:
+    """A Starlette app serving ``executor``'s runs.
+
+    ``token``: required on every route and socket (default: ``$ISOLANE_TOKEN``; none when unset
+    or empty). ``allowed_origins``: browser origins allowed besides the service's own host.
+    ``allowed_hosts``: ``Host`` names served (default: loopback names; ``["*"]`` for any).
+    ``workflows``: the workflow references ``POST /api/runs`` accepts (default: any resolvable
+    one — keep the service on loopback with a token then). ``client_queue``: frames queued per
+    WebSocket client before it is switched to catching up from the store.
+    """
+    if client_queue < 2:
+        raise ConfigError(f"client_queue must be at least 2 frames, got {client_queue}")
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    policy = GuardPolicy(token=token or None, allowed_hosts=tuple(allowed_hosts),
+                         allowed_origins=tuple(allowed_origins))
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-store"})
+
+    async def run_socket(websocket: WebSocket) -> None:
+        # Accepted first, so that a refusal reaches the client as a close code and reason.
+        await websocket.accept()
+        raw_since = websocket.query_params.get("since", "0")
+        if not raw_since.isdigit():
+            await websocket.close(_WS_BAD_REQUEST, reason="since must be a seq >= 0")
+            return
+        try:
+            handle = await resolve_handle(executor, websocket.path_params["run_id"])
+        except IsolaneError as exc:
+            await websocket.close(_WS_NOT_FOUND, reason=str(exc)[:120])
+            return
+        await stream_run(websocket, executor, handle, int(raw_since), queue_size=client_queue)
+
+    app = Starlette(
+        routes=[
+            Route("/", page, methods=["GET"]),
+            Route("/runs/{run_id}", page, methods=["GET"]),
+            *api_routes(),
+            WebSocketRoute("/ws/runs/{run_id}", run_socket),
+            Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+        ],
+        middleware=[Middleware(Guard, policy=policy)],
+    )
+    app.state.executor = executor
+    app.state.workflows = frozenset(workflows) if workflows is not None else None
+    app.state.policy = policy
+    return app

@@ -1,0 +1,343 @@
+"""The REST routes: submit, list, show, cancel, resume, events, DAG, cost, files, human input.
+
+Every handler reads the :class:`~isolane.executor.executor.Executor` from ``app.state`` and the
+store through a worker thread (no blocking call on the event loop). Errors are JSON
+``{"error": message, "type": name}`` with the status of the error's kind: 400 bad input, 404
+unknown run, 409 wrong state for the operation, 501 not available yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Final
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from isolane.errors import (
+    ConfigError,
+    IsolaneError,
+    RunNotFound,
+    RunStateError,
+    WorkflowNotFound,
+)
+from isolane.executor.executor import TERMINAL_STATUSES, Executor, RunHandle, RunSpec
+from isolane.tracking.rows import LlmCallRow
+from isolane.workflow import registered_workflows
+
+__all__ = ["JSONResponse", "api_routes", "error_response", "resolve_handle"]
+
+log = logging.getLogger(__name__)
+
+_EVENTS_PAGE: Final = 1000
+_EVENTS_MAX: Final = 10_000
+_RUNS_MAX: Final = 500
+_MAX_BODY: Final = 1024 * 1024
+#: What ``POST /api/runs`` accepts besides ``workflow``, with the type each must have.
+_SUBMIT_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
+    "task": str, "config": dict, "name": str, "timeout": (int, float),
+    "human_timeout": (int, float), "heartbeat_timeout": (int, float),
+}
+#: What ``POST /api/runs/{id}/branch`` accepts besides ``from_node``.
+_BRANCH_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
+    "name": str, "hypothesis": str, "config": dict, "timeout": (int, float),
+}
+
+
+class JSONResponse(Response):
+    """A JSON response encoded with orjson (non-string keys and odd values rendered)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=repr, option=orjson.OPT_NON_STR_KEYS)
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The JSON error for an exception a handler let through."""
+    status = 500
+    if isinstance(exc, RunNotFound):
+        status = 404
+    elif isinstance(exc, RunStateError):
+        status = 409
+    elif isinstance(exc, (ConfigError, WorkflowNotFound, IsolaneError)):
+        status = 400
+    return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+
+
+def _executor(request: Request) -> Executor:
+    executor: Executor = request.app.state.executor
+    return executor
+
+
+async def resolve_handle(executor: Executor, run_id: str) -> RunHandle:
+    """The handle of ``run_id`` (or a unique prefix): live if this executor runs it."""
+    row = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
+    return executor.get(row.id)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ConfigError("send the body as JSON with 'Content-Type: application/json'")
+    body = await request.body()
+    if len(body) > _MAX_BODY:
+        raise ConfigError(f"the body has at most {_MAX_BODY} bytes")
+    try:
+        value = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("the body must be a JSON object")
+    return value
+
+
+def _int_param(request: Request, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _run_dict(row: Any, executor: Executor) -> dict[str, Any]:
+    data = dataclasses.asdict(row)
+    handle = executor._handles.get(row.id)
+    data["live"] = handle is not None and not handle.done
+    data["ended"] = row.status in TERMINAL_STATUSES
+    return data
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+
+async def list_runs(request: Request) -> Response:
+    executor = _executor(request)
+    limit = _int_param(request, "limit", 50, low=1, high=_RUNS_MAX)
+    status = request.query_params.get("status")
+    rows = await anyio.to_thread.run_sync(lambda: executor.store.list_runs(limit=limit, status=status))
+    return JSONResponse({"runs": [_run_dict(row, executor) for row in rows]})
+
+
+async def submit_run(request: Request) -> Response:
+    executor = _executor(request)
+    body = await _json_body(request)
+    workflow = body.get("workflow")
+    if not isinstance(workflow, str) or not workflow.strip():
+        raise ConfigError("'workflow' is required: a registered name or 'package.module:function'")
+    allowed: Collection[str] | None = request.app.state.workflows
+    if allowed is not None and workflow not in allowed:
+        raise ConfigError(f"workflow {workflow!r} may not be submitted here; allowed: "
+                          f"{', '.join(sorted(allowed)) or 'none'}")
+    options: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "workflow":
+            continue
+        expected = _SUBMIT_FIELDS.get(key)
+        if expected is None:
+            raise ConfigError(f"unknown field {key!r}; send workflow and any of "
+                              f"{', '.join(sorted(_SUBMIT_FIELDS))}")
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ConfigError(f"field {key!r} has the wrong type ({type(value).__name__})")
+        if value is not None:
+            options[key] = value
+    handle = await executor.submit(RunSpec(workflow=workflow, **options))
+    return JSONResponse({"run_id": handle.run_id}, status_code=201)
+
+
+async def show_run(request: Request) -> Response:
+    executor = _executor(request)
+    run_id = request.path_params["run_id"]
+    row = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
+    handle = executor.get(row.id)
+    pending = await handle.pending_requests()
+    return JSONResponse({"run": _run_dict(row, executor),
+                         "pending_requests": [p.as_dict() for p in pending]})
+
+
+async def cancel_run(request: Request) -> Response:
+    executor = _executor(request)
+    handle = await resolve_handle(executor, request.path_params["run_id"])
+    if handle.done:
+        raise RunStateError(f"run {handle.run_id} is not running in this service; nothing to cancel")
+    reason = "cancelled through the API"
+    await handle.cancel(reason)
+    return JSONResponse({"run_id": handle.run_id, "status": "cancelling"}, status_code=202)
+
+
+async def resume_run(request: Request) -> Response:
+    executor = _executor(request)
+    run_id = request.path_params["run_id"]
+    handle = await executor.resume(run_id)
+    return JSONResponse({"run_id": handle.run_id, "status": "queued"}, status_code=202)
+
+
+async def branch_run(request: Request) -> Response:
+    executor = _executor(request)
+    body = await _json_body(request)
+    from_node = body.pop("from_node", None)
+    if not isinstance(from_node, str) or not from_node:
+        raise ConfigError("'from_node' is required: the DAG node id the branch starts from")
+    options: dict[str, Any] = {}
+    for key, value in body.items():
+        expected = _BRANCH_FIELDS.get(key)
+        if expected is None:
+            raise ConfigError(f"unknown field {key!r}; send from_node and any of "
+                              f"{', '.join(sorted(_BRANCH_FIELDS))}")
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ConfigError(f"field {key!r} has the wrong type ({type(value).__name__})")
+        if value is not None:
+            options[key] = value
+    handle = await executor.branch(request.path_params["run_id"], from_node, **options)
+    return JSONResponse({"run_id": handle.run_id, "parent_run_id": request.path_params["run_id"],
+                         "from_node": from_node}, status_code=201)
+
+
+async def run_events(request: Request) -> Response:
+    executor = _executor(request)
+    run_id = request.path_params["run_id"]
+    since = _int_param(request, "since", 0)
+    limit = _int_param(request, "limit", _EVENTS_PAGE, low=1, high=_EVENTS_MAX)
+    types = request.query_params.getlist("type") or None
+    row = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
+    events = await anyio.to_thread.run_sync(
+        lambda: executor.store.events(row.id, after_seq=since, limit=limit, types=types))
+    body = b'{"run_id":' + orjson.dumps(row.id) + b',"events":[' + b",".join(
+        e.to_json() for e in events) + b'],"next_since":' + orjson.dumps(
+        events[-1].seq if events else since) + b',"more":' + (b"true" if len(events) == limit else b"false") + b"}"
+    return Response(body, media_type="application/json")
+
+
+async def run_dag(request: Request) -> Response:
+    executor = _executor(request)
+    run_id = request.path_params["run_id"]
+
+    def read() -> dict[str, Any]:
+        row = executor.store.get_run(run_id)
+        nodes, edges = executor.store.dag(row.id)
+        return {"run_id": row.id, "status": row.status, "parent_run_id": row.parent_run_id,
+                "branch_point_node": row.branch_point_node,
+                "nodes": [dataclasses.asdict(n) for n in nodes],
+                "edges": [dataclasses.asdict(e) for e in edges]}
+
+    return JSONResponse(await anyio.to_thread.run_sync(read))
+
+
+def cost_rollup(calls: list[LlmCallRow]) -> dict[str, Any]:
+    """Totals of a run's LLM calls, and the same per model, per agent and per node."""
+
+    def totals(group: list[LlmCallRow]) -> dict[str, Any]:
+        priced = [c.cost for c in group if c.cost is not None]
+        return {"calls": len(group), "prompt_tokens": sum(c.prompt_tokens for c in group),
+                "completion_tokens": sum(c.completion_tokens for c in group),
+                "cost": round(sum(priced), 10) if priced else (0.0 if group else None),
+                "unpriced_calls": len(group) - len(priced)}
+
+    def by(key: Callable[[LlmCallRow], str | None]) -> dict[str, Any]:
+        groups: dict[str, list[LlmCallRow]] = {}
+        for call in calls:
+            groups.setdefault(key(call) or "-", []).append(call)
+        return {name: totals(group) for name, group in sorted(groups.items())}
+
+    return {**totals(calls), "by_model": by(lambda c: c.model), "by_agent": by(lambda c: c.agent),
+            "by_node": by(lambda c: c.node_id)}
+
+
+async def run_cost(request: Request) -> Response:
+    executor = _executor(request)
+    run_id = request.path_params["run_id"]
+
+    def read() -> dict[str, Any]:
+        row = executor.store.get_run(run_id)
+        return {"run_id": row.id, **cost_rollup(executor.store.llm_calls(row.id))}
+
+    return JSONResponse(await anyio.to_thread.run_sync(read))
+
+
+async def run_files(request: Request) -> Response:
+    executor = _executor(request)
+    run_id = request.path_params["run_id"]
+
+    def read() -> dict[str, Any]:
+        row = executor.store.get_run(run_id)
+        return {"run_id": row.id, "files": [dataclasses.asdict(f) for f in executor.store.files(row.id)]}
+
+    return JSONResponse(await anyio.to_thread.run_sync(read))
+
+
+async def run_requests(request: Request) -> Response:
+    executor = _executor(request)
+    handle = await resolve_handle(executor, request.path_params["run_id"])
+    pending = await handle.pending_requests()
+    return JSONResponse({"run_id": handle.run_id, "pending_requests": [p.as_dict() for p in pending]})
+
+
+async def answer_request(request: Request) -> Response:
+    executor = _executor(request)
+    body = await _json_body(request)
+    request_id, text = body.get("request_id"), body.get("text")
+    if not isinstance(request_id, str) or not isinstance(text, str):
+        raise ConfigError('send {"request_id": "...", "text": "..."}; both are strings')
+    handle = await resolve_handle(executor, request.path_params["run_id"])
+    await executor.answer(handle.run_id, request_id, text, source="api")
+    return JSONResponse({"run_id": handle.run_id, "request_id": request_id, "status": "sent"},
+                        status_code=202)
+
+
+async def list_workflows(request: Request) -> Response:
+    allowed: Collection[str] | None = request.app.state.workflows
+    known = await anyio.to_thread.run_sync(registered_workflows)
+    return JSONResponse({"workflows": [
+        {"name": name, "description": wf.description}
+        for name, wf in sorted(known.items()) if allowed is None or name in allowed]})
+
+
+def _not_yet(feature: str, issue: int) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        return JSONResponse({"error": f"{feature} is not available in this version of the service yet "
+                                      f"(issue {issue}); use Executor.race or `isolane race` meanwhile",
+                             "type": "NotImplemented"}, status_code=501)
+
+    return handler
+
+
+def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except IsolaneError as exc:
+            return error_response(exc)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def api_routes() -> list[Route]:
+    """The ``/api`` routes."""
+    table: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
+        ("/api/runs", list_runs, ["GET"]),
+        ("/api/runs", submit_run, ["POST"]),
+        ("/api/workflows", list_workflows, ["GET"]),
+        ("/api/runs/{run_id}", show_run, ["GET"]),
+        ("/api/runs/{run_id}/cancel", cancel_run, ["POST"]),
+        ("/api/runs/{run_id}/resume", resume_run, ["POST"]),
+        ("/api/runs/{run_id}/branch", branch_run, ["POST"]),
+        ("/api/runs/{run_id}/race", _not_yet("racing branches over HTTP", 5), ["POST"]),
+        ("/api/runs/{run_id}/events", run_events, ["GET"]),
+        ("/api/runs/{run_id}/dag", run_dag, ["GET"]),
+        ("/api/runs/{run_id}/cost", run_cost, ["GET"]),
+        ("/api/runs/{run_id}/files", run_files, ["GET"]),
+        ("/api/runs/{run_id}/requests", run_requests, ["GET"]),
+        ("/api/runs/{run_id}/answer", answer_request, ["POST"]),
+    ]
+    return [Route(path, _guarded(handler), methods=methods) for path, handler, methods in table]
