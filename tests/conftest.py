@@ -1,0 +1,93 @@
+"""Database fixtures: every store test runs on a real SQLite file and on a real PostgreSQL.
+
+``db_url`` is parametrized ``sqlite`` / ``postgres``. The PostgreSQL server is
+``postgresql+psycopg://postgres@127.0.0.1:5432/test`` unless ``ISOLANE_TEST_PG_URL`` names
+another; each test gets a schema of its own (through ``search_path``, so the migrations run in
+it too), dropped at teardown. An unreachable server skips the postgres tests, or fails them when
+``ISOLANE_REQUIRE_POSTGRES=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from isolane.tracking import Store
+from isolane.tracking.urls import display_url, normalize_url
+
+PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_URL_ENV = "ISOLANE_TEST_PG_URL"
+REQUIRE_PG_ENV = "ISOLANE_REQUIRE_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> URL:
+    """The PostgreSQL server the tests use (its database must exist)."""
+    return normalize_url(os.environ.get(PG_URL_ENV) or PG_DEFAULT_URL)
+
+
+@pytest.fixture(scope="session")
+def pg_admin(pg_admin_url: URL) -> Iterator[sa.Engine]:
+    """An autocommit engine on the test server, or a skip (a failure when it is required)."""
+    engine = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True,
+                              connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        message = (f"PostgreSQL not reachable at {display_url(pg_admin_url)}: {reason}; "
+                   f"set {PG_URL_ENV}")
+        if os.environ.get(REQUIRE_PG_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema_url(pg_admin: sa.Engine, pg_admin_url: URL) -> Iterator[str]:
+    """A URL whose ``search_path`` is a fresh schema of this test only; dropped afterwards."""
+    schema = f"isolane_test_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = pg_admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with pg_admin.connect() as conn:
+        conn.exec_driver_sql("SET lock_timeout = '10s'")
+        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database: a SQLite file in ``tmp_path`` or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'isolane.db'}"
+    url: str = request.getfixturevalue("pg_schema_url")
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A migrated, open store on ``db_url``; closed after the test."""
+    with Store.open(db_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio (the backend isolane's executor is exercised on)."""
+    return "asyncio"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty isolane home directory for one test."""
+    return tmp_path / "home"

@@ -1,0 +1,192 @@
+"""Hostile and buggy workflows the isolation tests run in real workers (``tests.hostile_flows``).
+
+Every one of them is bounded: whatever isolane fails to stop, the flow stops by itself (a fork
+bomb of at most 2**depth processes, at most 1 GB printed, at most ``seconds`` of flooding), so a
+regression fails a test instead of exhausting the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+from isolane.executor.context import RunContext
+
+_MIB = 1024 * 1024
+
+
+def _ready(ctx: RunContext, name: str, **data: Any) -> None:
+    ctx.emit(name, **data)
+    ctx._emitter.flush()
+
+
+def reads_environment(ctx: RunContext, task: str, config: dict[str, Any]) -> dict[str, str]:
+    """Returns everything it can see of its environment, /proc/self/environ included."""
+    env = dict(os.environ)
+    with open("/proc/self/environ", "rb") as fh:
+        env["/proc/self/environ"] = fh.read().decode("utf-8", "replace")
+    return env
+
+
+def allocates(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Allocates (and touches) memory in 16 MB blocks, up to ``mb``."""
+    blocks = []
+    for _ in range(int(config.get("mb", 1024)) // 16):
+        blocks.append(bytearray(16 * _MIB))
+    return f"allocated {len(blocks) * 16} MB"
+
+
+def fork_bomb(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Doubles its processes ``depth`` times (at most 2**depth); every copy sleeps."""
+    _ready(ctx, "forking", pid=os.getpid())
+    is_child = False
+    for _ in range(int(config.get("depth", 7))):
+        try:
+            pid = os.fork()
+        except OSError:
+            break  # the kernel refused: keep what we have
+        if pid == 0:
+            is_child = True
+    if is_child:
+        try:
+            time.sleep(60)
+        finally:
+            os._exit(0)  # a copy must never return into the worker's code
+    time.sleep(60)
+    return "the bomb was not stopped"
+
+
+def burns_cpu(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Spins on the CPU for up to ``seconds`` of wall time."""
+    deadline = time.monotonic() + float(config.get("seconds", 30))
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    return f"spun {n} times"
+
+
+def opens_files(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Opens /dev/null until the descriptors run out (at most ``max``)."""
+    held = [open(os.devnull, "rb") for _ in range(int(config.get("max", 5000)))]  # noqa: SIM115
+    return f"held {len(held)} files"
+
+
+def detached_sleep(ctx: RunContext, task: str, config: dict[str, Any]) -> None:
+    """Starts ``sleep`` detached twice (shell double fork + setsid, and a Python double fork);
+    with ``stubborn`` it also ignores the cooperative cancel, so the parent must kill the tree."""
+    if config.get("stubborn"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = subprocess.run(["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True).stdout
+    pids = [int(out.strip())]
+    read_fd, write_fd = os.pipe()
+    first = os.fork()
+    if first == 0:  # a classic daemon: fork, setsid, fork again, the middle one exits
+        os.setsid()
+        second = os.fork()
+        if second == 0:
+            os.execvp("sleep", ["sleep", "301"])
+        os.write(write_fd, str(second).encode())
+        os._exit(0)
+    os.waitpid(first, 0)
+    os.close(write_fd)
+    pids.append(int(os.read(read_fd, 32)))
+    _ready(ctx, "detached", pids=pids)
+    time.sleep(300)
+
+
+def prints_gigabyte(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Writes 1 GB to stdout as fast as it can, in 1 MB lines."""
+    line = b"x" * (_MIB - 1) + b"\n"
+    for _ in range(1024):
+        os.write(1, line)
+    return "printed 1 GB"
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+class _Exploit:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def writes_garbage(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Writes a crafted pickle, random bytes and invalid UTF-8 into its event pipe, all framed."""
+    fd = ctx._emitter._pipe_fd
+    assert fd is not None
+    ctx._emitter.flush()
+    rng = random.Random(6)
+    bad = [pickle.dumps(_Exploit(config["marker"])),
+           *(rng.randbytes(rng.randrange(1, 2000)) for _ in range(5)),
+           b'[{"v":1,"run_id":"' + ctx.run_id.encode() + b'","seq":999,"ts":1.0,"type":"custom",'
+           b'"node_id":null,"data":{"name":"\xff\xfe\xc0\xaf"}}]']
+    for payload in bad:
+        os.write(fd, _frame(payload))
+    ctx.emit("after_garbage", frames=len(bad))
+    return "survived"
+
+
+def huge_length(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Declares a 4 GB frame in its event pipe, sends some bytes, then goes on as if nothing."""
+    fd = ctx._emitter._pipe_fd
+    assert fd is not None
+    ctx._emitter.flush()
+    os.write(fd, struct.pack("!I", 0xFFFF_FFF0) + os.urandom(256 * 1024))
+    ctx.emit("after_huge_length")
+    return "the stream is lost after this"
+
+
+def floods(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Writes small garbage frames into its event pipe as fast as it can, for up to ``seconds``."""
+    fd = ctx._emitter._pipe_fd
+    assert fd is not None
+    ctx._emitter.flush()
+    chunk = _frame(b"garbage!") * 8192
+    deadline = time.monotonic() + float(config.get("seconds", 20))
+    while time.monotonic() < deadline:
+        os.write(fd, chunk)
+    return "the flood was not stopped"
+
+
+def links_etc(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Links /etc (and /etc/passwd) into its work dir, and names them in file events."""
+    os.symlink("/etc", ctx.work_dir / "etc")
+    os.symlink("/etc/passwd", ctx.work_dir / "passwd")
+    return "linked"
+
+
+def leaks_keys(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Puts API keys, a bearer token and configured secrets in messages, output and its result."""
+    keys = config["keys"]
+    env_key = os.environ["OPENAI_API_KEY"]
+    for key in [*keys, env_key]:
+        ctx.emit_event("agent_message", {"sender": "engineer", "content": f"use the key {key} now"})
+        ctx.emit_event("tool_call", {"tool": "http", "arguments": {
+            "headers": {"Authorization": f"Bearer {key}"}, "multiline": f"key:\n{key}"}})
+        print(f"debug: key={key}")
+        sys.stdout.flush()
+    raise RuntimeError(f"request failed with key {keys[0]}")
+
+
+def swallows_limits(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Catches everything, the limit's interrupt included, and keeps printing (up to 60 s)."""
+    line = b"y" * 65535 + b"\n"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.write(1, line)
+        except BaseException:  # noqa: BLE001, S110 - ignoring everything is this flow's point
+            pass
+    return "never stopped"

@@ -1,0 +1,264 @@
+"""The worker backend contract: every backend (``local``, ``ray``) passes the same suite.
+
+Ray tests carry the ``ray`` marker and share one local Ray cluster per session (2 CPUs). Without
+Ray installed they skip, or fail when ``ISOLANE_REQUIRE_RAY=1``. The multi-node test runs last:
+it replaces the session's cluster with a ``ray.cluster_utils.Cluster`` of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+import isolane
+from isolane import Executor, RunSpec
+from isolane.errors import ConfigError
+from isolane.executor.backend import (
+    BACKENDS,
+    WorkerBackend,
+    WorkerHandle,
+    create_backend,
+)
+
+pytestmark = pytest.mark.anyio
+
+REQUIRE_RAY_ENV = "ISOLANE_REQUIRE_RAY"
+#: Light actors for the contract tests: many fit on the 2-CPU session cluster, and their
+#: forkservers skip the AG2 preload (the flows here do not use AG2; see docs/distributed.md).
+_RAY_OPTIONS: dict[str, Any] = {"num_cpus": 0.25, "preload": ["isolane.executor.worker"],
+                                "kill_timeout": 5.0}
+_FLOW_CONFIG: dict[str, Any] = {"capture_ag2": False}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Ray's object refs are awaitable on asyncio only
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        message = f"Ray is not installed ({exc}); install it with `pip install 'isolane[ray]'`"
+        if os.environ.get(REQUIRE_RAY_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_RAY_ENV}=1)")
+        pytest.skip(message)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray cluster for the whole session, shut down at its end."""
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="warning")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    if request.param == "ray":
+        ray = request.getfixturevalue("ray_session")
+        if not ray.is_initialized():  # the multi-node test ran and took the session's cluster down
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     logging_level="warning")
+    return str(request.param)
+
+
+@asynccontextmanager
+async def _executor(backend: str, home: Path, **kwargs: Any) -> AsyncIterator[Executor]:
+    options = _RAY_OPTIONS if backend == "ray" else None
+    async with Executor(home=home, backend=backend, backend_options=options, **kwargs) as ex:
+        yield ex
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _first_custom(run: isolane.RunHandle, name: str) -> dict[str, Any]:
+    async for event in run.events():
+        if event.type == "custom" and event.data.get("name") == name:
+            return event.data
+    raise AssertionError(f"no {name} event")
+
+
+def test_backends_are_a_registry_by_name() -> None:
+    """Backends are looked up by name; an unknown one fails with the names that exist."""
+    assert set(BACKENDS) == {"local", "ray"}
+    local = create_backend("local")
+    assert isinstance(local, WorkerBackend) and local.name == "local"
+    with pytest.raises(ConfigError, match="unknown worker backend 'k8s'; use one of local, ray"):
+        create_backend("k8s")
+
+
+async def test_events_arrive_in_order(backend_name: str, tmp_path: Path) -> None:
+    """A run's events are stored with seq 1..n in the order the worker emitted them."""
+    async with _executor(backend_name, tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:ok", task="hi", config=_FLOW_CONFIG))
+        outcome = await run.wait()
+        assert (outcome.status, outcome.exit_code) == ("completed", 0), outcome
+        events = ex.store.events(run.run_id)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert events[0].type == "run_started" and events[-1].type == "run_completed"
+        notes = [e.data["text"] for e in events if e.type == "custom"]
+        assert notes == ["inside step 1", "inside a sub-node"]
+
+
+async def test_ten_thousand_events_none_lost(backend_name: str, tmp_path: Path) -> None:
+    """10k events travel in batches with no loss, no duplicate and no gap."""
+    n = 10_000
+    async with _executor(backend_name, tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:emit_many", config={**_FLOW_CONFIG, "n": n}))
+        outcome = await run.wait()
+        assert outcome.status == "completed" and outcome.result == n
+        assert ex.store.count_events(run.run_id, types=["custom"]) == n
+        count, low, high = ex.store.seq_stats(run.run_id)
+        assert (low, count) == (1, high)
+        ticks = [e.data["i"] for e in ex.store.events(run.run_id, types=["custom"])]
+        assert ticks == list(range(n))
+
+
+@pytest.mark.parametrize(("flow", "event"), [("tests.flows:sleeps", "sleeping"),
+                                             ("tests.backend_flows:busy_python", "busy"),
+                                             ("tests.backend_flows:busy_c", "busy")],
+                         ids=["sleeping", "busy-python", "busy-c-call"])
+async def test_cancel_stops_the_worker(backend_name: str, tmp_path: Path, flow: str,
+                                       event: str) -> None:
+    """Cancel ends a sleeping, a busy-Python and a busy-C-call run ``cancelled``, process gone."""
+    async with _executor(backend_name, tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow=flow, config=_FLOW_CONFIG, cancel_grace=0.5))
+        data = await _first_custom(run, event)
+        with anyio.fail_after(15):
+            await run.cancel("test")
+            outcome = await run.wait()
+        assert outcome.status == "cancelled", outcome
+    deadline = time.monotonic() + 5
+    while _alive(data["pid"]) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    assert not _alive(data["pid"])
+
+
+async def test_kill_9_of_the_worker_is_crashed(backend_name: str, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL from outside ends ``crashed`` with SIGKILL(-9) named."""
+    async with _executor(backend_name, tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
+        data = await _first_custom(run, "sleeping")
+        os.kill(data["pid"], signal.SIGKILL)
+        with anyio.fail_after(15):
+            outcome = await run.wait()
+    assert outcome.status == "crashed" and outcome.exit_code == -9
+    assert "SIGKILL(-9)" in (outcome.error or "")
+
+
+async def test_stopped_worker_is_caught_by_the_watchdog(backend_name: str, tmp_path: Path) -> None:
+    """A SIGSTOPped worker sends no heartbeat: the watchdog ends it ``timed_out`` and kills it."""
+    async with _executor(backend_name, tmp_path / "home", heartbeat_interval=0.2) as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG,
+                                      heartbeat_timeout=1.5, cancel_grace=0.3))
+        data = await _first_custom(run, "sleeping")
+        os.kill(data["pid"], signal.SIGSTOP)
+        with anyio.fail_after(20):
+            outcome = await run.wait()
+    assert outcome.status == "timed_out" and "no heartbeat" in (outcome.error or "")
+    assert not _alive(data["pid"])
+
+
+async def test_first_complete_race(backend_name: str, tmp_path: Path) -> None:
+    """The first racer to complete wins; the other is cancelled through its backend."""
+    async with _executor(backend_name, tmp_path / "home") as ex:
+        parent = await ex.run(RunSpec(workflow="tests.flows:race_flow", config=_FLOW_CONFIG))
+        assert parent.status == "completed"
+        with anyio.fail_after(30):
+            race = await ex.race(parent.run_id, "work", [{"delay": 30.0}, {"delay": 0.1}])
+        assert race.winner_run_id == race.racers[1]["run_id"]
+        assert [r["status"] for r in race.racers] == ["lost", "won"]
+        pids = [e.data["pid"] for r in race.racers
+                for e in ex.store.events(r["run_id"], types=["custom"]) if e.data["name"] == "racer"]
+    # A slow racer may be cancelled before it even reaches its work (a Ray actor takes seconds
+    # to start): every racer process that did start must be gone.
+    assert pids and not any(_alive(p) for p in pids)
+
+
+async def test_handle_reports_where_the_worker_runs(backend_name: str, tmp_path: Path) -> None:
+    """A started worker is a WorkerHandle naming its location (``local`` or its Ray node)."""
+    async with _executor(backend_name, tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
+        await _first_custom(run, "sleeping")
+        monitor = run._monitor
+        assert monitor is not None and isinstance(monitor.worker, WorkerHandle)
+        location = monitor.worker.location
+        await run.cancel()
+        await run.wait()
+    assert location == "local" if backend_name == "local" else location.startswith("ray node ")
+
+
+# -- multi-node (last: it replaces the session's Ray cluster) -----------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Path) -> None:
+    """Killing the node of a run ends it ``crashed`` naming the node; resume completes it on the
+    surviving node with every event exactly once."""
+    ray = _import_ray()
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 200, "health_check_failure_threshold": 3,
+                           "health_check_initial_delay_ms": 0}})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+        async with Executor(home=tmp_path / "home", backend="ray", heartbeat_interval=0.5,
+                            backend_options={**_RAY_OPTIONS, "num_cpus": 1}) as ex:
+            run = await ex.submit(RunSpec(workflow="tests.backend_flows:node_loss",
+                                          config=_FLOW_CONFIG, heartbeat_timeout=20))
+            data = await _first_custom(run, "waiting")
+            assert run._monitor is not None
+            node_id = run._monitor.worker.location.split()[2]
+            (victim,) = [n for n in nodes if n.node_id == node_id]
+            cluster.remove_node(victim, allow_graceful=False)
+            with anyio.fail_after(30):
+                outcome = await run.wait()
+            assert outcome.status == "crashed", outcome
+            assert node_id in (outcome.error or "")
+            deadline = time.monotonic() + 10  # its worker dies with the actor (parent-death signal)
+            while _alive(data["pid"]) and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            assert not _alive(data["pid"])
+
+            resumed = await ex.resume(run.run_id)
+            with anyio.fail_after(30):
+                final = await resumed.wait()
+            assert (final.status, final.result) == ("completed", "done on attempt 2"), final
+            assert resumed._monitor is None
+            count, low, high = ex.store.seq_stats(run.run_id)
+            assert (low, count) == (1, high)  # no event lost, none duplicated
+            waits = [e.data for e in ex.store.events(run.run_id, types=["custom"])
+                     if e.data["name"] == "waiting"]
+            assert [w["attempt"] for w in waits] == [1, 2]
+            progress = ex.store.count_events(run.run_id, types=["custom"]) - len(waits)
+            assert progress == 50  # step 1 ran once
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

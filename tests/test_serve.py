@@ -1,0 +1,409 @@
+"""The service end to end: real uvicorn on 127.0.0.1, real WebSocket clients, real workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
+
+import isolane.serve
+from isolane.serve import BackgroundServer
+from isolane.workflow import registered_workflows
+from tests.cdp import Chromium, find_chromium
+
+with warnings.catch_warnings():
+    # Importing AG2 (through the workflow registry) can warn about optional third-party extras
+    # installed in the environment; do it once here, outside every test's strict filter.
+    warnings.simplefilter("ignore")
+    registered_workflows()
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[BackgroundServer]:
+    with BackgroundServer(executor_options={"home": tmp_path / "home"}) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: BackgroundServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+_open_clients: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
+
+
+def _closing(http: httpx.Client) -> httpx.Client:
+    """Close ``http`` when the test ends (an open client is a ResourceWarning, an error here)."""
+    _open_clients.append(http)
+    return http
+
+
+def _ws_url(srv_url: str, run_id: str, since: int = 0, **query: str) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"{srv_url.replace('http://', 'ws://')}/ws/runs/{run_id}?since={since}{extra}"
+
+
+def _submit(client: httpx.Client, workflow: str, **fields: Any) -> str:
+    response = client.post("/api/runs", json={"workflow": workflow, **fields})
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def _frames(ws: ClientConnection, timeout: float = 60) -> Iterator[dict[str, Any]]:
+    """Every message the server sends (a frame holds one or more, one per line) until ``end``."""
+    while True:
+        for line in str(ws.recv(timeout=timeout)).split("\n"):
+            frame: dict[str, Any] = json.loads(line)
+            yield frame
+            if frame.get("type") == "end":
+                return
+
+
+def _stored_seqs(client: httpx.Client, run_id: str) -> list[int]:
+    seqs: list[int] = []
+    since = 0
+    while True:
+        page = client.get(f"/api/runs/{run_id}/events", params={"since": since, "limit": 10_000}).json()
+        seqs += [e["seq"] for e in page["events"]]
+        since = page["next_since"]
+        if not page["more"]:
+            return seqs
+
+
+def test_public_names() -> None:
+    """isolane.serve exports exactly its documented names."""
+    assert sorted(isolane.serve.__all__) == sorted([
+        "COOKIE_NAME", "CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "LOOPBACK_HOSTS", "STATIC_DIR",
+        "TOKEN_ENV", "BackgroundServer", "GuardPolicy", "Server", "cancel_live_runs", "create_app",
+        "make_server", "serve"])
+    assert all(hasattr(isolane.serve, name) for name in isolane.serve.__all__)
+
+
+def test_reconnect_with_since_receives_every_event_exactly_once(
+        server: BackgroundServer, client: httpx.Client) -> None:
+    """Connect, drop mid-run, reconnect with since=<last seq>: every event once, in order."""
+    run_id = _submit(client, "tests.human_flows:ticks",
+                     config={"n": 3000, "bursts": 30, "pause": 0.01, "gate_at": 10})
+    seqs: list[int] = []
+    with connect(_ws_url(server.url, run_id)) as ws:
+        for frame in _frames(ws):
+            assert "seq" in frame, frame
+            seqs.append(frame["seq"])
+            if frame["type"] == "human_input_request":
+                break  # drop the connection mid-run (the run waits for a person here)
+    assert client.get(f"/api/runs/{run_id}").json()["run"]["status"] == "running"
+    # While nobody listens the run goes on: answered, it streams the rest.
+    assert client.post(f"/api/runs/{run_id}/answer",
+                       json={"request_id": "run:1", "text": "go"}).status_code == 202
+    with connect(_ws_url(server.url, run_id, since=seqs[-1])) as ws:
+        frames = list(_frames(ws))
+    end = frames.pop()
+    assert end["type"] == "end" and end["status"] == "completed"
+    seqs += [f["seq"] for f in frames if "seq" in f]
+    assert seqs == list(range(1, end["last_seq"] + 1))
+    assert seqs == _stored_seqs(client, run_id)
+
+
+def test_many_clients_joining_a_live_run_each_get_every_event_in_order(
+        server: BackgroundServer, client: httpx.Client) -> None:
+    """Clients that join while events are committing see no gap at the replay/live seam."""
+    run_id = _submit(client, "tests.human_flows:ticks", config={"n": 3000, "bursts": 60, "pause": 0.02})
+
+    def follow(results: list[list[int]], join_after: int) -> None:
+        with connect(_ws_url(server.url, run_id)) as ws:  # wait until the stream is that far
+            next(f for f in _frames(ws) if f.get("seq", 0) >= join_after or f.get("type") == "end")
+        with connect(_ws_url(server.url, run_id)) as ws:  # then join: replay + live, mid-stream
+            results.append([f["seq"] for f in _frames(ws) if "seq" in f])
+
+    results: list[list[int]] = []
+    threads = [threading.Thread(target=follow, args=(results, 120 * i)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    expected = _stored_seqs(client, run_id)
+    assert len(results) == 24 and expected == list(range(1, len(expected) + 1))
+    assert all(seqs == expected for seqs in results)
+
+
+def test_slow_client_is_told_it_lagged_and_catches_up_from_the_store(tmp_path: Path) -> None:
+    """A client that stops reading overflows its bounded queue, gets 'lagged', then the rest in order."""
+    with BackgroundServer(executor_options={"home": tmp_path / "home"}, client_queue=8) as srv:
+        client = _closing(httpx.Client(base_url=srv.url, timeout=30))
+        run_id = _submit(client, "tests.human_flows:ticks",
+                         config={"n": 6000, "bursts": 6, "pause": 0.0, "pad": 1000})
+        sock = socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1])))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with connect(_ws_url(srv.url, run_id), sock=sock, max_queue=1, max_size=None) as ws:
+            stream = _frames(ws)
+            first = next(stream)
+            # Read nothing more until the whole run is stored: the server must not wait for us.
+            outcome = srv.call(srv.executor.get(run_id).wait)  # type: ignore[union-attr]
+            assert outcome.status == "completed"
+            frames = [first, *stream]
+    end = frames.pop()
+    lagged = [f for f in frames if f.get("type") == "lagged"]
+    seqs = [f["seq"] for f in frames if "seq" in f]
+    assert lagged, "the client was never told it lagged"
+    assert seqs == list(range(1, end["last_seq"] + 1))
+    for i, frame in enumerate(frames):
+        if frame.get("type") == "lagged":  # says exactly where the catch-up starts
+            assert frames[i - 1]["seq"] == frame["last_seq"] and frames[i + 1]["seq"] == frame["last_seq"] + 1
+
+
+def test_answer_over_the_websocket_reaches_the_workflow(server: BackgroundServer,
+                                                       client: httpx.Client) -> None:
+    """A human_input_request seen on the socket is answered on the socket; the run completes."""
+    run_id = _submit(client, "tests.human_flows:asks")
+    replies: list[dict[str, Any]] = []
+    with connect(_ws_url(server.url, run_id)) as ws:
+        for frame in _frames(ws):
+            if frame.get("type") == "human_input_request":
+                (pending,) = client.get(f"/api/runs/{run_id}/requests").json()["pending_requests"]
+                assert pending["request_id"] == frame["data"]["request_id"] == "review:1"
+                ws.send(json.dumps({"op": "answer", "request_id": "nope", "text": "x"}))
+                ws.send(json.dumps({"op": "answer", "request_id": "review:1", "text": "ship it"}))
+            elif frame.get("type", "").startswith("answer_"):
+                replies.append(frame)
+    assert [r["type"] for r in replies] == ["answer_refused", "answer_ok"]
+    assert "no pending human-input request 'nope'" in replies[0]["error"]
+    run = client.get(f"/api/runs/{run_id}").json()["run"]
+    assert run["status"] == "completed" and run["result"] == {"answer": "ship it"}
+
+
+def test_rest_routes(server: BackgroundServer, client: httpx.Client) -> None:
+    """Submit, list, show, events, DAG, cost, files, cancel; clear errors for bad input and absent features."""
+    assert client.get("/api/runs/nope1234").status_code == 404
+    bad = client.post("/api/runs", json={"workflow": "tests.human_flows:asks", "colour": "red"})
+    assert bad.status_code == 400 and "unknown field 'colour'" in bad.json()["error"]
+    assert client.post("/api/runs", content=b"{}", headers={"content-type": "text/plain"}).status_code == 400
+    missing = client.post("/api/runs", json={"workflow": "no.such.module:main"})
+    assert missing.status_code == 400 and "cannot import" in missing.json()["error"]
+
+    run_id = _submit(client, "tests.flows:sleeps", config={"seconds": 60}, name="sleeper")
+    with connect(_ws_url(server.url, run_id)) as ws:
+        next(f for f in _frames(ws) if f.get("type") == "custom")
+        listed = client.get("/api/runs").json()["runs"]
+        assert [(r["id"], r["name"], r["live"]) for r in listed] == [(run_id, "sleeper", True)]
+        cancel = client.post(f"/api/runs/{run_id}/cancel")
+        assert cancel.status_code == 202
+        end = list(_frames(ws))[-1]
+    assert end["status"] == "cancelled"
+    assert client.post(f"/api/runs/{run_id}/cancel").status_code == 409
+    assert client.post(f"/api/runs/{run_id}/answer", json={"request_id": "x", "text": "y"}).status_code == 409
+    race = client.post(f"/api/runs/{run_id}/race", json={})
+    assert race.status_code == 501 and "not available" in race.json()["error"]
+    assert client.post(f"/api/runs/{run_id}/branch", json={}).status_code == 400
+
+    done = _submit(client, "tests.flows:ok", task="hi")
+    with connect(_ws_url(server.url, done)) as ws:
+        assert list(_frames(ws))[-1]["status"] == "completed"
+    show = client.get(f"/api/runs/{done[:8]}").json()
+    assert show["run"]["id"] == done and show["pending_requests"] == []
+    dag = client.get(f"/api/runs/{done}/dag").json()
+    assert {(n["node_id"], n["status"]) for n in dag["nodes"]} == {("step_1", "completed"), ("step_1/sub", "completed")}
+    page = client.get(f"/api/runs/{done}/events", params={"since": 2, "limit": 3}).json()
+    assert [e["seq"] for e in page["events"]] == [3, 4, 5] and page["more"] and page["next_since"] == 5
+    assert client.get(f"/api/runs/{done}/events", params={"since": "x"}).status_code == 400
+    assert client.get(f"/api/runs/{done}/cost").json()["calls"] == 0
+    assert client.get(f"/api/runs/{done}/files").json()["files"] == []
+    branched = client.post(f"/api/runs/{done}/branch", json={"from_node": "step_1", "name": "again"})
+    assert branched.status_code == 201, branched.text
+    child = branched.json()["run_id"]
+    with connect(_ws_url(server.url, child)) as ws:
+        assert list(_frames(ws))[-1]["status"] == "completed"
+    assert client.get(f"/api/runs/{child}").json()["run"]["parent_run_id"] == done
+    page_html = client.get("/")
+    assert page_html.status_code == 200 and "cytoscape.min.js" in page_html.text
+    assert client.get("/static/vendor/cytoscape.min.js").status_code == 200
+
+
+def test_token_guards_every_route_and_socket(tmp_path: Path) -> None:
+    """With a token, requests and sockets without it are refused; header, cookie or ?token= pass."""
+    with BackgroundServer(executor_options={"home": tmp_path / "home"}, token="s3cret") as srv:
+        anonymous = _closing(httpx.Client(base_url=srv.url, timeout=30))
+        refused = anonymous.get("/api/runs")
+        assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["error"]
+        assert anonymous.get("/").status_code == 401
+        assert anonymous.get("/static/app.js").status_code == 401
+        authed = _closing(httpx.Client(base_url=srv.url, timeout=30, headers={"authorization": "Bearer s3cret"}))
+        run_id = _submit(authed, "tests.flows:ok")
+        with pytest.raises(InvalidStatus) as info, connect(_ws_url(srv.url, run_id)):
+            pass
+        assert info.value.response.status_code == 403
+        with connect(_ws_url(srv.url, run_id, token="s3cret")) as ws:
+            assert list(_frames(ws))[-1]["status"] == "completed"
+        page = anonymous.get("/", params={"token": "s3cret"})
+        assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+        assert anonymous.get("/api/runs").status_code == 200  # the cookie from the page
+        assert httpx.get(f"{srv.url}/api/runs", headers={"authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_origin_host_and_workflow_allow_lists(tmp_path: Path) -> None:
+    """Sockets and writes from other origins, foreign Host headers and unlisted workflows are refused."""
+    with BackgroundServer(executor_options={"home": tmp_path / "home"},
+                          allowed_origins=["http://app.example:3000"], workflows=["tests.flows:ok"]) as srv:
+        client = _closing(httpx.Client(base_url=srv.url, timeout=30))
+        run_id = _submit(client, "tests.flows:ok")
+        other = client.post("/api/runs", json={"workflow": "tests.flows:sleeps"})
+        assert other.status_code == 400 and "may not be submitted here" in other.json()["error"]
+        with pytest.raises(InvalidStatus), \
+                connect(_ws_url(srv.url, run_id), origin=Origin("http://evil.example")):
+            pass
+        for origin in (srv.url, "http://app.example:3000"):
+            with connect(_ws_url(srv.url, run_id), origin=Origin(origin)) as ws:
+                assert list(_frames(ws))[-1]["type"] == "end"
+        evil_post = client.post("/api/runs", json={"workflow": "tests.flows:ok"},
+                                headers={"origin": "http://evil.example"})
+        assert evil_post.status_code == 403
+        rebinding = client.get("/api/runs", headers={"host": "attacker.example:80"})
+        assert rebinding.status_code == 400 and "not served here" in rebinding.json()["error"]
+
+
+# -- a parent restarted while a question is pending -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _serve_process(home: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``isolane serve --port 0`` as a real parent process; yields it and its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isolane.cli", "serve", "--port", "0", "--home", str(home)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env={k: v for k, v in os.environ.items() if k != "ISOLANE_TOKEN"})
+    url: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write("[serve] " + line)
+            match = re.search(r"http://127\.0\.0\.1:\d+", line)
+            if match and not url:
+                url.append(match.group(0))
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60) and url, "isolane serve did not report its URL"
+        yield proc, url[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        reader.join(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def test_parent_restarted_while_a_question_is_pending_re_asks_it(tmp_path: Path) -> None:
+    """The parent dies with a question pending; a new parent still lists it, resumes, re-asks; the run completes."""
+    home = tmp_path / "home"
+    with _serve_process(home) as (first, url):
+        client = _closing(httpx.Client(base_url=url, timeout=30))
+        run_id = _submit(client, "tests.human_flows:asks")
+        with connect(_ws_url(url, run_id)) as ws:
+            asked = next(f for f in _frames(ws) if f.get("type") == "human_input_request")
+        worker_pid = client.get(f"/api/runs/{run_id}").json()["run"]["worker_pid"]
+        first.kill()  # SIGKILL: no clean-up of any kind
+        first.wait(10)
+    # Nobody can answer the orphaned worker: it stops asking and leaves the request in its spool.
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(worker_pid).wait(30)
+
+    with _serve_process(home) as (_second, url):
+        client = _closing(httpx.Client(base_url=url, timeout=30))
+        shown = client.get(f"/api/runs/{run_id}").json()
+        assert [p["request_id"] for p in shown["pending_requests"]] == [asked["data"]["request_id"]]
+        assert shown["run"]["error_type"].endswith("HumanInputUnavailable")
+        assert client.post(f"/api/runs/{run_id}/resume").status_code == 202
+        with connect(_ws_url(url, run_id, since=asked["seq"])) as ws:
+            frames = []
+            for frame in _frames(ws):
+                frames.append(frame)
+                if frame.get("type") == "human_input_request":  # asked again, same request id
+                    assert frame["data"]["request_id"] == asked["data"]["request_id"]
+                    answer = client.post(f"/api/runs/{run_id}/answer",
+                                         json={"request_id": frame["data"]["request_id"], "text": "resumed"})
+                    assert answer.status_code == 202, answer.text
+        assert frames[-1]["status"] == "completed"
+        run = client.get(f"/api/runs/{run_id}").json()["run"]
+        assert run["result"] == {"answer": "resumed"} and run["attempt"] == 2
+        seqs = _stored_seqs(client, run_id)
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+# -- the page in a real browser ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Chromium]:
+    binary = find_chromium()
+    if binary is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
+        if os.environ.get("ISOLANE_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with Chromium(binary, tmp_path / "chromium-profile") as browser:
+        yield browser
+
+
+def test_page_shows_the_dag_live_and_a_node_completes_without_reload(
+        server: BackgroundServer, client: httpx.Client, chromium: Chromium) -> None:
+    """The page draws a running run's DAG; answering its question turns 'review' completed live."""
+    run_id = _submit(client, "tests.human_flows:gated_steps", task="release 1.0")
+    chromium.navigate(f"{server.url}/runs/{run_id}")
+    chromium.wait_for("document.querySelector('[data-request-id]')")
+    assert chromium.evaluate(
+        "[...document.querySelectorAll('#nodes li')].map(n => n.dataset.nodeId + ':' + n.dataset.status)"
+    ) == ["build:completed", "review:running"]
+    assert chromium.evaluate("window.isolanePage.graph.nodes().length") == 2
+    assert chromium.evaluate("document.querySelector('#runs [data-run-id]') !== null")
+    chromium.screenshot(ARTIFACTS / "serve-page-waiting.png")
+    marker = chromium.evaluate("window.__sameDocument = Math.random()")
+    # A person answers on the page: type, click; the page posts the answer to the API.
+    chromium.evaluate("document.querySelector('[data-request-id] textarea').value = 'yes, ship';"
+                      "document.querySelector('[data-request-id] button.primary').click(); true")
+    chromium.wait_for("document.querySelector('[data-node-id=\"review\"]').dataset.status === 'completed'")
+    chromium.wait_for("document.querySelector('#run-status').dataset.status === 'completed'")
+    assert chromium.evaluate("window.__sameDocument") == marker  # no reload happened
+    statuses = chromium.evaluate(
+        "Object.fromEntries(window.isolanePage.graph.nodes().map(n => [n.id(), n.data('status')]))")
+    assert statuses == {"build": "completed", "review": "completed", "ship": "completed"}
+    chromium.screenshot(ARTIFACTS / "serve-page-completed.png")
+    run = client.get(f"/api/runs/{run_id}").json()["run"]
+    assert run["status"] == "completed" and run["result"] == "yes, ship"
