@@ -1,0 +1,503 @@
+"""isolane benchmarks: each figure beside a baseline measured in the same run.
+
+Usage: ``python scripts/bench.py NAME [--json]`` with NAME one of the registered benchmarks
+(``python scripts/bench.py --help`` lists them). Figures are ratios where DESIGN.md sets a target,
+because this shared machine is noisy; absolute numbers are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import Float, Integer, String, Text, UniqueConstraint, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from isolane import Executor, RunSpec
+from isolane.executor.emitter import Emitter
+from isolane.tracking.store import Store
+
+log = logging.getLogger("isolane.bench")
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
+
+
+def benchmark(name: str) -> Callable[[Callable[[argparse.Namespace], dict[str, Any]]],
+                                     Callable[[argparse.Namespace], dict[str, Any]]]:
+    def register(fn: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[[argparse.Namespace], dict[str, Any]]:
+        BENCHMARKS[name] = fn
+        return fn
+    return register
+
+
+# -- throughput ----------------------------------------------------------------------------------
+
+
+def emit_many(ctx: Any, task: str, config: dict[str, Any]) -> int:
+    n = int(config["n"])
+    emit = ctx.emit
+    for i in range(n):
+        emit("tick", i=i)
+    return n
+
+
+def _emit_cost(samples: int = 200_000) -> tuple[float, float]:
+    """Per-call ``emit()`` cost in ns (p50, mean), timer overhead subtracted, flusher running."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    emitter = Emitter("bench", pipe_fd=devnull, spool_path=None, max_buffer_events=1_000_000)
+    clock = time.perf_counter_ns
+    overhead = sorted(-(clock() - clock()) for _ in range(50_000))[25_000]
+    emit = emitter.emit
+    data = {"name": "tick", "i": 0}
+    costs = []
+    for _ in range(samples):
+        t0 = clock()
+        emit("custom", data)
+        costs.append(clock() - t0)
+    # The mean from one timed block of many calls (no per-call timer in the loop).
+    t0 = clock()
+    for _ in range(samples):
+        emit("custom", data)
+    mean = (clock() - t0) / samples
+    emitter.close()
+    costs.sort()
+    return max(0.0, costs[len(costs) // 2] - overhead), mean
+
+
+def _rows(n: int) -> list[tuple[str, int, float, str, None, str]]:
+    now = time.time()
+    return [("bench", i, now, "custom", None, f'{{"i":{i},"name":"tick"}}') for i in range(1, n + 1)]
+
+
+def _sqlite_conn(path: Path) -> sqlite3.Connection:
+    """A plain ``sqlite3`` connection to a database with isolane's schema and one run, ``bench``.
+
+    The baselines write the same rows into the same table as isolane does, so the ratio measures
+    isolane's overhead, not a difference in schema.
+    """
+    with Store.open(f"sqlite:///{path}") as store:
+        store.create_run(run_id="bench", workflow="bench")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _raw_sqlite_rate(tmp: Path, n: int) -> float:
+    conn = _sqlite_conn(tmp / "raw.db")
+    rows = _rows(n)
+    sql = "INSERT OR IGNORE INTO events (run_id, seq, ts, type, node_id, data) VALUES (?,?,?,?,?,?)"
+    t0 = time.perf_counter()
+    for i in range(0, n, 1000):
+        conn.execute("BEGIN")
+        conn.executemany(sql, rows[i:i + 1000])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return n / elapsed
+
+
+def _per_event_commit_rate(tmp: Path, n: int) -> float:
+    conn = _sqlite_conn(tmp / "per_event.db")
+    rows = _rows(n)
+    sql = "INSERT INTO events (run_id, seq, ts, type, node_id, data) VALUES (?,?,?,?,?,?)"
+    t0 = time.perf_counter()
+    for row in rows:
+        conn.execute("BEGIN")
+        conn.execute(sql, row)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return n / elapsed
+
+
+def _older_design_rate(tmp: Path, n: int) -> float:
+    """The design isolane replaces: an ORM object added and committed per event, SQLite defaults.
+
+    (Rollback journal, ``synchronous=FULL``; each commit waits for the disk.)
+    """
+    class Base(DeclarativeBase):
+        pass
+
+    class EventRow(Base):
+        __tablename__ = "events"
+        __table_args__ = (UniqueConstraint("run_id", "seq"),)
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        run_id: Mapped[str] = mapped_column(String(36))
+        seq: Mapped[int] = mapped_column(Integer)
+        ts: Mapped[float] = mapped_column(Float)
+        type: Mapped[str] = mapped_column(String(40))
+        node_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+        data: Mapped[str] = mapped_column(Text)
+
+    engine = create_engine(f"sqlite:///{tmp / 'older.db'}")
+    Base.metadata.create_all(engine)  # a throwaway baseline table, not isolane's schema path
+    rows = _rows(n)
+    t0 = time.perf_counter()
+    with Session(engine) as session:
+        for run_id, seq, ts, type_, node_id, data in rows:
+            session.add(EventRow(run_id=run_id, seq=seq, ts=ts, type=type_, node_id=node_id, data=data))
+            session.commit()
+    elapsed = time.perf_counter() - t0
+    engine.dispose()
+    return n / elapsed
+
+
+async def _e2e(tmp: Path, n: int) -> dict[str, Any]:
+    async with Executor(home=tmp / "home") as ex:
+        # Warm the forkserver so the figure is about streaming, not the first AG2 import.
+        await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))
+        run = await ex.submit(RunSpec(workflow=emit_many, config={"n": n}))
+        t0 = time.perf_counter()
+        outcome = await run.wait()
+        elapsed = time.perf_counter() - t0
+        count, low, high = ex.store.seq_stats(run.run_id)
+        custom = ex.store.count_events(run.run_id, types=["custom"])
+    return {"status": outcome.status, "seconds": elapsed, "rows": count, "custom": custom,
+            "seq_min": low, "seq_max": high}
+
+
+@benchmark("throughput")
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """Worker emit() cost and 1 worker → SQLite end-to-end rate, against raw sqlite3."""
+    n = args.events
+    emit_p50, emit_mean = _emit_cost()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        e2e = anyio.run(_e2e, tmp, n)
+        raw = _raw_sqlite_rate(tmp, n)
+        per_event_wal = _per_event_commit_rate(tmp, min(n, 20_000))
+        per_event = _older_design_rate(tmp, min(n, 2_000))
+    e2e_rate = e2e["custom"] / e2e["seconds"]
+    lost = n - e2e["custom"]
+    duplicates = e2e["rows"] - (e2e["seq_max"] - e2e["seq_min"] + 1)
+    return {
+        "emit_ns_p50": round(emit_p50, 1),
+        "emit_ns_mean": round(emit_mean, 1),
+        "events": n,
+        "e2e_status": e2e["status"],
+        "e2e_seconds": round(e2e["seconds"], 3),
+        "e2e_events_per_s": round(e2e_rate),
+        "raw_sqlite_rows_per_s": round(raw),
+        "per_event_commit_rows_per_s": round(per_event),
+        "per_event_commit_wal_rows_per_s": round(per_event_wal),
+        "ratio_vs_raw": round(e2e_rate / raw, 3),
+        "speedup_vs_per_event_commit": round(e2e_rate / per_event, 1),
+        "speedup_vs_per_event_commit_wal": round(e2e_rate / per_event_wal, 1),
+        "lost": lost,
+        "duplicates": duplicates,
+    }
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+
+def sleeps(ctx: Any, task: str, config: dict[str, Any]) -> None:
+    ctx.emit("sleeping", pid=os.getpid())
+    ctx._emitter.flush()
+    time.sleep(60)
+
+
+def _start_ms(samples: int) -> tuple[list[float], list[float]]:
+    """Forkserver start to the worker's first frame, and a fresh interpreter importing AG2."""
+    import select
+    import subprocess
+
+    from isolane.executor.supervisor import Supervisor, worker_environment
+    from isolane.executor.worker import WorkerSpec
+
+    supervisor = Supervisor()
+    supervisor.start()
+    forked: list[float] = []
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(samples + 1):
+            spec = WorkerSpec(run_id=f"start{i}", workflow=emit_many, task="", config={"n": 1},
+                              work_dir=f"{d}/w{i}", spool_path=f"{d}/s{i}.jsonl", env=worker_environment())
+            t0 = time.perf_counter()
+            worker = supervisor.spawn(spec)
+            select.select([worker.event_fd], [], [], 30)
+            if i:  # the first one waits for the forkserver's own preload
+                forked.append((time.perf_counter() - t0) * 1000)
+            worker.process.join(10)
+            os.close(worker.event_fd)
+            worker.close()
+    spawned = []
+    for _ in range(max(3, samples // 3)):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import autogen, openai"], check=True)
+        spawned.append((time.perf_counter() - t0) * 1000)
+    return forked, spawned
+
+
+async def _crash_and_memory(tmp: Path, trials: int, events: int) -> tuple[list[float], float]:
+    import psutil
+
+    me = psutil.Process()
+    async with Executor(home=tmp / "home") as ex:
+        await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))
+        noticed = []
+        for _ in range(trials):
+            run = await ex.submit(RunSpec(workflow=sleeps))
+            async for event in run.events(types=["custom"]):
+                pid = event.data["pid"]
+                break
+            t0 = time.perf_counter()
+            os.kill(pid, 9)
+            await run.wait()
+            noticed.append((time.perf_counter() - t0) * 1000)
+        start_rss = me.memory_info().rss
+        peak = start_rss
+        run = await ex.submit(RunSpec(workflow=emit_many, config={"n": events}))
+        while not run.done:
+            peak = max(peak, me.memory_info().rss)
+            await anyio.sleep(0.05)
+        await run.wait()
+    return noticed, (peak - start_rss) / 2**20
+
+
+@benchmark("lifecycle")
+def lifecycle(args: argparse.Namespace) -> dict[str, Any]:
+    """Worker start (preloaded forkserver vs AG2 import), crash noticed, parent memory at 1M events."""
+    forked, spawned = _start_ms(15)
+    with tempfile.TemporaryDirectory() as d:
+        noticed, grew_mb = anyio.run(_crash_and_memory, Path(d), 7, args.memory_events)
+    return {
+        "start_ms_p50": round(statistics.median(forked), 1),
+        "spawn_import_ag2_ms_p50": round(statistics.median(spawned), 1),
+        "start_speedup_vs_spawn": round(statistics.median(spawned) / statistics.median(forked), 1),
+        "crash_noticed_ms_p50": round(statistics.median(noticed), 1),
+        "crash_noticed_ms_samples": [round(x, 1) for x in noticed],
+        "memory_events": args.memory_events,
+        "parent_rss_growth_mb": round(grew_mb, 1),
+    }
+
+
+# -- state -----------------------------------------------------------------------------------------
+
+
+def crash_first_attempt(ctx: Any, task: str, config: dict[str, Any]) -> str:
+    ctx.step("step_1", lambda: 1)
+    if ctx.attempt == 1:
+        ctx._emitter.flush()
+        os.kill(os.getpid(), 9)
+    return "resumed"
+
+
+def _snapshot_cost_us(history: int, repeats: int = 200) -> float:
+    """Median cost of one ``ctx.snapshot()`` that saves one new message after ``history`` others."""
+    from isolane.executor.context import RunContext
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    emitter = Emitter("bench", pipe_fd=devnull, spool_path=None, max_buffer_events=1_000_000)
+    ctx = RunContext(run_id="bench", work_dir=Path("."), task="", config={}, emitter=emitter)
+    message = {"role": "assistant", "name": "engineer", "content": "x" * 400}
+    for _ in range(history):
+        ctx.log("chat", message)
+    ctx.state["turn"] = 0
+    ctx.snapshot()
+    costs = []
+    for turn in range(repeats):
+        ctx.log("chat", message)
+        ctx.state["turn"] = turn
+        t0 = time.perf_counter_ns()
+        ctx.snapshot()
+        costs.append(time.perf_counter_ns() - t0)
+    emitter.close()
+    return statistics.median(costs) / 1000
+
+
+async def _resume_ms(tmp: Path, trials: int) -> list[float]:
+    async with Executor(home=tmp / "home") as ex:
+        await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))  # warm the forkserver
+        figures = []
+        for _ in range(trials):
+            crashed = await ex.run(RunSpec(workflow=crash_first_attempt))
+            last = ex.store.seq_stats(crashed.run_id)[2] or 0
+            t0 = time.perf_counter()
+            handle = await ex.resume(crashed.run_id)
+            async for event in handle.events(since=last):
+                figures.append((time.perf_counter() - t0) * 1000)
+                break
+            await handle.wait()
+    return figures
+
+
+@benchmark("state")
+def state(args: argparse.Namespace) -> dict[str, Any]:
+    """Session-state save cost by history length (flat = O(delta)) and resume latency."""
+    by_history = {str(h): round(_snapshot_cost_us(h), 2) for h in (10, 100, 1_000, 10_000)}
+    with tempfile.TemporaryDirectory() as d:
+        resumes = anyio.run(_resume_ms, Path(d), 7)
+    return {
+        "save_us_by_history": by_history,
+        "save_ratio_10000_vs_10": round(by_history["10000"] / by_history["10"], 2),
+        "resume_ms": round(statistics.median(resumes), 1),
+        "resume_ms_samples": [round(r, 1) for r in resumes],
+    }
+
+
+# -- race ------------------------------------------------------------------------------------------
+
+
+def race_work(ctx: Any, task: str, config: dict[str, Any]) -> float:
+    ctx.step("prepare", lambda: "ready")
+    return float(ctx.step("work", lambda: time.sleep(float(config.get("delay", 0.0))) or 1.0))
+
+
+async def _race_figures(tmp: Path, races: int) -> tuple[list[float], list[float]]:
+    loser_stop: list[float] = []
+    branch_start: list[float] = []
+    async with Executor(home=tmp / "home", max_workers=4) as ex:
+        parent = await ex.run(RunSpec(workflow=race_work))
+        for _ in range(races):
+            t0 = time.perf_counter()
+            child = await ex.branch(parent.run_id, "work")
+            inherited = ex.store.get_run(child.run_id).meta["inherited_through"]
+            async for _event in child.events(since=inherited):
+                branch_start.append((time.perf_counter() - t0) * 1000)
+                break
+            await child.wait()
+        for _ in range(races):
+            race = await ex.race(parent.run_id, "work", [{"delay": 0.05}, {"delay": 30}, {"delay": 30}])
+            assert race.decided_at is not None and race.losers_gone_at is not None, race
+            loser_stop.append((race.losers_gone_at - race.decided_at) * 1000)
+    return loser_stop, branch_start
+
+
+@benchmark("race")
+def race(args: argparse.Namespace) -> dict[str, Any]:
+    """Racing losers gone after the winner finishes; branch request to its first event."""
+    with tempfile.TemporaryDirectory() as d:
+        loser_stop, branch_start = anyio.run(_race_figures, Path(d), 7)
+    return {
+        "loser_stop_ms_p50": round(statistics.median(loser_stop), 1),
+        "loser_stop_ms_samples": [round(x, 1) for x in loser_stop],
+        "branch_start_ms_p50": round(statistics.median(branch_start), 1),
+        "branch_start_ms_samples": [round(x, 1) for x in branch_start],
+    }
+
+
+@benchmark("serve")
+def serve(args: argparse.Namespace) -> dict[str, Any]:
+    """WebSocket events/s to one client and fan-out latency, beside the store's own event rate."""
+    from scripts.bench_serve import run_serve_benchmark
+
+    return run_serve_benchmark(events=min(args.events, 100_000))
+
+
+@benchmark("ag2")
+def ag2(args: argparse.Namespace) -> dict[str, Any]:
+    """The same offline AG2 group chat with and without capture: seconds per run and their ratio."""
+    from scripts.bench_ag2 import run_ag2_benchmark
+
+    return run_ag2_benchmark()
+
+
+# -- ray -------------------------------------------------------------------------------------------
+
+
+def idle(ctx: Any, task: str, config: dict[str, Any]) -> str:
+    return "idle"
+
+
+async def _launch_and_stream(tmp: Path, backend: str, options: dict[str, Any] | None, n: int,
+                             launches: int) -> dict[str, Any]:
+    """Submit → first stored event (warm backend), then ``n`` events end to end, on one backend."""
+    async with Executor(home=tmp / backend, backend=backend, backend_options=options) as ex:
+        await ex.run(RunSpec(workflow=idle))  # warm: cluster up, first actor/forkserver paid
+        launch_ms: list[float] = []
+        for _ in range(launches):
+            t0 = time.perf_counter()
+            run = await ex.submit(RunSpec(workflow=idle))
+            async for _event in run.events():
+                launch_ms.append((time.perf_counter() - t0) * 1000)
+                break
+            await run.wait()
+        run = await ex.submit(RunSpec(workflow=emit_many, config={"n": n, "capture_ag2": False}))
+        # Started → completed, as in ``throughput``: the rate of the stream, not of the launch.
+        async for event in run.events():
+            if event.type == "run_started":
+                t0 = time.perf_counter()
+                break
+        outcome = await run.wait()
+        elapsed = time.perf_counter() - t0
+        custom = ex.store.count_events(run.run_id, types=["custom"])
+        count, low, high = ex.store.seq_stats(run.run_id)
+    return {"launch_ms_p50": round(statistics.median(launch_ms), 1),
+            "launch_ms_samples": [round(x, 1) for x in launch_ms],
+            "e2e_status": outcome.status, "e2e_events_per_s": round(custom / elapsed),
+            "lost": n - custom, "duplicates": count - (high - low + 1)}
+
+
+@benchmark("ray")
+def ray_backend(args: argparse.Namespace) -> dict[str, Any]:
+    """The Ray backend beside the local one, same run: launch latency and streamed events/s.
+
+    ``launch_ms_p50`` is submit → first stored event on a warm cluster with the default AG2
+    preload (each actor starts its own forkserver); ``*_light`` preloads only the worker module.
+    """
+    import ray
+
+    n = min(args.events, 200_000)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            local = anyio.run(_launch_and_stream, tmp, "local", None, n, 5)
+            remote = anyio.run(_launch_and_stream, tmp, "ray", None, n, 5)
+            light = anyio.run(_launch_and_stream, tmp, "ray",
+                              {"preload": ["isolane.executor.worker"]}, 1, 5)
+    finally:
+        ray.shutdown()
+    return {
+        "events": n,
+        "launch_ms_p50": remote["launch_ms_p50"],
+        "launch_ms_samples": remote["launch_ms_samples"],
+        "launch_ms_p50_light": light["launch_ms_p50"],
+        "e2e_events_per_s": remote["e2e_events_per_s"],
+        "e2e_status": remote["e2e_status"],
+        "lost": remote["lost"],
+        "duplicates": remote["duplicates"],
+        "local_launch_ms_p50": local["launch_ms_p50"],
+        "local_e2e_events_per_s": local["e2e_events_per_s"],
+        "ratio_e2e_vs_local": round(remote["e2e_events_per_s"] / local["e2e_events_per_s"], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--events", type=int, default=200_000, help="events for throughput runs")
+    parser.add_argument("--memory-events", type=int, default=1_000_000,
+                        help="events streamed while the parent's memory is watched (lifecycle)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    figures = BENCHMARKS[args.name](args)
+    if args.json:
+        sys.stdout.write(json.dumps(figures) + "\n")
+    else:
+        width = max(map(len, figures))
+        for key, value in figures.items():
+            sys.stdout.write(f"{key:<{width}}  {value}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
