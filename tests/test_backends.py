@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -28,6 +30,8 @@ from isolane.executor.backend import (
     WorkerHandle,
     create_backend,
 )
+from isolane.tracking.blobs import BlobStore
+from isolane.tracking.workspace import checkout
 
 pytestmark = pytest.mark.anyio
 
@@ -208,6 +212,92 @@ async def test_handle_reports_where_the_worker_runs(backend_name: str, tmp_path:
     assert location == "local" if backend_name == "local" else location.startswith("ray node ")
 
 
+# -- Ray only: files shipped between nodes, warm relays, re-attaching after a parent crash ------
+
+
+def _relay_dirs(run_id: str) -> list[Path]:
+    return list((Path(tempfile.gettempdir()) / "isolane-ray").glob(f"*/{run_id}"))
+
+
+@pytest.mark.ray
+async def test_ray_files_travel_and_a_branch_gets_its_workspace(ray_session: Any,
+                                                                tmp_path: Path) -> None:
+    """With node-local files, contents reach the parent's blob store through Ray; a branch's
+    worker receives the workspace it starts from; a warm pool serves the launches."""
+    home = tmp_path / "home"
+    options = {**_RAY_OPTIONS, "files": "ship", "pool_size": 1}
+    async with Executor(home=home, backend="ray", backend_options=options) as ex:
+        parent = await ex.run(RunSpec(workflow="tests.backend_flows:chain_files",
+                                      config={**_FLOW_CONFIG, "flavour": "a"}))
+        assert (parent.status, parent.result) == ("completed", "a-1|a-2|a-3"), parent
+        row = ex.store.get_run(parent.run_id)
+        assert not any(Path(row.work_dir).iterdir()), "the worker wrote on its node only"
+        assert row.meta["worker"]["actor"].startswith("isolane-relay-")
+        assert _relay_dirs(parent.run_id) == [], "the relay removed its node-local files"
+        out = tmp_path / "at_step_2"
+        checkout(ex.store, BlobStore(home / "blobs"), parent.run_id, "step_2", out)
+        assert sorted(p.name for p in out.iterdir()) == ["out_1.txt", "out_2.txt"]
+
+        child = await ex.branch(parent.run_id, "step_3", config={"flavour": "b"})
+        outcome = await child.wait()
+        assert (outcome.status, outcome.result) == ("completed", "a-1|a-2|b-3"), outcome
+        assert ex.store.get_run(child.run_id).meta["worker"]["actor"] != row.meta["worker"]["actor"]
+        out = tmp_path / "branch_end"
+        checkout(ex.store, BlobStore(home / "blobs"), child.run_id, "step_3", out)
+        assert (out / "out_3.txt").read_text() == "a-1|a-2|b-3"
+
+
+_CRASHING_PARENT = """
+import os, sys
+import anyio
+from isolane import Executor, RunSpec
+
+async def main() -> None:
+    options = {"num_cpus": 0.25, "preload": ["isolane.executor.worker"], "address": sys.argv[2]}
+    async with Executor(home=sys.argv[1], backend="ray", backend_options=options) as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:gated",
+                                      config={"n": 2000, "capture_ag2": False}))
+        async for event in run.events():
+            if event.type == "custom" and event.data.get("i") == 1999:
+                break
+        print(run.run_id, flush=True)
+        os._exit(3)  # the parent dies hard: no cleanup, no cancel
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.ray
+async def test_a_new_parent_reattaches_to_a_ray_worker_whose_parent_died(ray_session: Any,
+                                                                         tmp_path: Path) -> None:
+    """The relay is detached: the run outlives its parent; a new parent's recovery re-attaches,
+    replays what it missed and supervises the run to its end, every event exactly once."""
+    home = tmp_path / "home"
+    address = ray_session.get_runtime_context().gcs_address
+    parent = await anyio.run_process([sys.executable, "-c", _CRASHING_PARENT, str(home), address],
+                                     check=False, cwd=Path(__file__).parent.parent)
+    assert parent.returncode == 3, parent.stderr.decode()[-2000:]
+    run_id = parent.stdout.decode().split()[-1]
+    async with Executor(home=home, recover=True) as ex:  # the local backend cannot reach it
+        (report,) = ex.recovered
+        assert (report.run_id, report.action) == (run_id, "skipped")
+        assert "backend='ray'" in report.detail and ex.store.get_run(run_id).status == "running"
+    async with Executor(home=home, backend="ray", backend_options=_RAY_OPTIONS,
+                        recover=True) as ex:
+        assert [(r.run_id, r.action) for r in ex.recovered] == [(run_id, "reattached")]
+        row = ex.store.get_run(run_id)
+        assert row.status == "running"
+        (Path(row.work_dir) / "go").touch()  # the worker ran on while no parent watched it
+        with anyio.fail_after(60):
+            outcome = await ex.get(run_id).wait()
+        assert (outcome.status, outcome.result) == ("completed", 4000), outcome
+        assert ex.store.count_events(run_id, types=["custom"]) == 4000
+        count, low, high = ex.store.seq_stats(run_id)
+        assert (low, count) == (1, high), "no event lost, none duplicated"
+        assert ex.store.diagnostics(run_id) == [], "the replay started right after the stored seq"
+        assert ex.store.get_run(run_id).meta["parent_pid"] == os.getpid()
+
+
 # -- multi-node (last: it replaces the session's Ray cluster) -----------------------------------
 
 
@@ -215,7 +305,8 @@ async def test_handle_reports_where_the_worker_runs(backend_name: str, tmp_path:
 @pytest.mark.slow
 async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Path) -> None:
     """Killing the node of a run ends it ``crashed`` naming the node; resume completes it on the
-    surviving node with every event exactly once."""
+    surviving node with every event exactly once, and with its files: they live on the nodes
+    (``files="ship"``), travel to the parent's blob store and back to the new node."""
     ray = _import_ray()
     from ray.cluster_utils import Cluster
 
@@ -230,7 +321,7 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
         async with Executor(home=tmp_path / "home", backend="ray", heartbeat_interval=0.5,
-                            backend_options={**_RAY_OPTIONS, "num_cpus": 1}) as ex:
+                            backend_options={**_RAY_OPTIONS, "num_cpus": 1, "files": "ship"}) as ex:
             run = await ex.submit(RunSpec(workflow="tests.backend_flows:node_loss",
                                           config=_FLOW_CONFIG, heartbeat_timeout=20))
             data = await _first_custom(run, "waiting")
@@ -250,7 +341,14 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
             resumed = await ex.resume(run.run_id)
             with anyio.fail_after(30):
                 final = await resumed.wait()
-            assert (final.status, final.result) == ("completed", "done on attempt 2"), final
+            assert (final.status, final.result) == \
+                ("completed", "done on attempt 2: written by step 1"), final
+            row = ex.store.get_run(run.run_id)
+            assert not any(Path(row.work_dir).iterdir()), "workers wrote on their nodes only"
+            out = tmp_path / "checkout"
+            checkout(ex.store, BlobStore(tmp_path / "home" / "blobs"), run.run_id, "step_2", out)
+            assert (out / "notes.txt").read_text() == "written by step 1"
+            assert (out / "result.txt").read_text() == "WRITTEN BY STEP 1"
             assert resumed._monitor is None
             count, low, high = ex.store.seq_stats(run.run_id)
             assert (low, count) == (1, high)  # no event lost, none duplicated

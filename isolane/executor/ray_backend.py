@@ -1,39 +1,44 @@
-"""The Ray worker backend: one async Ray actor per run (or branch) relays isolane's normal worker.
+"""The Ray worker backend, parent side: one detached async Ray actor per run relays its worker.
 
 ::
 
-    parent (Executor, RunMonitor)                       Ray node (any)
-    ─────────────────────────────                       ─────────────────────────────────────────
-    RayBackend.launch(spec) ──actor.start(spec)──────▶  _RunActor (async; max_restarts=0,
-                                                          max_task_retries=0)
-                                                          Supervisor.spawn(spec) ─▶ worker_main
-                                                          (forkserver child of the actor: setsid,
-                                                          scrubbed env, limits, dies with it)
-    RayWorker.frames() ◀──streaming generator────────── stream(): event pipe ─▶ b"D" + raw bytes
-       FrameReader.feed() → decode/validate                         sentinel ─▶ b"X" + exit JSON
-    request_cancel/send_control ──actor methods──────▶  control pipe ({"op": "cancel"|"answer"})
-    kill_tree ──actor.kill_tree, then ray.kill──────▶   SIGKILL of the worker's tree, then the actor
+    parent (Executor, RunMonitor)                     Ray node (any)
+    ────────────────────────────────                  ───────────────────────────────────────────
+    RayBackend.launch(spec)                           RunRelay (isolane.executor.ray_relay;
+      a warm relay from the pool, or a new one          detached, named isolane-relay-<hex>,
+      probe: shared filesystem? (token file)            max_restarts=0, max_task_retries=0)
+      start(spec, shared, workspace) ─────────────▶     Supervisor.spawn ─▶ worker_main (its child)
+    RayWorker.frames() ◀── streaming generator ──────  D pipe bytes · L spool lines · B blobs · X exit
+      FrameReader / decode_frame / blob hash check
+    request_cancel · send_control ── actor calls ───▶  control pipe ({"op": "cancel"|"answer"})
+    kill_tree ── relay.kill_tree, release, ray.kill ▶  SIGKILL of the worker's tree, then the relay
+    RayBackend.attach(meta, since_seq)  (a new parent after a crash: recovery)
+      ray.get_actor(name) ── stream(since_seq) ────▶  the spool's lines after since_seq, then live
 
-The actor never runs the workflow in its own process (``worker_main`` calls ``setsid``, rewires
+The relay never runs the workflow in its own process (``worker_main`` calls ``setsid``, rewires
 fds 1/2 and clears the environment): it starts isolane's worker as a child with the same
-:class:`~isolane.executor.supervisor.Supervisor` the local backend uses, and relays the event
-pipe's bytes untouched. Items of the stream are ``bytes`` only; the parent splits and validates
-frames exactly as for a local worker and never unpickles anything a worker produced.
+:class:`~isolane.executor.supervisor.Supervisor` the local backend uses. Items of the stream are
+``bytes`` only; the parent splits and validates frames exactly as for a local worker, checks each
+shipped blob against its hash, and never interprets anything else a worker produced.
 
 Failure mapping: a lost actor or node raises at the generator (``RayActorError``,
 ``ActorDiedError``, ``NodeDiedError``); the run is then ``crashed`` with the node named. A hung
 node never fails its stream: isolane's heartbeat watchdog catches it, then ``ray.kill``.
 Ray's own retries are off: isolane's resume is the retry (a retry would re-run LLM calls).
+The relays are detached, so a parent's crash leaves its runs running; the run's ``meta.worker``
+names its relay, and a new parent's recovery re-attaches (:meth:`RayBackend.attach`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import socket
+import secrets
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -42,17 +47,19 @@ import orjson
 import ray
 import ray.exceptions
 
-from isolane.errors import ConfigError
+from isolane.errors import BlobError, ConfigError, InvalidEvent
 from isolane.executor.backend import WorkerExit
 from isolane.executor.channel import FrameReader, ReadResult
+from isolane.executor.files import FILES_RESUME_KEY
+from isolane.executor.ray_relay import BLOB, DATA, EXIT, LINES, TOKEN_FILE, RunRelay
 from isolane.executor.supervisor import (
     DEFAULT_ENV_ALLOW,
     DEFAULT_PRELOAD,
-    Supervisor,
-    WorkerProcess,
     portable_spec,
 )
 from isolane.executor.worker import WorkerSpec
+from isolane.schemas.events import MAX_FRAME_BYTES
+from isolane.tracking.blobs import BlobStore
 
 __all__ = ["ADDRESS_ENV", "RayBackend", "RayWorker"]
 
@@ -61,94 +68,15 @@ log = logging.getLogger(__name__)
 #: The Ray cluster to join (``auto``: the one started on this machine with ``ray start``).
 ADDRESS_ENV: Final = "ISOLANE_RAY_ADDRESS"
 
-_DATA: Final = b"D"  # the rest of the item: raw bytes of the event pipe, in order
-_EXIT: Final = b"X"  # the rest: {"exit_code": int | null}; the last item of a stream
-_READ_CHUNK: Final = 1 << 20
-#: At most this many bytes per stream item; the emitter already batches many events per frame.
-_MAX_ITEM: Final = 4 << 20
-#: Items in flight between the actor and the parent (Ray back-pressure on the generator).
+#: Items in flight between the relay and the parent (Ray back-pressure on the generator).
 _IN_FLIGHT: Final = 64
-
-
-class _RunActor:
-    """The Ray actor of one run: starts the worker on its node and relays its event pipe."""
-
-    def __init__(self, start_method: str | None, env_allow: list[str], preload: list[str]) -> None:
-        self._supervisor = Supervisor(start_method=start_method, env_allow=env_allow, preload=preload,
-                                      sweep_cgroups=False)
-        self._worker: WorkerProcess | None = None
-
-    async def start(self, spec: WorkerSpec) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        self._worker = await loop.run_in_executor(None, self._supervisor.spawn, spec)
-        context = ray.get_runtime_context()
-        return {"pid": self._worker.pid, "create_time": self._worker.create_time,
-                "node_id": context.get_node_id(),
-                "ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
-                "host": socket.gethostname()}
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        worker = self._worker
-        if worker is None:
-            raise RuntimeError("stream() before start()")
-        loop = asyncio.get_running_loop()
-        fd, sentinel = worker.event_fd, worker.sentinel
-        os.set_blocking(fd, False)
-        wake = asyncio.Event()
-        exited = asyncio.Event()
-
-        def on_exit() -> None:
-            loop.remove_reader(sentinel)
-            exited.set()
-            wake.set()
-
-        loop.add_reader(sentinel, on_exit)
-        eof = False
-        try:
-            while True:
-                if not exited.is_set():
-                    wake.clear()
-                    loop.add_reader(fd, wake.set)
-                    try:
-                        await wake.wait()
-                    finally:
-                        loop.remove_reader(fd)
-                chunks: list[bytes] = []
-                size = 0
-                while size < _MAX_ITEM:
-                    try:
-                        chunk = os.read(fd, _READ_CHUNK)
-                    except BlockingIOError:
-                        break
-                    if not chunk:
-                        eof = True
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                if chunks:
-                    yield _DATA + b"".join(chunks)
-                if size >= _MAX_ITEM:
-                    continue  # more is waiting: no need to wait for readiness
-                if eof:
-                    await exited.wait()
-                    break
-                if exited.is_set() and not chunks:
-                    break
-        finally:
-            loop.remove_reader(sentinel)
-        yield _EXIT + orjson.dumps({"exit_code": worker.exitcode()})
-
-    async def cancel(self) -> None:
-        if self._worker is not None:
-            self._worker.request_cancel()
-
-    async def send_control(self, message: dict[str, Any]) -> None:
-        if self._worker is None:
-            raise RuntimeError("no worker to send to")
-        self._worker.control.send(message)
-
-    async def kill_tree(self) -> int:
-        return self._worker.kill_tree() if self._worker is not None else 0
+#: Namespace of the relay actors' names (``isolane-relay-<hex>``), so a new parent finds them.
+NAMESPACE: Final = "isolane"
+#: How many warm relays to keep ready (``ISOLANE_RAY_POOL``; default 0).
+POOL_ENV: Final = "ISOLANE_RAY_POOL"
+#: Where a worker's files live: the parent's paths (a shared filesystem), or the node's own
+#: directory with contents shipped through Ray; ``auto`` checks per run (see ray_relay).
+FILE_MODES: Final[Mapping[str, bool | None]] = {"auto": None, "shared": True, "ship": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +86,13 @@ class _Placement:
     node_id: str
     ip: str
     host: str
+    shared: bool
+
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> _Placement:
+        return cls(pid=int(info["pid"]), create_time=float(info["create_time"]),
+                   node_id=str(info["node_id"]), ip=str(info["ip"]), host=str(info["host"]),
+                   shared=bool(info.get("shared", True)))
 
     @property
     def location(self) -> str:
@@ -165,10 +100,16 @@ class _Placement:
 
 
 class RayWorker:
-    """A :class:`~isolane.executor.backend.WorkerHandle` on a worker relayed by a Ray actor."""
+    """A :class:`~isolane.executor.backend.WorkerHandle` on a worker relayed by a Ray actor.
 
-    def __init__(self, run_id: str, actor: Any, placement: _Placement, *,
-                 kill_timeout: float) -> None:
+    ``since_seq`` set: a re-attached handle, streaming the relay's spool after that sequence
+    number. ``blob_dir`` set: the worker's files live on its node; the blobs the relay ships
+    are verified and stored there (the parent's blob store).
+    """
+
+    def __init__(self, run_id: str, actor: Any, placement: _Placement, *, kill_timeout: float,
+                 reattach: Mapping[str, Any], since_seq: int | None = None,
+                 blob_dir: str | None = None) -> None:
         self._run_id = run_id
         self._actor = actor
         self._placement = placement
@@ -177,8 +118,11 @@ class RayWorker:
         self._exited = anyio.Event()
         self._stream_scope: anyio.CancelScope | None = None
         self._killed = False
+        self._blobs = BlobStore(blob_dir) if blob_dir is not None and not placement.shared else None
+        #: What a new parent needs to find this worker again (stored in ``runs.meta``).
+        self.reattach: Mapping[str, Any] = dict(reattach)
         self._stream = actor.stream.options(
-            num_returns="streaming", _generator_backpressure_num_objects=_IN_FLIGHT).remote()
+            num_returns="streaming", _generator_backpressure_num_objects=_IN_FLIGHT).remote(since_seq)
 
     @property
     def run_id(self) -> str:
@@ -216,15 +160,20 @@ class RayWorker:
                     if not isinstance(item, bytes) or not item:
                         raise TypeError(f"the relay sent a {type(item).__name__}, not bytes")
                     tag, body = item[:1], item[1:]
-                    if tag == _DATA:
+                    if tag == DATA:
                         result = reader.feed(body)
-                        if result.frames or result.problems:
-                            yield result
-                    elif tag == _EXIT:
+                    elif tag == LINES:
+                        result = _spool_lines(body)
+                    elif tag == BLOB:
+                        result = await self._store_blob(body)
+                    elif tag == EXIT:
                         code = orjson.loads(body).get("exit_code")
                         self._finish(WorkerExit(code if isinstance(code, int) else None))
+                        continue
                     else:
                         raise TypeError(f"the relay sent an item tagged {tag!r}")
+                    if result.frames or result.problems:
+                        yield result
         except (ray.exceptions.RayError, TypeError) as exc:
             self._finish(WorkerExit(None, await self._loss_cause(exc)))
         finally:
@@ -235,6 +184,19 @@ class RayWorker:
         tail = reader.feed(b"", eof=True)
         if tail.problems:
             yield tail
+
+    async def _store_blob(self, body: bytes) -> ReadResult:
+        """Store a shipped blob in the parent's blob store, if its bytes match its name."""
+        claimed, data = body[:64].decode("ascii", "replace"), body[64:]
+        if self._blobs is None:
+            return ReadResult()
+        blobs = self._blobs
+        actual = await anyio.to_thread.run_sync(lambda: blobs.put_bytes(data))
+        if actual == claimed:
+            return ReadResult()
+        return ReadResult(problems=[InvalidEvent(
+            f"a blob shipped from {self.location} as {claimed!r} hashes to {actual}; it is stored "
+            "under its real hash only", excerpt=body[:64])])
 
     async def _loss_cause(self, exc: BaseException) -> str:
         node = self._placement.node_id
@@ -265,8 +227,7 @@ class RayWorker:
                     killed = int(await self._actor.kill_tree.remote())
                 except ray.exceptions.RayError:
                     pass  # the actor is gone already: its worker went with it (parent-death signal)
-            self._killed = True
-            ray.kill(self._actor, no_restart=True)
+            await self._release()
         if not self._exited.is_set():
             with anyio.move_on_after(self._kill_timeout):
                 await self._exited.wait()
@@ -277,13 +238,38 @@ class RayWorker:
                     self._stream_scope.cancel()
         return killed
 
-    async def aclose(self) -> None:
-        if not self._killed:
-            self._killed = True
+    async def _release(self) -> None:
+        """Let the relay clean its node-local files, then end it (it is detached: nobody else will)."""
+        if self._killed:
+            return
+        self._killed = True
+        with anyio.move_on_after(self._kill_timeout):
             try:
-                ray.kill(self._actor, no_restart=True)
+                await self._actor.release.remote()
             except ray.exceptions.RayError:
                 pass
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except ray.exceptions.RayError:
+            pass
+
+    async def aclose(self) -> None:
+        await self._release()
+
+
+def _spool_lines(body: bytes) -> ReadResult:
+    """Frames from spool lines (one frame per line), with the pipe's size limit."""
+    result = ReadResult()
+    for line in body.split(b"\n"):
+        if not line:
+            continue
+        if len(line) > MAX_FRAME_BYTES:
+            result.problems.append(InvalidEvent(
+                f"a spool line of {len(line)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit",
+                excerpt=line[:200]))
+        else:
+            result.frames.append(line)
+    return result
 
 
 def _node_alive(node_id: str) -> bool | None:
@@ -296,12 +282,27 @@ def _node_alive(node_id: str) -> bool | None:
     return False
 
 
+@dataclass(slots=True)
+class _Warm:
+    """A relay of the pool: created, warming (its forkserver preloading), not yet claimed."""
+
+    actor: Any
+    name: str
+    ready: Any  # the ObjectRef of its warm() call
+    created: float
+
+
 class RayBackend:
-    """Workers on a Ray cluster: one async actor per run, isolane's worker as its child process.
+    """Workers on a Ray cluster: one detached async relay actor per run, isolane's worker its child.
 
     ``address`` (default ``ISOLANE_RAY_ADDRESS``; ``"auto"`` finds a local ``ray start``) names the
     cluster; without one a local cluster is started, and shut down by :meth:`close`. When Ray is
     already initialised in this process, that connection is used as it is.
+
+    ``files`` is one of :data:`FILE_MODES`. ``pool_size`` relays (default ``ISOLANE_RAY_POOL`` or
+    0) are kept warm, so a run starts without waiting for an actor and its preload; an unclaimed
+    one exits after ``idle_timeout`` seconds. A relay whose parent died keeps its run going and
+    waits ``orphan_grace`` seconds after the run's end for a new parent to collect it.
     """
 
     name = "ray"
@@ -310,11 +311,25 @@ class RayBackend:
                  env_allow: Iterable[str] = DEFAULT_ENV_ALLOW,
                  preload: Iterable[str] = DEFAULT_PRELOAD, num_cpus: float = 1.0,
                  launch_timeout: float = 120.0, kill_timeout: float = 10.0,
+                 files: str = "auto", pool_size: int | None = None,
+                 idle_timeout: float = 600.0, orphan_grace: float = 86_400.0,
                  init_options: Mapping[str, Any] | None = None) -> None:
         if num_cpus < 0:
             raise ConfigError(f"num_cpus cannot be negative, got {num_cpus}")
-        if launch_timeout <= 0 or kill_timeout <= 0:
-            raise ConfigError("launch_timeout and kill_timeout must be positive seconds")
+        if launch_timeout <= 0 or kill_timeout <= 0 or idle_timeout <= 0 or orphan_grace <= 0:
+            raise ConfigError("launch_timeout, kill_timeout, idle_timeout and orphan_grace must be "
+                              "positive seconds")
+        if files not in FILE_MODES:
+            raise ConfigError(f"files={files!r} is not a file mode; use one of "
+                              f"{', '.join(FILE_MODES)}")
+        if pool_size is None:
+            raw = os.environ.get(POOL_ENV, "0")
+            try:
+                pool_size = int(raw)
+            except ValueError:
+                raise ConfigError(f"{POOL_ENV}={raw!r} is not a number of relays") from None
+        if pool_size < 0:
+            raise ConfigError(f"pool_size cannot be negative, got {pool_size}")
         self.address = address or os.environ.get(ADDRESS_ENV) or None
         self.start_method = start_method
         self.env_allow = sorted(env_allow)
@@ -322,9 +337,14 @@ class RayBackend:
         self.num_cpus = num_cpus
         self.launch_timeout = launch_timeout
         self.kill_timeout = kill_timeout
+        self.files = files
+        self.pool_size = pool_size
+        self.idle_timeout = idle_timeout
+        self.orphan_grace = orphan_grace
         self.init_options = dict(init_options or {})
         self._owns_ray = False
         self._actor_cls: Any = None
+        self._pool: list[_Warm] = []
 
     def start(self) -> None:
         if not ray.is_initialized():
@@ -342,17 +362,52 @@ class RayBackend:
             log.info("ray backend: %s", "joined " + self.address if self.address
                      else "started a local Ray cluster")
         if self._actor_cls is None:
-            self._actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(_RunActor)
+            # Detached: a parent's crash must not end its runs (a new parent re-attaches).
+            # No engine retries: isolane's resume is the retry (a Ray retry re-runs LLM calls).
+            self._actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(RunRelay)
+        self._refill()
+
+    def _new_relay(self) -> tuple[Any, str]:
+        name = f"isolane-relay-{uuid.uuid4().hex}"
+        actor = self._actor_cls.options(
+            name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=self.num_cpus,
+        ).remote(self.start_method, self.env_allow, self.preload,
+                 orphan_grace=self.orphan_grace, idle_timeout=self.idle_timeout)
+        return actor, name
+
+    def _refill(self) -> None:
+        while len(self._pool) < self.pool_size:
+            actor, name = self._new_relay()
+            self._pool.append(_Warm(actor, name, actor.warm.remote(), time.monotonic()))
+
+    async def _claim(self) -> tuple[Any, str]:
+        """A warm relay from the pool when one is ready in time, else a new one."""
+        while self._pool:
+            warm = self._pool.pop(0)
+            self._refill()
+            if time.monotonic() - warm.created > 0.8 * self.idle_timeout:
+                ray.kill(warm.actor, no_restart=True)  # about to expire by itself
+                continue
+            try:
+                with anyio.fail_after(self.launch_timeout):
+                    await warm.ready
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                log.warning("a pooled Ray relay was not usable (%s); starting another", exc)
+                ray.kill(warm.actor, no_restart=True)
+                continue
+            return warm.actor, warm.name
+        return self._new_relay()
 
     async def launch(self, spec: WorkerSpec) -> RayWorker:
         if self._actor_cls is None:
             await anyio.to_thread.run_sync(self.start)
         spec = replace(portable_spec(spec), die_with_parent=True)
-        actor = self._actor_cls.options(num_cpus=self.num_cpus, name=None).remote(
-            self.start_method, self.env_allow, self.preload)
+        actor, name = await self._claim()
         try:
             with anyio.fail_after(self.launch_timeout):
-                info = await actor.start.remote(spec)
+                shared = await self._shared(actor, spec)
+                workspace = None if shared else await anyio.to_thread.run_sync(_workspace_of, spec)
+                info = await actor.start.remote(spec, shared, workspace)
         except TimeoutError:
             ray.kill(actor, no_restart=True)
             raise RuntimeError(
@@ -361,12 +416,69 @@ class RayBackend:
         except ray.exceptions.RayError as exc:
             ray.kill(actor, no_restart=True)
             raise RuntimeError(f"the run's Ray actor could not start the worker: {exc}") from exc
-        placement = _Placement(pid=int(info["pid"]), create_time=float(info["create_time"]),
-                               node_id=str(info["node_id"]), ip=str(info["ip"]), host=str(info["host"]))
-        return RayWorker(spec.run_id, actor, placement, kill_timeout=self.kill_timeout)
+        return RayWorker(spec.run_id, actor, _Placement.of(info), kill_timeout=self.kill_timeout,
+                         reattach={"backend": self.name, "actor": name, "namespace": NAMESPACE},
+                         blob_dir=spec.blob_dir)
+
+    async def _shared(self, actor: Any, spec: WorkerSpec) -> bool:
+        """Whether the relay's node sees the parent's run directory (see :data:`FILE_MODES`)."""
+        fixed = FILE_MODES[self.files]
+        if fixed is not None:
+            return fixed
+        run_dir = Path(spec.spool_path).parent
+        token = secrets.token_hex(16)
+        await anyio.to_thread.run_sync((run_dir / TOKEN_FILE).write_text, token)
+        return bool(await actor.probe.remote(str(run_dir), token))
+
+    async def attach(self, run_id: str, reattach: Mapping[str, Any], *, since_seq: int,
+                     blob_dir: str | None) -> RayWorker | None:
+        """Re-attach to the relay of a run whose parent died; None when it is gone."""
+        if self._actor_cls is None:
+            await anyio.to_thread.run_sync(self.start)
+        try:
+            actor = ray.get_actor(str(reattach["actor"]),
+                                  namespace=str(reattach.get("namespace", NAMESPACE)))
+        except (ValueError, KeyError):
+            return None
+        try:
+            with anyio.fail_after(self.launch_timeout):
+                info = await actor.placement.remote()
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            log.info("run %s: its relay %s does not answer (%s)", run_id, reattach.get("actor"), exc)
+            return None
+        return RayWorker(run_id, actor, _Placement.of(info), kill_timeout=self.kill_timeout,
+                         reattach=reattach, since_seq=since_seq, blob_dir=blob_dir)
 
     def close(self) -> None:
+        for warm in self._pool:
+            try:
+                ray.kill(warm.actor, no_restart=True)
+            except ray.exceptions.RayError:
+                pass
+        self._pool.clear()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
         self._actor_cls = None
+
+
+def _workspace_of(spec: WorkerSpec) -> dict[str, Any] | None:
+    """The files a worker on another node starts with: its resume state's, from the blob store."""
+    baseline: Mapping[str, Mapping[str, Any]] = (spec.resume or {}).get(FILES_RESUME_KEY) or {}
+    if not baseline or spec.blob_dir is None:
+        return None
+    store = BlobStore(spec.blob_dir)
+    files: dict[str, str] = {}
+    blobs: dict[str, bytes] = {}
+    for path, entry in baseline.items():
+        sha256 = str(entry.get("sha256") or "")
+        if entry.get("deleted") or not sha256:
+            continue
+        if sha256 not in blobs:
+            try:
+                blobs[sha256] = store.read(sha256)
+            except BlobError as exc:
+                log.warning("run %s: %s is not shipped to its node: %s", spec.run_id, path, exc)
+                continue
+        files[path] = sha256
+    return {"files": files, "blobs": blobs}

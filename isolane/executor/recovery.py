@@ -4,6 +4,8 @@
 
     store.unfinished_runs()  (queued | starting | running)
         │ owner alive (parent pid + create time)? ─▶ leave it alone
+        ├─ remote worker (meta.worker: ray relay) ─▶ re-attach through the backend: replay after
+        │                                       the store's last seq, then supervise it live
         ├─ worker alive (pid + create time)  ─▶ adopt: tail its spool into the store until the
         │                                       process exits (pidfd sentinel), then settle
         └─ worker gone / never started       ─▶ import the spool rows the store lacks, settle
@@ -50,7 +52,7 @@ class RecoveryReport:
     """What recovery did with one run."""
 
     run_id: str
-    action: str  # "adopted" | "settled" | "resumed" | "skipped"
+    action: str  # "adopted" | "reattached" | "settled" | "resumed" | "skipped"
     status: str
     imported: int
     detail: str = ""
@@ -147,7 +149,24 @@ async def recover_runs(executor: Executor, *, resume: bool = False) -> list[Reco
             reports.append(RecoveryReport(row.id, "skipped", row.status, 0,
                                           f"owned by live process {row.meta.get('parent_pid')}"))
             continue
-        if process_alive(row.worker_pid, row.worker_create_time):
+        worker_meta: Mapping[str, Any] = row.meta.get("worker") or {}
+        remote = worker_meta.get("backend", "local")
+        if remote != "local":
+            if remote != executor.backend.name:
+                reports.append(RecoveryReport(
+                    row.id, "skipped", row.status, 0,
+                    f"its worker ran on the {remote} backend, which may still be running it; open "
+                    f"the executor with backend={remote!r} (ISOLANE_BACKEND={remote}) to re-attach"))
+                continue
+            attached = await executor._reattach(row, worker_meta)
+            if attached is not None:
+                reports.append(RecoveryReport(row.id, "reattached", "running", 0,
+                                              f"its worker still runs on {remote}"))
+                if resume:
+                    executor._resume_after(attached)
+                continue
+            # The relay is gone, and its worker with it: settle from what was stored.
+        elif process_alive(row.worker_pid, row.worker_create_time):
             handle = executor._adopt(row)
             reports.append(RecoveryReport(row.id, "adopted", "running", 0,
                                           f"worker pid {row.worker_pid} still running"))

@@ -108,6 +108,10 @@ class _ForkServerPopen(popen_forkserver.Popen):  # type: ignore[misc]
         self.pid = forkserver.read_signed(self.sentinel)
 
 
+def _noop() -> None:
+    """The target of :meth:`Supervisor.warm`'s probe."""
+
+
 class _ForkServerWorker(mp_context.ForkServerProcess):  # type: ignore[misc]
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
@@ -230,6 +234,19 @@ class Supervisor:
         if self.sweep_cgroups:
             remove_stale_cgroups()
         self._started = True
+
+    def warm(self) -> None:
+        """Start the forkserver and wait until its preload has finished (blocking).
+
+        The forkserver imports its preload before it forks anything, so one throw-away child
+        proves the imports are done: the next :meth:`spawn` starts a worker in milliseconds.
+        """
+        self.start()
+        if self.start_method != "forkserver":
+            return
+        probe = _ForkServerWorker(target=_noop, name="isolane-warmup", daemon=False)
+        probe.start()
+        probe.join()
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
         """Start one worker for ``spec`` (blocking; call it from a thread in async code)."""
