@@ -9,23 +9,31 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import openai
 import pytest
 
-from isolane import RunSpec, SyncExecutor
+from isolane import Executor, RunSpec, SyncExecutor
+from isolane.cli.console import UsageFailure
 from isolane.cli.cost import roll_up
 from isolane.cli.dag import DagView, to_dot, to_json, to_mermaid
+from isolane.cli.llm import llm_for_stored_run
+from isolane.cli.options import Location, open_store
 from isolane.errors import ConfigError
 from isolane.schemas.events import Event
-from isolane.testing import FakeLLM, Served
+from isolane.testing import FakeLLM, Reply, Rule, Script, Served
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, LlmCallRow, RunRow
+from isolane.tracking.urls import DB_FILENAME
 from isolane.workflow import registered_workflows
-from isolane.workflows import LlmSettings, offline_script_for
+from isolane.workflows import OFFLINE_URL_ENV, LlmSettings, offline_script_for
+from isolane.workflows._agents import MARK_PLAN, MARK_STEP, ROLES
 from isolane.workflows._tools import Toolbox, calculate
 
 TASK = "Add up the integers from 1 to 100."
@@ -371,7 +379,7 @@ def test_run_isolated_offline_completes_and_show_describes_it(offline_cli_run: t
         assert expected in shown.stdout
     data = json.loads(cli("show", run_id, "--home", "home", "--json", cwd=cwd).stdout)
     llm = data["run"]["config"]["llm"]
-    assert llm["offline"] is True and llm["base_url"].startswith("http://127.0.0.1:") and "api_key" not in llm
+    assert llm == {"model": "fake-model", "offline": True}  # no key, and no URL of a server that is gone
     dump = cli("events", run_id, "--home", "home", "--json", cwd=cwd).stdout
     assert "isolane-offline" not in dump  # the dummy key reached the worker's environment only
 
@@ -449,6 +457,7 @@ def no_script_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (("run-isolated", "t", "-w", "one-shot", "--base-url", "http://x/v1"), {}, "--base-url needs --model"),
     (("run-isolated", "t", "-w", "one-shot", "-c", "llm.model=m", "-c", "llm.api_key=sk"), {}, "llm.api_key"),
     (("run-isolated", "t", "-w", "PLAIN", "--llm", "offline"), {}, "ships no offline script"),
+    (("branch", "RUN", "--from", "step_2", "-c", "llm.model=m", "-c", "llm.api_key=sk"), {}, "llm.api_key"),
     (("cost", "RUN", "--by", "colour"), {}, "unknown --by 'colour'"),
     (("dag", "RUN", "--format", "png"), {}, "unknown --format 'png'"),
     (("cost", "ffffffffffff"), {}, "no run with id 'ffffffffffff'"),
@@ -463,3 +472,115 @@ def test_bad_llm_cost_and_dag_input_is_one_error_line(offline_cli_run: tuple[Pat
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("error: ") and contains in proc.stderr, proc.stderr
+
+
+# -- offline runs continued by the CLI: resume, branch, race ----------------------------------------
+
+OFFLINE_LLM = {"model": "fake-model", "offline": True}  # what run-isolated --llm offline stores
+PLANNING_RESULT_NODES = ["step_1", "step_2.redo_1", "step_3"]
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _calls_by_agent(cwd: Path, run_id: str) -> dict[str, int]:
+    proc = cli("cost", run_id, "--by", "agent", "--home", "home", "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return {g["key"]: g["calls"] for g in json.loads(proc.stdout)["groups"]}
+
+
+async def _killed_in_step_2(home: Path, llm: FakeLLM) -> str:
+    """An offline planning-control run whose worker is SIGKILLed while step 2 waits for the LLM."""
+    # The file the CLI reads under --home, even when $ISOLANE_DB_URL names another store.
+    async with Executor(db_url=f"sqlite:///{home / DB_FILENAME}", home=home) as ex:
+        handle = await ex.submit(RunSpec(workflow="planning-control", task=TASK, config={"llm": OFFLINE_LLM},
+                                         env={OFFLINE_URL_ENV: llm.base_url}))
+        async for event in handle.events():
+            if event.type == "run_started":
+                pid = event.data["pid"]
+            if event.type == "dag_node_update" and event.node_id == "step_2/engineer#1":
+                os.kill(pid, signal.SIGKILL)
+                break
+        outcome = await handle.wait()
+    assert outcome.status == "crashed" and "SIGKILL" in (outcome.error or ""), outcome
+    return outcome.run_id
+
+
+def test_resume_serves_the_offline_script_again(tmp_path: Path) -> None:
+    """`isolane resume` of a SIGKILLed offline run serves its script anew and completes it; done steps stay done."""
+    script = offline_script_for(registered_workflows()["planning-control"])
+    assert script is not None
+    stuck = Rule(system=ROLES["engineer"].marker, last=MARK_STEP, reply=Reply(content="never sent", latency_s=300))
+    with FakeLLM(Script(stuck, *script.rules)) as first:  # the first endpoint never answers step 2
+        run_id = anyio.run(_killed_in_step_2, tmp_path / "home", first)
+    assert _calls_by_agent(tmp_path, run_id) == {"planner": 2, "researcher": 2}
+
+    proc = cli("resume", run_id[:10], "--home", "home", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    *events, last = json_lines(proc.stdout)
+    outcome = last["outcome"]
+    assert outcome["status"] == "completed" and outcome["run_id"] == run_id
+    assert [s["node"] for s in outcome["result"]["steps"]] == PLANNING_RESULT_NODES
+    starts = [i for i, e in enumerate(events) if e["type"] == "run_started"]
+    assert [events[i]["data"]["attempt"] for i in starts] == [1, 2]
+    resumed_nodes = {e["node_id"] for e in events[starts[1]:] if e["type"] == "llm_call"}
+    assert not any(n.startswith(("planning", "step_1")) for n in resumed_nodes), resumed_nodes
+    assert _calls_by_agent(tmp_path, run_id) == {"planner": 2, "researcher": 2, "engineer": 5}
+    shown = json.loads(cli("show", run_id, "--home", "home", "--json", cwd=tmp_path).stdout)
+    assert shown["run"]["config"]["llm"] == OFFLINE_LLM and shown["run"]["attempt"] == 2
+
+
+@pytest.mark.parametrize(("command", "extra"), [
+    ("branch", ("--from", "step_2", "--hypothesis", "the same script answers again")),
+    ("play-from", ("--from", "step_3")),
+])
+def test_branch_of_an_offline_run_completes(offline_cli_run: tuple[Path, str], command: str,
+                                            extra: tuple[str, ...]) -> None:
+    """`isolane branch` / `play-from` of a run-isolated --llm offline run serve its script and complete."""
+    cwd, run_id = offline_cli_run
+    proc = cli(command, run_id, *extra, "--home", "home", "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    outcome = json_lines(proc.stdout)[-1]["outcome"]
+    assert outcome["status"] == "completed" and outcome["run_id"] != run_id
+    assert [s["node"] for s in outcome["result"]["steps"]] == PLANNING_RESULT_NODES
+    shown = json.loads(cli("show", outcome["run_id"], "--home", "home", "--json", cwd=cwd).stdout)
+    assert shown["run"]["parent_run_id"] == run_id and shown["run"]["config"]["llm"] == OFFLINE_LLM
+
+
+def test_race_of_an_offline_run_has_a_winner(offline_cli_run: tuple[Path, str]) -> None:
+    """`isolane race` of an offline run serves every racer from the script; one completes and wins."""
+    cwd, run_id = offline_cli_run
+    proc = cli("race", run_id, "--from", "step_3", "--variant", "max_turns=9", "--variant", "max_turns=10",
+               "--home", "home", "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    race = json.loads(proc.stdout)
+    assert race["winner_run_id"] in {r["run_id"] for r in race["racers"]}
+
+
+def test_offline_config_without_an_endpoint_is_served_in_the_worker(tmp_path: Path) -> None:
+    """An offline run whose starter serves no endpoint (recover, serve, the API) serves its script itself."""
+    stored = _run(tmp_path, RunSpec(workflow="one-shot", task=TASK, config={"llm": OFFLINE_LLM}))
+    assert stored.status == "completed", stored.error
+    assert stored.config["llm"] == OFFLINE_LLM and len(stored.calls) == 3
+
+
+def test_new_workers_of_a_stored_offline_run_get_a_fresh_endpoint(offline_cli_run: tuple[Path, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """llm_for_stored_run serves the run's script while its block runs; a provider change gets the key instead."""
+    cwd, run_id = offline_cli_run
+    with open_store(Location(db=f"sqlite:///{cwd / 'home' / DB_FILENAME}", home=cwd / "home")) as store:
+        row = store.get_run(run_id)
+    plan_request: dict[str, Any] = {"model": "fake-model", "messages": [
+        {"role": "system", "content": ROLES["planner"].marker}, {"role": "user", "content": MARK_PLAN}]}
+    with llm_for_stored_run(row) as env:
+        client = openai.OpenAI(base_url=env[OFFLINE_URL_ENV], api_key=env["OPENAI_API_KEY"], max_retries=0)
+        message = client.chat.completions.create(**plan_request).model_dump()["choices"][0]["message"]
+        assert message["tool_calls"][0]["function"]["name"] == "submit_plan"
+    with client, pytest.raises(openai.APIConnectionError):  # the endpoint lived as long as the block
+        client.chat.completions.create(**plan_request)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-caller")
+    with llm_for_stored_run(row, [{"llm": {"model": "gpt-4o-mini"}}]) as env:
+        assert env == {"OPENAI_API_KEY": "sk-caller"}
+    with pytest.raises(UsageFailure, match="api_key"), llm_for_stored_run(row, [{"llm": {"model": "m", "api_key": "k"}}]):
+        pass

@@ -1,4 +1,8 @@
-"""``isolane branch``, ``play-from``, ``race`` and ``compare``: exploring from any node."""
+"""``isolane branch``, ``play-from``, ``race`` and ``compare``: exploring from any node.
+
+The commands that start workers serve an offline run's script again while they run, and pass a
+provider key on again (:func:`isolane.cli.llm.llm_for_stored_run`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from rich.table import Table
 
 from isolane.cli.codes import exit_code_for
 from isolane.cli.console import fail, out
+from isolane.cli.llm import llm_for_stored_run
 from isolane.cli.options import (
     DbOption,
     HomeOption,
@@ -38,8 +43,9 @@ def _branch(run: str, node: str, *, name: str | None, hypothesis: str | None, co
     with open_store(location) as store:
         row = store.get_run(run)
     sink = make_sink(json_=json_, workflow=row.workflow, task=row.task)
-    outcome = anyio.run(follow, lambda ex: ex.branch(row.id, node, name=name, hypothesis=hypothesis,
-                                                     config=parsed), location, sink)
+    with llm_for_stored_run(row, [parsed]) as env:
+        outcome = anyio.run(follow, lambda ex: ex.branch(row.id, node, name=name, hypothesis=hypothesis,
+                                                         config=parsed, env=env), location, sink)
     raise typer.Exit(exit_code_for(outcome.status))
 
 
@@ -70,10 +76,11 @@ def play_from_command(
 
 
 async def _race(location: Location, run_id: str, node: str, variants: list[dict[str, Any]],
-                strategy: str, scorer: str | None, budget: float | None, timeout: float | None) -> RaceOutcome:
+                strategy: str, scorer: str | None, budget: float | None, timeout: float | None,
+                env: dict[str, str]) -> RaceOutcome:
     async with Executor(db_url=location.db, home=location.home, max_workers=max(4, len(variants))) as ex:
         return await ex.race(run_id, node, variants, strategy=strategy, scorer=scorer,
-                             budget_usd=budget, timeout=timeout)
+                             budget_usd=budget, timeout=timeout, env=env)
 
 
 def race_command(
@@ -101,7 +108,9 @@ def race_command(
     variants = [parse_config([item for item in v.split(",") if item]) for v in variant]
     with open_store(location) as store:
         row = store.get_run(run)
-    outcome = anyio.run(_race, location, row.id, from_node, variants, strategy, scorer, budget_usd, timeout)
+    with llm_for_stored_run(row, variants) as env:  # one endpoint for every racer: answers are per request
+        outcome = anyio.run(_race, location, row.id, from_node, variants, strategy, scorer, budget_usd,
+                            timeout, env)
     if json_:
         sys.stdout.buffer.write(orjson.dumps(dataclasses.asdict(outcome), default=repr) + b"\n")
     else:

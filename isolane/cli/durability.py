@@ -1,4 +1,9 @@
-"""``isolane resume RUN`` and ``isolane recover [--resume]``: continuing runs after a crash."""
+"""``isolane resume RUN`` and ``isolane recover [--resume]``: continuing runs after a crash.
+
+``resume`` serves an offline run's script again for as long as it runs (:mod:`isolane.cli.llm`).
+``recover --resume`` cannot hand the workers it restarts an environment (``Executor.recover``
+takes none), so an offline run it resumes serves its script inside its worker.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import typer
 
 from isolane.cli.codes import exit_code_for
 from isolane.cli.console import out
+from isolane.cli.llm import llm_for_stored_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
 from isolane.cli.run import follow, make_sink
 from isolane.executor.executor import Executor
@@ -35,7 +41,8 @@ def resume_command(
     with open_store(location) as store:
         row = store.get_run(run)  # unknown or ambiguous ids fail here, before a worker starts
     sink = make_sink(json_=json_, workflow=row.workflow, task=row.task)
-    outcome = anyio.run(follow, lambda ex: ex.resume(row.id), location, sink)
+    with llm_for_stored_run(row) as env:
+        outcome = anyio.run(follow, lambda ex: ex.resume(row.id, env=env), location, sink)
     raise typer.Exit(exit_code_for(outcome.status))
 
 

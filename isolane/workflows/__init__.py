@@ -6,10 +6,12 @@
                        a failed step is redone (``max_redos``), each redo a ``branch_point`` node
 =====================  ==============================================================================
 
-Both read their LLM from ``config["llm"]`` (``"offline"``, or ``{"model", "base_url"}`` with the
-key in ``$OPENAI_API_KEY``) and ship a deterministic offline script, so ``run-isolated TASK
---workflow planning-control --llm offline`` runs real AG2 agents with no API key. Neither contains
-tracking code beyond naming its DAG nodes: AG2 capture in the worker records the rest.
+Both read their LLM from ``config["llm"]`` (``"offline"``, ``{"model", "offline": true}``, or
+``{"model", "base_url"}`` with the key in ``$OPENAI_API_KEY``) and ship a deterministic offline
+script, so ``run-isolated TASK --workflow planning-control --llm offline`` runs real AG2 agents
+with no API key, and ``isolane resume`` / ``branch`` / ``race`` continue such a run offline.
+Neither contains tracking code beyond naming its DAG nodes: AG2 capture in the worker records
+the rest.
 """
 
 from isolane.workflows import one_shot, planning_control
@@ -18,6 +20,7 @@ from isolane.workflows._llm import (
     OFFLINE,
     OFFLINE_API_KEY,
     OFFLINE_MODEL,
+    OFFLINE_URL_ENV,
     LlmSettings,
 )
 from isolane.workflows._offline import offline_script_for
@@ -28,6 +31,7 @@ __all__ = [
     "OFFLINE",
     "OFFLINE_API_KEY",
     "OFFLINE_MODEL",
+    "OFFLINE_URL_ENV",
     "LlmSettings",
     "StepFailed",
     "offline_script_for",

@@ -4,19 +4,27 @@
 
     config["llm"] = "offline"                        the workflow serves its own offline script
                                                      (a FakeLLM inside the worker; Python API use)
+    config["llm"] = {"model": M, "offline": true}    the offline script, served by whoever started
+                                                     the worker: its URL in $ISOLANE_OFFLINE_LLM_URL
+                                                     (the CLI's FakeLLM); without one, by a FakeLLM
+                                                     inside the worker, as for "offline"
     config["llm"] = {"model": M, "base_url": U}      an OpenAI-compatible endpoint (U optional);
-                    (+ "offline": true when U is     the key comes from $OPENAI_API_KEY in the
-                     a FakeLLM the CLI started)      worker's environment, never from config
+                                                     the key comes from $OPENAI_API_KEY in the
+                                                     worker's environment, never from config
          │
          └─ open_llm(config, script=...) ──▶ autogen.LLMConfig for every agent of the run
 
-The run's config is stored; the key is not part of it. ``run-isolated --llm offline`` starts the
-FakeLLM in the parent and passes its URL here and a dummy key in the worker's environment;
+The run's config is stored; neither the key nor an offline endpoint's URL is part of it (that
+URL dies with the command that served it). ``run-isolated --llm offline`` and every command that
+restarts an offline run's workers (``isolane resume``, ``branch``, ``play-from``, ``race``) start
+the FakeLLM in the parent and pass its URL and a dummy key in the worker's environment;
 ``--model M`` passes the caller's ``OPENAI_API_KEY`` the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,9 +41,12 @@ __all__ = [
     "OFFLINE",
     "OFFLINE_API_KEY",
     "OFFLINE_MODEL",
+    "OFFLINE_URL_ENV",
     "LlmSettings",
     "open_llm",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: ``config["llm"]`` value (and ``--llm`` choice) for the scripted endpoint.
 OFFLINE: Final = "offline"
@@ -43,6 +54,9 @@ OFFLINE: Final = "offline"
 OFFLINE_MODEL: Final = "fake-model"
 #: The dummy key given to workers that talk to the offline endpoint.
 OFFLINE_API_KEY: Final = "isolane-offline"
+#: Where a worker of an offline run finds the endpoint its parent serves (environment only: the
+#: URL lives as long as the command that started the server, so it is never stored).
+OFFLINE_URL_ENV: Final = "ISOLANE_OFFLINE_LLM_URL"
 #: Where a worker finds the provider key (set through ``RunSpec(env=...)``, never in config).
 API_KEY_ENV: Final = "OPENAI_API_KEY"
 
@@ -52,7 +66,11 @@ _HOW: Final = ("give config['llm'] = 'offline' or {'model': ..., 'base_url': ...
 
 @dataclass(frozen=True, slots=True)
 class LlmSettings:
-    """An OpenAI-compatible endpoint: ``model``, optional ``base_url``, and whether it is offline."""
+    """An OpenAI-compatible endpoint: ``model``, optional ``base_url``, and whether it is offline.
+
+    An offline endpoint's address comes from ``$ISOLANE_OFFLINE_LLM_URL`` when the worker runs, not
+    from ``base_url`` (a stored one is the address of a server that is gone).
+    """
 
     model: str
     base_url: str | None = None
@@ -100,18 +118,28 @@ def open_llm(config: Mapping[str, Any], *, script: Callable[[], Script]) -> Iter
 
     ``config["llm"] == "offline"`` serves ``script()`` from a FakeLLM in this process for the
     duration of the block. A mapping names an endpoint; its key is read from
-    ``$OPENAI_API_KEY``. Raises :class:`ConfigError` when the LLM is missing or malformed, or
-    when a non-offline endpoint has no key in the environment.
+    ``$OPENAI_API_KEY``. An offline mapping talks to ``$ISOLANE_OFFLINE_LLM_URL``, or, when the
+    worker's starter gave none, serves ``script()`` here like ``"offline"``. Raises
+    :class:`ConfigError` when the LLM is missing or malformed, or when a non-offline endpoint
+    has no key in the environment.
     """
     value = config.get("llm")
     if value is None:
         raise ConfigError(f"this workflow needs an LLM and config has no 'llm'; {_HOW}")
     if value == OFFLINE:
-        with FakeLLM(script()) as llm:
-            yield LlmSettings(OFFLINE_MODEL, llm.base_url, offline=True).ag2_config(OFFLINE_API_KEY)
-        return
+        value = {"model": OFFLINE_MODEL, "offline": True}
     settings = LlmSettings.from_config(value)
-    api_key = os.environ.get(API_KEY_ENV) or (OFFLINE_API_KEY if settings.offline else None)
+    if settings.offline:
+        # The fake endpoint checks no key: it gets the dummy one, never a real one.
+        url = os.environ.get(OFFLINE_URL_ENV)
+        if url:
+            yield dataclasses.replace(settings, base_url=url).ag2_config(OFFLINE_API_KEY)
+            return
+        logger.info("no offline endpoint in $%s: serving the offline script in this worker", OFFLINE_URL_ENV)
+        with FakeLLM(script()) as llm:
+            yield dataclasses.replace(settings, base_url=llm.base_url).ag2_config(OFFLINE_API_KEY)
+        return
+    api_key = os.environ.get(API_KEY_ENV)
     if not api_key:
         raise ConfigError(f"{API_KEY_ENV} is not set in the worker's environment: pass it with "
                           f"RunSpec(env={{{API_KEY_ENV!r}: ...}}) (run-isolated --model passes yours)")

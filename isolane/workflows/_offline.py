@@ -18,6 +18,12 @@ from a counter, so a run's answers do not depend on timing or on what ran before
 
 A workflow that is not built in can ship its own: a module-level ``offline_script()`` beside the
 workflow function (see :func:`offline_script_for`).
+
+Resume and branch: every command that restarts an offline run's workers serves the script from a
+*new* FakeLLM, with nothing to fast-forward. A resumed run skips its completed steps
+(``ctx.step``) and runs the interrupted one again from its instruction; a branch runs from its
+node. Both get the answers the first run got because each answer is a function of the request.
+A script built from reply sequences or ``times`` caps would start those over instead.
 """
 
 from __future__ import annotations
