@@ -28,7 +28,6 @@ from typing import Any, Self
 
 import anyio
 import anyio.to_thread
-import psutil
 from anyio.abc import TaskGroup
 
 from isolane.errors import ConfigError, RunStateError
@@ -37,12 +36,12 @@ from isolane.executor.backend import WorkerBackend, WorkerHandle, create_backend
 from isolane.executor.hub import Hub
 from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor, RunResult
+from isolane.executor.ownership import LIVENESS_INTERVAL, owner_alive, owner_stamp
 from isolane.executor.racing import RaceOutcome, run_race
 from isolane.executor.recovery import (
     RecoveryReport,
     _resumable,
     follow_adopted,
-    owner_alive,
     recover_runs,
 )
 from isolane.executor.redaction import secret_values
@@ -123,6 +122,7 @@ class Executor:
         self._store: Store | None = None
         self._writer: StoreWriter | None = None
         self._tg: TaskGroup | None = None
+        self._liveness_scope: anyio.CancelScope | None = None
         self._slots = anyio.CapacityLimiter(max_workers)
         self._recover = recover
         #: Callable workflows by run id: they can be resumed only by the process that has them.
@@ -144,6 +144,8 @@ class Executor:
         self._tg_cm = anyio.create_task_group()
         self._tg = await self._tg_cm.__aenter__()
         self._tg.start_soon(self._writer.run)
+        self._liveness_scope = anyio.CancelScope()
+        self._tg.start_soon(self._stamp_liveness, self._liveness_scope)
         if self._recover:
             self.recovered = await self.recover(resume=self._resume_recovered)
         return self
@@ -159,6 +161,8 @@ class Executor:
             with anyio.CancelScope(shield=exc is not None):
                 for handle in list(self._handles.values()):
                     await handle._done.wait()
+                if self._liveness_scope is not None:
+                    self._liveness_scope.cancel()
                 assert self._writer is not None
                 await self._writer.close()
         finally:
@@ -170,6 +174,19 @@ class Executor:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.backend.close)
         return result
+
+    async def _stamp_liveness(self, scope: anyio.CancelScope) -> None:
+        """Stamp ``heartbeat_at`` of every run this executor owns, so that parents on other hosts
+        sharing the database see its owner alive (see :mod:`isolane.executor.ownership`)."""
+        assert self._writer is not None
+        with scope:
+            while True:
+                await anyio.sleep(LIVENESS_INTERVAL)
+                now = time.time()
+                owned = [h.run_id for h in self._handles.values() if not h.done]
+                if owned:
+                    await self._writer.put(WriteItem(
+                        run_updates={run_id: {"heartbeat_at": now} for run_id in owned}))
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -186,7 +203,7 @@ class Executor:
         config = {**wf.defaults, **dict(spec.config)}
         meta = {"workflow_ref": workflow_ref if isinstance(workflow_ref, str) else None,
                 "options": {k: _json_option(getattr(spec, k)) for k in _STORED_OPTIONS},
-                "parent_pid": os.getpid(), "parent_create_time": _own_create_time()}
+                **owner_stamp()}
         await anyio.to_thread.run_sync(lambda: self.store.create_run(
             run_id=run_id, workflow=wf.name, task=spec.task, config=_jsonable(config),
             status="queued", work_dir=str(work_dir), name=spec.name, session_id=spec.session_id,
@@ -385,7 +402,7 @@ class Executor:
 
     async def _take_ownership(self, row: RunRow) -> None:
         assert self._writer is not None
-        meta = {**row.meta, "parent_pid": os.getpid(), "parent_create_time": _own_create_time()}
+        meta = {**row.meta, **owner_stamp()}
         await self._writer.put(WriteItem(run_updates={row.id: {"meta": meta}}))
 
     async def _settle_taken_over(self, handle: RunHandle, result: RunResult | None) -> None:
@@ -491,7 +508,7 @@ class Executor:
         if cancel_grace is not None:
             options["cancel_grace"] = cancel_grace
         meta = {"workflow_ref": parent.meta.get("workflow_ref"), "options": options,
-                "parent_pid": os.getpid(), "parent_create_time": _own_create_time(),
+                **owner_stamp(),
                 "hypothesis": hypothesis}
         merged = {**parent.config, **dict(config or {})}
         await anyio.to_thread.run_sync(lambda: create_branch(
@@ -553,10 +570,11 @@ class Executor:
             raise RunStateError(f"run {row.id} is still running here; wait for it or cancel it first")
         if row.status not in RESUMABLE_STATUSES:
             if row.status in ("queued", "starting", "running"):
-                if await anyio.to_thread.run_sync(owner_alive, row.meta):
+                if await anyio.to_thread.run_sync(owner_alive, row):
                     raise RunStateError(
                         f"run {row.id} is {row.status} under another live isolane process "
-                        f"(pid {row.meta.get('parent_pid')}); cancel it there, or run `isolane recover`"
+                        f"(pid {row.meta.get('parent_pid')} on {row.meta.get('parent_host', 'this host')});"
+                        " cancel it there, or run `isolane recover`"
                         " if that process is stuck")
             else:
                 raise RunStateError(
@@ -567,7 +585,7 @@ class Executor:
         options = row.meta.get("options", {})
         spec = RunSpec(workflow=worker_spec.workflow, task=row.task, config=worker_spec.config,
                        **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
-        meta = {**row.meta, "parent_pid": os.getpid(), "parent_create_time": _own_create_time()}
+        meta = {**row.meta, **owner_stamp()}
         await anyio.to_thread.run_sync(lambda: self.store.update_run(
             row.id, status="queued", error=None, error_type=None, exit_code=None, meta=meta))
         handle = RunHandle(self, row.id, live=True)
@@ -588,10 +606,6 @@ def _portable_ref(ref: str | WorkflowFn) -> str | WorkflowFn:
         if target.endswith(".py") or "/" in target:
             return f"{Path(target).resolve()}:{attr}"
     return ref
-
-
-def _own_create_time() -> float:
-    return float(psutil.Process().create_time())
 
 
 def _parent_sys_path() -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 ::
 
     store.unfinished_runs()  (queued | starting | running)
-        │ owner alive (parent pid + create time)? ─▶ leave it alone
+        │ owner alive (isolane.executor.ownership: pid here, heartbeat elsewhere)? ─▶ leave it
         ├─ remote worker (meta.worker: ray relay) ─▶ re-attach through the backend: replay after
         │                                       the store's last seq, then supervise it live
         ├─ worker alive (pid + create time)  ─▶ adopt: tail its spool into the store until the
@@ -30,6 +30,7 @@ import anyio.to_thread
 import orjson
 
 from isolane.executor.monitor import RunResult
+from isolane.executor.ownership import owner_alive
 from isolane.executor.proctree import kill_process_tree, process_alive
 from isolane.executor.spool import SpoolTail, spool_path
 from isolane.executor.writer import WriteItem
@@ -39,7 +40,7 @@ from isolane.tracking.rows import RunRow
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor, RunHandle
 
-__all__ = ["RecoveryReport", "owner_alive", "recover_runs"]
+__all__ = ["RecoveryReport", "recover_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ class RecoveryReport:
     status: str
     imported: int
     detail: str = ""
-
-
-def owner_alive(meta: Mapping[str, Any]) -> bool:
-    """Whether another live isolane process owns the run whose ``runs.meta`` this is."""
-    if meta.get("parent_pid") == os.getpid():
-        return False  # a previous executor of this very process: nobody watches it any more
-    return process_alive(meta.get("parent_pid"), meta.get("parent_create_time"))
 
 
 def _verdict(terminal: WireEvent | None, *, cause: str) -> RunResult:
@@ -145,9 +139,10 @@ async def recover_runs(executor: Executor, *, resume: bool = False) -> list[Reco
     for row in rows:
         if row.id in executor._handles and not executor._handles[row.id].done:
             continue
-        if await anyio.to_thread.run_sync(owner_alive, row.meta):
+        if await anyio.to_thread.run_sync(owner_alive, row):
             reports.append(RecoveryReport(row.id, "skipped", row.status, 0,
-                                          f"owned by live process {row.meta.get('parent_pid')}"))
+                                          f"owned by live process {row.meta.get('parent_pid')} "
+                                          f"on {row.meta.get('parent_host', 'this host')}"))
             continue
         worker_meta: Mapping[str, Any] = row.meta.get("worker") or {}
         remote = worker_meta.get("backend", "local")
