@@ -129,6 +129,17 @@ def test_huge_integers_are_a_problem_not_a_crash() -> None:
     assert decode_frame(frame, "r").problems
 
 
+def test_invalid_utf8_under_an_undeclared_key_is_a_problem_not_a_crash() -> None:
+    """Bytes that are not UTF-8 where no payload field is declared are rejected for that event;
+    its valid neighbours are kept, and every kept event's data decodes as text."""
+    good = b'{"v":1,"run_id":"r","seq":1,"ts":1,"type":"custom","node_id":null,"data":{"name":"ok"}}'
+    bad = b'{"v":1,"run_id":"r","seq":2,"ts":1,"type":"custom","node_id":null,"data":{"name":"x","zz":"\xff\xfe"}}'
+    decoded = decode_frame(b"[" + good + b"," + bad + b"]", "r")
+    assert [e.seq for e in decoded.events] == [1] and len(decoded.problems) == 1
+    for event in decoded.events:
+        bytes(event.data).decode()
+
+
 def _reader_with(data: bytes, *, max_frame: int = 1 << 20) -> tuple[FrameReader, int]:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)

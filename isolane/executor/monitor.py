@@ -193,15 +193,17 @@ class RunMonitor:
             if not events:
                 continue
             first = self._expected
-            if not all(e.seq == s for e, s in zip(events, range(first, first + len(events)))):
+            if [e.seq for e in events] != list(range(first, first + len(events))):
                 events = self._reorder(events, diagnostics, now)
             if events:
                 self._expected = events[-1].seq + 1
+                # decode_frame checked that every payload is UTF-8.
                 rows.extend([(run_id, e.seq, e.ts, e.type, e.node_id, bytes(e.data).decode())
                              for e in events])
-                terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
-                if terminal:
-                    self._terminal = terminal[-1]
+                if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
+                    terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
+                    if terminal:
+                        self._terminal = terminal[-1]
         self._count += len(rows)
         if diagnostics and self._invalid + len(diagnostics) > self.max_invalid:
             diagnostics = await self._flood(diagnostics, now)

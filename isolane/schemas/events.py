@@ -364,10 +364,15 @@ _ONE_DECODER: Final = msgspec.json.Decoder(WireEvent)
 
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """What one frame held: the valid events, in order, and one problem per rejected part."""
+    """What one frame held: the valid events, in order, and one problem per rejected part.
+
+    ``types`` is the set of event types among ``events`` (a monitor looks for terminal events
+    there instead of testing every event).
+    """
 
     events: list[WireEvent]
     problems: list[InvalidEvent]
+    types: frozenset[str] = frozenset()
 
 
 def validate_payload(type_: str, data: bytes | msgspec.Raw) -> _Payload:
@@ -405,58 +410,75 @@ def _check(event: WireEvent, run_id: str) -> InvalidEvent | None:
         return InvalidEvent(f"ts must be a finite number of seconds, got {event.ts}")
     try:
         validate_payload(event.type, event.data)
+        # The store keeps ``data`` as text: bytes msgspec skipped (keys no payload declares)
+        # must be UTF-8 too.
+        bytes(event.data).decode("utf-8")
     except InvalidEvent as exc:
         return exc
+    except UnicodeDecodeError as exc:
+        return InvalidEvent(f"payload of {event.type!r} holds invalid UTF-8: {exc.reason} at byte "
+                            f"{exc.start}", excerpt=bytes(event.data))
     return None
+
+
+_DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                         UnicodeDecodeError)
 
 
 def decode_frame(payload: bytes, run_id: str) -> DecodedFrame:
     """Decode one frame from the pipe of ``run_id``; never raises for bad input.
 
-    The fast path decodes the whole array at once and validates the payloads of each event type
-    in one call. If anything is wrong, the frame is taken apart event by event so that valid
-    events survive and each bad one yields its own problem.
+    The fast path decodes the whole array at once, checks the envelopes with a few whole-frame
+    passes and validates the payloads of each event type in one call; every event's ``data`` is
+    then valid UTF-8 JSON. If anything is wrong, the frame is taken apart event by event so that
+    valid events survive and each bad one yields its own problem.
     """
     if len(payload) > MAX_FRAME_BYTES:
         return DecodedFrame([], [InvalidEvent(
             f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
             excerpt=payload[:200])])
     try:
+        if not payload.isascii():  # msgspec skips what no payload declares without checking it
+            payload.decode("utf-8")
         events = _FRAME_DECODER.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+    except _DECODE_ERRORS:
         return _decode_slowly(payload, run_id)
-    by_type: dict[str, list[msgspec.Raw]] = {}
-    for event in events:
-        if (event.run_id != run_id or event.v != SCHEMA_VERSION or not 1 <= event.seq < _MAX_SEQ
-                or not math.isfinite(event.ts)):
-            return _decode_slowly(payload, run_id)
-        datas = by_type.get(event.type)
-        if datas is None:
-            by_type[event.type] = [event.data]
-        else:
-            datas.append(event.data)
-    for type_, datas in by_type.items():
+    if not events:
+        return DecodedFrame(events, [])
+    # Whole-frame checks (each one pass in C) instead of a Python loop over the envelopes.
+    seqs = [event.seq for event in events]
+    if ({event.run_id for event in events} != {run_id}
+            or {event.v for event in events} != {SCHEMA_VERSION}
+            or min(seqs) < 1 or max(seqs) >= _MAX_SEQ
+            # a NaN or an infinity makes the sum non-finite (so may a huge finite sum: then the
+            # slow path checks each event)
+            or not math.isfinite(sum([event.ts for event in events]))):
+        return _decode_slowly(payload, run_id)
+    types = frozenset([event.type for event in events])
+    for type_ in types:
         decoder = _PAYLOAD_LIST_DECODERS.get(type_)
         if decoder is None:
             return _decode_slowly(payload, run_id)
+        datas = ([event.data for event in events] if len(types) == 1
+                 else [event.data for event in events if event.type == type_])
         try:
             decoder.decode(b"[" + b",".join(datas) + b"]")
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        except _DECODE_ERRORS:
             return _decode_slowly(payload, run_id)
-    return DecodedFrame(events, [])
+    return DecodedFrame(events, [], types)
 
 
 def _decode_slowly(payload: bytes, run_id: str) -> DecodedFrame:
     try:
         parts = _RAW_LIST_DECODER.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
+    except _DECODE_ERRORS as exc:
         return DecodedFrame([], [InvalidEvent(f"frame is not a JSON array: {exc}", excerpt=payload)])
     events: list[WireEvent] = []
     problems: list[InvalidEvent] = []
     for part in parts:
         try:
             event = _ONE_DECODER.decode(part)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
+        except _DECODE_ERRORS as exc:
             problems.append(InvalidEvent(f"malformed envelope: {exc}", excerpt=bytes(part)))
             continue
         problem = _check(event, run_id)
@@ -464,7 +486,7 @@ def _decode_slowly(payload: bytes, run_id: str) -> DecodedFrame:
             events.append(event)
         else:
             problems.append(problem)
-    return DecodedFrame(events, problems)
+    return DecodedFrame(events, problems, frozenset([event.type for event in events]))
 
 
 # -- reading stored events -------------------------------------------------------------------------
