@@ -247,6 +247,43 @@ async def test_ray_files_travel_and_a_branch_gets_its_workspace(ray_session: Any
         assert (out / "out_3.txt").read_text() == "a-1|a-2|b-3"
 
 
+@pytest.mark.ray
+async def test_ag2_capture_cost_dag_and_a_human_answer_on_ray(ray_session: Any,
+                                                             tmp_path: Path) -> None:
+    """The built-in AG2 workflow runs under a relay (default AG2 preload) with every LLM call
+    priced and placed on the DAG; an AG2 agent's question is answered through Ray."""
+    from isolane.testing import FakeLLM, Script
+
+    options = {"num_cpus": 0.25, "kill_timeout": 5.0, "pool_size": 1}
+    async with Executor(home=tmp_path / "home", backend="ray", backend_options=options) as ex:
+        outcome = await ex.run(RunSpec(workflow="planning-control", task="Summarise the data.",
+                                       config={"llm": "offline"}))
+        assert outcome.status == "completed", outcome.error
+        calls = ex.store.llm_calls(outcome.run_id)
+        assert calls and all(c.node_id and c.prompt_tokens > 0 for c in calls)
+        # the offline model has no price: never a silent $0
+        assert {(c.cost_source, c.cost) for c in calls} == {("unknown_model", None)}
+        nodes, _ = ex.store.dag(outcome.run_id)
+        assert {"planning", "control"} <= {n.node_id for n in nodes if n.status == "completed"}
+        assert ex.store.count_events(outcome.run_id, types=["agent_message"]) > 0
+        assert ex.store.count_events(outcome.run_id, types=["cost_update"]) > 0
+
+        with FakeLLM(Script(default="Hello, human.")) as llm:
+            run = await ex.submit(RunSpec(workflow="tests.human_flows:ag2_human", task="hi bot",
+                                          config={"llm": llm.config("gpt-4o-mini")}))
+            with anyio.fail_after(60):
+                async for request in run.events(types=["human_input_request"]):
+                    break
+            await run.answer(request.data["request_id"], "tell me a joke")
+            answered = await run.wait()
+        assert answered.status == "completed", answered.error
+        assert answered.result["history"] == ["hi bot", "Hello, human.", "tell me a joke",
+                                              "Hello, human."]
+        priced = ex.store.llm_calls(run.run_id)
+        assert len(priced) == 2 and all(c.cost_source == "ag2_price_table" and (c.cost or 0) > 0
+                                        for c in priced), priced
+
+
 _CRASHING_PARENT = """
 import os, sys
 import anyio
