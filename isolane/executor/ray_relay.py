@@ -226,7 +226,6 @@ class RunRelay:
     async def _from_pipe(self) -> AsyncIterator[bytes]:
         worker, exited = self._require_worker(), self._exited
         assert exited is not None
-        loop = asyncio.get_running_loop()
         fd = worker.event_fd
         os.set_blocking(fd, False)
         ready = asyncio.Event()
@@ -236,12 +235,7 @@ class RunRelay:
         try:
             while True:
                 if not exited.is_set() and not eof:
-                    ready.clear()
-                    loop.add_reader(fd, ready.set)
-                    try:
-                        await ready.wait()
-                    finally:
-                        loop.remove_reader(fd)
+                    await _until_readable(fd, ready)
                 data, eof = _read_available(fd)
                 for blob in self._take_blobs():
                     yield blob
@@ -275,15 +269,9 @@ class RunRelay:
     async def _drain_pipe(self) -> None:
         fd = self._require_worker().event_fd
         os.set_blocking(fd, False)
-        loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         while True:
-            readable.clear()
-            loop.add_reader(fd, readable.set)
-            try:
-                await readable.wait()
-            finally:
-                loop.remove_reader(fd)
+            await _until_readable(fd, readable)
             while True:
                 data, eof = _read_available(fd)
                 if not data:
@@ -377,6 +365,17 @@ class RunRelay:
             self._worker.kill_tree()
         if self._local_root is not None:
             shutil.rmtree(self._local_root, ignore_errors=True)
+
+
+async def _until_readable(fd: int, ready: asyncio.Event) -> None:
+    """Wait until ``fd`` is readable, or until someone else sets ``ready`` (the worker exited)."""
+    loop = asyncio.get_running_loop()
+    ready.clear()
+    loop.add_reader(fd, ready.set)
+    try:
+        await ready.wait()
+    finally:
+        loop.remove_reader(fd)
 
 
 def _read_available(fd: int) -> tuple[bytes, bool]:
