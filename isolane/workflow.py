@@ -15,8 +15,8 @@ name: the registry is the only place that knows what a name means.
 from __future__ import annotations
 
 import importlib
-import itertools
 import importlib.util
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field

@@ -14,6 +14,7 @@ import pytest
 
 from isolane import Executor, RunSpec
 from isolane.errors import RunStateError
+from isolane.tracking.state import resume_state
 
 pytestmark = pytest.mark.anyio
 
@@ -56,6 +57,32 @@ async def test_resume_skips_completed_steps_and_continues_seq(home: Path) -> Non
                     if e.data["name"] == "restored"]
         assert restored[0] == {"name": "restored", "total": None, "trail": 0}
         assert restored[1]["total"] is not None and restored[1]["trail"] >= 1
+
+
+async def test_each_ended_attempt_keeps_the_run_state_in_session_states(home: Path) -> None:
+    """When a worker ends (crashed or completed), the parent keeps the run's latest consistent
+    state, as of its last event; a resume reads it back instead of folding the log again."""
+    async with Executor(home=home) as ex:
+        run = await ex.submit(RunSpec(workflow=FLOW, config={"sleep": 0.3}))
+        async for event in run.events():
+            if event.type == "dag_node_update" and event.node_id == "step_2" \
+                    and event.data["status"] == "completed":
+                break
+        os.kill(ex.store.get_run(run.run_id).worker_pid or 0, signal.SIGKILL)
+        assert (await run.wait()).status == "crashed"
+        kept = ex.store.session_state(run.run_id)
+        assert kept is not None and kept[0] == ex.store.seq_stats(run.run_id)[2]
+        assert kept[1] == resume_state(ex.store, run.run_id)
+        assert {"step_1", "step_2"} <= set(kept[1]["completed"])
+        assert kept[1]["context"]["total"] and kept[1]["logs"]["trail"]
+
+        outcome = await (await ex.resume(run.run_id)).wait()
+        assert outcome.status == "completed"
+        seq, state = ex.store.session_state(run.run_id) or (0, {})
+        assert seq == ex.store.seq_stats(run.run_id)[2] > kept[0]
+        assert set(state["completed"]) == {f"step_{i}" for i in range(1, 7)}
+        assert state["context"]["total"] == outcome.result
+        assert state["logs"]["trail"][-1] == f"step 6 -> {outcome.result}"
 
 
 async def test_resume_refuses_completed_and_running_runs(home: Path) -> None:

@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from isolane.errors import ConfigError, RunStateError
+from isolane.errors import ConfigError, IsolaneError, RunStateError
 from isolane.executor import human
 from isolane.executor.backend import WorkerBackend, WorkerHandle, create_backend
 from isolane.executor.hub import Hub
@@ -61,7 +61,7 @@ from isolane.tracking.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.tracking.branching import create_branch, plan_branch
 from isolane.tracking.compare import Comparison, compare_runs
 from isolane.tracking.rows import RunRow
-from isolane.tracking.state import resume_state
+from isolane.tracking.state import current_state
 from isolane.tracking.store import Store
 from isolane.workflow import WorkflowFn, resolve_workflow
 
@@ -287,6 +287,7 @@ class Executor:
                                        error_type="ParentInterrupted")
                 update = result.run_update()
                 await self._writer.put_and_wait(WriteItem(run_updates={handle.run_id: update}))
+                await self._keep_state(handle.run_id)
                 handle._outcome = Outcome(run_id=handle.run_id, status=result.status,
                                           result=result.result, error=result.error,
                                           error_type=result.error_type, traceback=result.traceback,
@@ -294,6 +295,13 @@ class Executor:
                 handle._done.set()
                 self._hub.wake(handle.run_id)
                 log.info("run %s ended %s", handle.run_id, result.status)
+
+    async def _keep_state(self, run_id: str) -> None:
+        """Fold the ended run's state into ``session_states`` (see :mod:`isolane.tracking.state`)."""
+        try:
+            await anyio.to_thread.run_sync(current_state, self.store, run_id)
+        except IsolaneError as exc:  # the store is down: a resume rebuilds it from the log
+            log.warning("run %s: its session state was not kept: %s", run_id, exc)
 
     async def _attempt(self, handle: RunHandle, spec: RunSpec, worker_spec: WorkerSpec) -> RunResult:
         """Start one worker for the run and supervise it until it is gone."""
@@ -413,6 +421,7 @@ class Executor:
                                error_type="ParentInterrupted")
         run_id = handle.run_id
         await self._writer.put_and_wait(WriteItem(run_updates={run_id: result.run_update()}))
+        await self._keep_state(run_id)
         handle._outcome = Outcome(run_id=run_id, status=result.status, result=result.result,
                                   error=result.error, error_type=result.error_type,
                                   traceback=result.traceback, exit_code=result.exit_code)
@@ -435,7 +444,7 @@ class Executor:
         """
         row = self.store.get_run(run_id)
         import_spool(self.store, row.id, spool_path(row.work_dir))
-        state = resume_state(self.store, row.id)
+        state = current_state(self.store, row.id)
         state.update(human.resume_state(self.store.events(row.id, types=human.EVENT_TYPES)))
         if previous is not None:
             workflow = previous.workflow

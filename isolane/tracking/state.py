@@ -4,6 +4,11 @@ The worker saves only what it alone knows, as ``state_snapshot`` deltas; everyth
 nodes completed and with what result, the phase, the last ``seq``) is already in the event log
 and its projections. :func:`resume_state` puts the two together in the shape the worker's
 :class:`~isolane.executor.state.ResumeInfo` reads.
+
+The parent keeps the result per run in ``session_states`` (:func:`current_state`): written
+when a run's worker ends and whenever it is rebuilt, read back as long as no event came after
+it. Folding happens once per attempt, not per snapshot, so saving stays O(new data) in the
+worker and the parent never rewrites a growing state while a run is live.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 from isolane.tracking.store import Store
 from isolane.tracking.workspace import file_baseline
 
-__all__ = ["fold_snapshots", "resume_state"]
+__all__ = ["current_state", "fold_snapshots", "resume_state"]
 
 
 def fold_snapshots(snapshots: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -50,3 +55,16 @@ def resume_state(store: Store, run_id: str, *, upto_seq: int | None = None) -> d
         "files": file_baseline(store, row.id, upto_seq=upto_seq),
         **folded,
     }
+
+
+def current_state(store: Store, run_id: str) -> dict[str, Any]:
+    """The run's latest consistent state: the kept one while it is current (no event since),
+    else rebuilt with :func:`resume_state` and kept."""
+    row = store.get_run(run_id)
+    _, _, high = store.seq_stats(row.id)
+    kept = store.session_state(row.id)
+    if kept is not None and kept[0] == (high or 0):
+        return kept[1]
+    state = resume_state(store, row.id)
+    store.put_session_state(row.id, state["last_seq"], state)
+    return state

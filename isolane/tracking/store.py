@@ -26,7 +26,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL
 
 from isolane.errors import ConfigError, RunNotFound
@@ -43,6 +53,7 @@ from isolane.tracking.models import (
     LlmCallRecord,
     RunRecord,
     SessionRecord,
+    SessionStateRecord,
     table_of,
 )
 from isolane.tracking.projections import (
@@ -81,6 +92,7 @@ _NODES: Final = table_of(DagNodeRecord)
 _EDGES: Final = table_of(DagEdgeRecord)
 _LLM_CALLS: Final = table_of(LlmCallRecord)
 _FILES: Final = table_of(FileRecord)
+_STATES: Final = table_of(SessionStateRecord)
 
 _RUN_COLUMNS: Final = tuple(_RUNS.c[name] for name in columns_of(RunRow))
 #: Run fields callers may set; ``last_seq`` is kept by write_batch (the projections rely on it).
@@ -317,6 +329,20 @@ class Store:
         stmt = select(*(_FILES.c[n] for n in columns_of(FileRow))).where(
             _FILES.c.run_id == run_id).order_by(_FILES.c.seq)
         return self._rows(stmt, FileRow)
+
+    def put_session_state(self, run_id: str, seq: int, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` as the run's latest consistent state, as of event ``seq``."""
+        with self._transaction(write=True) as conn:
+            conn.execute(delete(_STATES).where(_STATES.c.run_id == run_id))
+            conn.execute(insert(_STATES).values(run_id=run_id, seq=seq, state=dict(state),
+                                                updated_at=time.time()))
+
+    def session_state(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """``(seq, state)`` kept by :meth:`put_session_state`, or None."""
+        stmt = select(_STATES.c.seq, _STATES.c.state).where(_STATES.c.run_id == run_id)
+        with self._transaction(write=False) as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else (int(row.seq), dict(row.state))
 
     def _rows(self, stmt: Select[Any], row_type: type[R]) -> list[R]:
         with self._transaction(write=False) as conn:
