@@ -37,7 +37,7 @@ from isolane.executor.hub import Hub
 from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import LIVENESS_INTERVAL, owner_alive, owner_stamp
-from isolane.executor.racing import RaceOutcome, run_race
+from isolane.executor.racing import Race, RaceOutcome, run_race, start_race
 from isolane.executor.recovery import (
     RecoveryReport,
     _resumable,
@@ -558,6 +558,30 @@ class Executor:
         """Race one branch per variant from ``from_node``; see :mod:`isolane.executor.racing`."""
         return await run_race(self, run_id, from_node, variants, strategy=strategy, scorer=scorer,
                               budget_usd=budget_usd, timeout=timeout, env=env)
+
+    async def start_race(
+        self,
+        run_id: str,
+        from_node: str,
+        variants: Sequence[Mapping[str, Any]],
+        *,
+        strategy: str = "first_complete",
+        scorer: str | Callable[..., float] | None = None,
+        budget_usd: float | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Race:
+        """:meth:`race` without waiting: returns once every racer is started.
+
+        The verdict is settled by a task of this executor's task group (``await race.wait()``
+        for it); the racers and the group row end as with :meth:`race`.
+        """
+        if self._tg is None:
+            raise RunStateError("the executor is not open: use `async with Executor(...)`")
+        race: Race = await start_race(self, run_id, from_node, variants, strategy=strategy,
+                                      scorer=scorer, budget_usd=budget_usd, timeout=timeout, env=env)
+        self._tg.start_soon(race.settle_in_background)
+        return race
 
     async def compare(self, run_ids: Sequence[str]) -> Comparison:
         """Runs side by side: status, duration, cost and tokens, node statuses, files."""

@@ -2,8 +2,10 @@
 
 ::
 
-    race(run, node, variants, strategy)
-        ├─ racing group row ─ one branch per variant (own worker, own process tree)
+    start_race(run, node, variants, strategy) ──▶ Race       returns once every racer started
+        └─ racing group row ─ one branch per variant (own worker, own process tree)
+    Race.settle()     awaited by run_race (Executor.race), or a background task of the executor's
+        │             task group (Executor.start_race; ``POST /api/runs/{id}/race``)
         ├─ budget watcher per racer: sums its llm_call costs; past its share → cancelled
         └─ strategy (registry, by name)
               first_complete: the first racer to complete wins; the others are cancelled at
@@ -29,14 +31,18 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import anyio
 import anyio.to_thread
 
-from isolane.errors import ConfigError
-from isolane.tracking.branching import create_racing_group, finish_racing_group
+from isolane.errors import ConfigError, RunStateError
+from isolane.tracking.branching import (
+    create_racing_group,
+    finish_racing_group,
+    plan_branch,
+)
 from isolane.tracking.compare import summarize_run
 
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor, Outcome, RunHandle
 
-__all__ = ["STRATEGIES", "RaceOutcome", "Racer", "run_race"]
+__all__ = ["STRATEGIES", "Race", "RaceOutcome", "Racer", "run_race", "start_race"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +177,175 @@ async def _budget_watch(racer: Racer, share: float) -> None:
             return
 
 
+class Race:
+    """A started race: its racing group and one running branch per variant.
+
+    :meth:`settle` judges it and records the verdict (call it once, or let
+    :meth:`Executor.start_race <isolane.executor.executor.Executor.start_race>` run it in the
+    background); :meth:`wait` waits for that verdict from anywhere else.
+    """
+
+    def __init__(self, executor: Executor, group_id: str, racers: list[Racer], *, parent_run_id: str,
+                 from_node: str, strategy: str, judge: _Strategy, scorer: Scorer | None,
+                 budget_usd: float | None) -> None:
+        self._executor = executor
+        self.group_id = group_id
+        self.parent_run_id = parent_run_id
+        self.from_node = from_node
+        self.strategy = strategy
+        self.racers = racers
+        self._judge = judge
+        self._scorer = scorer
+        self._budget_usd = budget_usd
+        self._settling = False
+        self._settled = anyio.Event()
+        self._outcome: RaceOutcome | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def run_ids(self) -> list[str]:
+        """The racers' run ids, in the order of the variants."""
+        return [racer.run_id for racer in self.racers]
+
+    @property
+    def done(self) -> bool:
+        return self._settled.is_set()
+
+    async def wait(self) -> RaceOutcome:
+        """Wait for the verdict; raises what stopped :meth:`settle` from reaching one."""
+        await self._settled.wait()
+        if self._outcome is None:
+            assert self._error is not None
+            raise self._error
+        return self._outcome
+
+    async def settle(self) -> RaceOutcome:
+        """Judge the racers, stop the losers, record the verdict; return it (once per race)."""
+        if self._settling:
+            raise RunStateError(f"race {self.group_id} is already being settled; use wait()")
+        self._settling = True
+        try:
+            self._outcome = await self._judge_and_record()
+            return self._outcome
+        except BaseException as exc:
+            # A cancellation belongs to the task that settles; waiters get an ordinary error.
+            self._error = exc if isinstance(exc, Exception) else RunStateError(
+                f"race {self.group_id} was stopped before a verdict ({type(exc).__name__})")
+            with anyio.CancelScope(shield=True):
+                await self._abandon(f"the race stopped without a verdict ({type(exc).__name__})")
+            raise
+        finally:
+            self._settled.set()
+
+    async def settle_in_background(self) -> None:
+        """:meth:`settle`, logging instead of raising (a background task must not fail its group)."""
+        try:
+            await self.settle()
+        except Exception:
+            log.exception("race %s ended without a verdict", self.group_id)
+
+    async def _judge_and_record(self) -> RaceOutcome:
+        racers, executor = self.racers, self._executor
+        async with anyio.create_task_group() as tg:
+            if self._budget_usd is not None:
+                for racer in racers:
+                    tg.start_soon(_budget_watch, racer, self._budget_usd / len(racers))
+            winner = await self._judge.judge(racers, self._scorer, executor)
+            tg.cancel_scope.cancel()
+        losers_gone = max((r.ended_at or 0.0) for r in racers if r is not winner) if len(racers) > 1 else None
+        statuses: dict[str, str] = {}
+        for racer in racers:
+            if racer is winner:
+                racer.status = "won"
+            elif racer.stopped_for == "budget":
+                racer.status = "cancelled"
+            else:
+                racer.status = "lost"
+            statuses[racer.run_id] = racer.status
+        await anyio.to_thread.run_sync(lambda: finish_racing_group(
+            executor.store, self.group_id, winner_run_id=winner.run_id if winner else None,
+            statuses=statuses))
+        return RaceOutcome(
+            group_id=self.group_id, strategy=self.strategy,
+            winner_run_id=winner.run_id if winner else None,
+            racers=[{"run_id": r.run_id, "variant": r.variant, "status": r.status, "score": r.score,
+                     "ended": r.outcome.status if r.outcome else None, "spent_usd": r.spent_usd}
+                    for r in racers],
+            decided_at=self._judge.decided_at, losers_gone_at=losers_gone,
+            scores={r.run_id: r.score for r in racers if r.score is not None})
+
+    async def _abandon(self, reason: str) -> None:
+        """Stop every racer still going and close the group without a winner."""
+        await _abandon(self._executor, self.group_id, [r.handle for r in self.racers], reason)
+
+
+async def _abandon(executor: Executor, group_id: str, handles: Sequence[RunHandle], reason: str) -> None:
+    for handle in handles:
+        if not handle.done:
+            await handle.cancel(reason)
+    try:
+        await anyio.to_thread.run_sync(lambda: finish_racing_group(
+            executor.store, group_id, winner_run_id=None, statuses={}))
+    except Exception:  # the store may be what failed; the racers are stopped regardless
+        log.exception("could not close racing group %s", group_id)
+
+
+async def start_race(
+    executor: Executor,
+    run_id: str,
+    from_node: str,
+    variants: Sequence[Mapping[str, Any]],
+    *,
+    strategy: str = "first_complete",
+    scorer: str | Scorer | None = None,
+    budget_usd: float | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Race:
+    """Check the options, record the racing group and start one branch of ``run_id`` per variant.
+
+    Returns once every racer is started; nothing is judged yet (see :meth:`Race.settle`). Bad
+    options fail before anything is recorded; a racer that cannot start stops those already
+    started and closes the group without a winner.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(sorted(STRATEGIES))}")
+    if len(variants) < 2:
+        raise ConfigError("a race needs at least two variants")
+    if not all(isinstance(v, Mapping) for v in variants):
+        raise ConfigError("each variant must be a mapping of config keys to values")
+    if budget_usd is not None and budget_usd <= 0:
+        raise ConfigError(f"budget_usd must be positive, got {budget_usd!r}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"timeout must be positive seconds, got {timeout!r}")
+    judge: _Strategy = STRATEGIES[strategy]()
+    resolved = scorer if scorer is None or callable(scorer) else \
+        await anyio.to_thread.run_sync(_resolve_scorer, scorer)  # an import: off the event loop
+    if judge.needs_scorer and resolved is None:
+        raise ConfigError(f"strategy {strategy!r} needs a scorer ('package.module:function')")
+    # Checks the run and the node (404 / "never ran") before the group is recorded.
+    plan = await anyio.to_thread.run_sync(lambda: plan_branch(executor.store, run_id, from_node))
+    parent = plan.parent
+    group = await anyio.to_thread.run_sync(lambda: create_racing_group(
+        executor.store, parent_run_id=parent.id, from_node=from_node, strategy=strategy,
+        budget_usd=budget_usd))
+    racers: list[Racer] = []
+    try:
+        for i, variant in enumerate(variants, start=1):
+            handle = await executor.branch(
+                parent.id, from_node, name=f"racer-{i}", hypothesis=_describe(variant),
+                config=variant, env=env, timeout=timeout, racing_group_id=group.id,
+                cancel_grace=_LOSER_GRACE)
+            racers.append(Racer(handle.run_id, dict(variant), handle))
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _abandon(executor, group.id, [r.handle for r in racers],
+                           "another racer of the race could not start")
+        raise
+    return Race(executor, group.id, racers, parent_run_id=parent.id, from_node=from_node,
+                strategy=strategy, judge=judge, scorer=resolved, budget_usd=budget_usd)
+
+
 async def run_race(
     executor: Executor,
     run_id: str,
@@ -184,51 +359,9 @@ async def run_race(
     env: Mapping[str, str] | None = None,
 ) -> RaceOutcome:
     """Race one branch of ``run_id`` per variant from ``from_node`` and return the verdict."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(sorted(STRATEGIES))}")
-    if len(variants) < 2:
-        raise ConfigError("a race needs at least two variants")
-    if budget_usd is not None and budget_usd <= 0:
-        raise ConfigError(f"budget_usd must be positive, got {budget_usd!r}")
-    judge: _Strategy = STRATEGIES[strategy]()
-    resolved = _resolve_scorer(scorer)
-    if judge.needs_scorer and resolved is None:
-        raise ConfigError(f"strategy {strategy!r} needs a scorer ('package.module:function')")
-    parent = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
-    group = await anyio.to_thread.run_sync(lambda: create_racing_group(
-        executor.store, parent_run_id=parent.id, from_node=from_node, strategy=strategy,
-        budget_usd=budget_usd))
-    racers: list[Racer] = []
-    for i, variant in enumerate(variants, start=1):
-        handle = await executor.branch(
-            parent.id, from_node, name=f"racer-{i}", hypothesis=_describe(variant), config=variant,
-            env=env, timeout=timeout, racing_group_id=group.id, cancel_grace=_LOSER_GRACE)
-        racers.append(Racer(handle.run_id, dict(variant), handle))
-    async with anyio.create_task_group() as tg:
-        if budget_usd is not None:
-            for racer in racers:
-                tg.start_soon(_budget_watch, racer, budget_usd / len(racers))
-        winner = await judge.judge(racers, resolved, executor)
-        tg.cancel_scope.cancel()
-    losers_gone = max((r.ended_at or 0.0) for r in racers if r is not winner) if len(racers) > 1 else None
-    statuses: dict[str, str] = {}
-    for racer in racers:
-        if racer is winner:
-            racer.status = "won"
-        elif racer.stopped_for == "budget":
-            racer.status = "cancelled"
-        else:
-            racer.status = "lost"
-        statuses[racer.run_id] = racer.status
-    await anyio.to_thread.run_sync(lambda: finish_racing_group(
-        executor.store, group.id, winner_run_id=winner.run_id if winner else None, statuses=statuses))
-    return RaceOutcome(
-        group_id=group.id, strategy=strategy, winner_run_id=winner.run_id if winner else None,
-        racers=[{"run_id": r.run_id, "variant": r.variant, "status": r.status, "score": r.score,
-                 "ended": r.outcome.status if r.outcome else None, "spent_usd": r.spent_usd}
-                for r in racers],
-        decided_at=judge.decided_at, losers_gone_at=losers_gone,
-        scores={r.run_id: r.score for r in racers if r.score is not None})
+    race = await start_race(executor, run_id, from_node, variants, strategy=strategy, scorer=scorer,
+                            budget_usd=budget_usd, timeout=timeout, env=env)
+    return await race.settle()
 
 
 def _describe(variant: Mapping[str, Any]) -> str:
