@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psutil
 import pytest
@@ -24,9 +25,14 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 import isolane.serve
+from isolane.executor.hub import Hub
+from isolane.schemas.events import event_from_row
 from isolane.serve import BackgroundServer
+from isolane.tracking.branching import racing_group
+from isolane.tracking.store import Store
 from isolane.workflow import registered_workflows
 from tests.cdp import Chromium, find_chromium
+from tests.helpers import alive
 
 with warnings.catch_warnings():
     # Importing AG2 (through the workflow registry) can warn about optional third-party extras
@@ -106,6 +112,25 @@ def test_public_names() -> None:
         "TOKEN_ENV", "BackgroundServer", "GuardPolicy", "Server", "cancel_live_runs", "create_app",
         "make_server", "serve"])
     assert all(hasattr(isolane.serve, name) for name in isolane.serve.__all__)
+
+
+def test_hub_encodes_each_published_batch_once_for_every_subscriber() -> None:
+    """Subscribers of a run share one batch and its JSON lines; an overflowing one is marked lagged."""
+
+    async def main() -> None:
+        hub = Hub(max_events_per_subscriber=3)
+        first, second = hub.subscribe("r1"), hub.subscribe("r1")
+        events = [event_from_row("r1", seq, 1.0, "custom", None, '{"name": "tick"}') for seq in (1, 2)]
+        hub.publish("r1", events)
+        (a,), (b,) = first.take_batches(), second.take_batches()
+        assert a is b and a.lines() is b.lines()
+        assert a.lines() == [e.to_json().decode() for e in events]
+        hub.publish("r1", events)
+        assert first.take() == events  # event readers are served from the same batches
+        hub.publish("r1", events)  # second now holds 2 + 2 > 3 events: dropped, told to catch up
+        assert second.lagged and second.take_batches() == []
+
+    anyio.run(main)
 
 
 def test_reconnect_with_since_receives_every_event_exactly_once(
@@ -201,7 +226,7 @@ def test_answer_over_the_websocket_reaches_the_workflow(server: BackgroundServer
 
 
 def test_rest_routes(server: BackgroundServer, client: httpx.Client) -> None:
-    """Submit, list, show, events, DAG, cost, files, cancel; clear errors for bad input and absent features."""
+    """Submit, list, show, events, DAG, cost, files, cancel, branch; clear errors for bad input."""
     assert client.get("/api/runs/nope1234").status_code == 404
     bad = client.post("/api/runs", json={"workflow": "tests.human_flows:asks", "colour": "red"})
     assert bad.status_code == 400 and "unknown field 'colour'" in bad.json()["error"]
@@ -220,8 +245,7 @@ def test_rest_routes(server: BackgroundServer, client: httpx.Client) -> None:
     assert end["status"] == "cancelled"
     assert client.post(f"/api/runs/{run_id}/cancel").status_code == 409
     assert client.post(f"/api/runs/{run_id}/answer", json={"request_id": "x", "text": "y"}).status_code == 409
-    race = client.post(f"/api/runs/{run_id}/race", json={})
-    assert race.status_code == 501 and "not available" in race.json()["error"]
+    assert client.post(f"/api/runs/{run_id}/race", json={}).status_code == 400
     assert client.post(f"/api/runs/{run_id}/branch", json={}).status_code == 400
 
     done = _submit(client, "tests.flows:ok", task="hi")
@@ -245,6 +269,85 @@ def test_rest_routes(server: BackgroundServer, client: httpx.Client) -> None:
     page_html = client.get("/")
     assert page_html.status_code == 200 and "cytoscape.min.js" in page_html.text
     assert client.get("/static/vendor/cytoscape.min.js").status_code == 200
+
+
+def test_race_answers_at_once_and_the_verdict_is_settled_in_the_background(tmp_path: Path) -> None:
+    """POST race is 202 with the group and racers while they run; the first to complete wins, the other is cancelled."""
+    home = tmp_path / "home"
+    with BackgroundServer(executor_options={"home": home, "max_workers": 3}) as srv:
+        client = _closing(httpx.Client(base_url=srv.url, timeout=30))
+        parent = _submit(client, "tests.flows:race_flow", config={"delay": 0.0})
+        with connect(_ws_url(srv.url, parent)) as ws:
+            assert list(_frames(ws))[-1]["status"] == "completed"
+        started = client.post(f"/api/runs/{parent[:8]}/race", json={
+            "from_node": "work", "variants": [{"delay": 60}, {"delay": 0.2}], "timeout": 120})
+        assert started.status_code == 202, started.text
+        race = started.json()
+        assert (race["parent_run_id"], race["from_node"], race["strategy"], race["status"]) == (
+            parent, "work", "first_complete", "racing")
+        slow, fast = race["run_ids"]
+        runs = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+        assert runs[slow]["parent_run_id"] == runs[fast]["parent_run_id"] == parent
+        assert runs[slow]["live"], "the answer waited for the race instead of starting it"
+        ends: dict[str, str] = {}
+        for run_id in (fast, slow):
+            with connect(_ws_url(srv.url, run_id)) as ws:
+                ends[run_id] = list(_frames(ws))[-1]["status"]
+        assert ends == {fast: "completed", slow: "cancelled"}
+        slow_pid = client.get(f"/api/runs/{slow}").json()["run"]["worker_pid"]
+        assert slow_pid is None or not alive(slow_pid)
+
+        scored = client.post(f"/api/runs/{parent}/race", json={
+            "from_node": "work", "strategy": "best_score", "scorer": "tests.flows:score_quality",
+            "variants": [{"quality": 1.0}, {"quality": 9.0, "delay": 0.3}]})
+        assert scored.status_code == 202, scored.text
+        for run_id in scored.json()["run_ids"]:
+            with connect(_ws_url(srv.url, run_id)) as ws:
+                assert list(_frames(ws))[-1]["status"] == "completed"
+    # The verdicts are settled by tasks of the executor's task group, which closing it awaits.
+    with Store.open(None, home=home) as store:
+        first = racing_group(store, race["racing_group_id"])
+        assert (first["status"], first["winner_run_id"]) == ("finished", fast)
+        assert (store.get_run(fast).status, store.get_run(slow).status) == ("won", "lost")
+        best = racing_group(store, scored.json()["racing_group_id"])
+        assert best["winner_run_id"] == scored.json()["run_ids"][1]
+
+
+#: Bad race requests on a completed ``race_flow`` run: (body, status, what the error says).
+_BAD_RACES: list[tuple[dict[str, Any], int, str]] = [
+    ({}, 400, "'from_node' is required"),
+    ({"from_node": "work"}, 400, "'variants' is required: a list of at least two objects"),
+    ({"from_node": "work", "variants": [{}]}, 400, "at least two"),
+    ({"from_node": "work", "variants": [{}, 3]}, 400, "each variant must be a JSON object"),
+    ({"from_node": "work", "variants": [{}] * 33}, 400, "at most 32 variants"),
+    ({"from_node": "work", "variants": [{}, {}], "strategy": "fastest"}, 400,
+     "unknown strategy 'fastest'; use one of best_score, first_complete"),
+    ({"from_node": "work", "variants": [{}, {}], "strategy": "best_score"}, 400, "needs a scorer"),
+    ({"from_node": "work", "variants": [{}, {}], "strategy": "best_score", "scorer": "no.such.mod:f"},
+     400, "cannot load scorer 'no.such.mod:f'"),
+    ({"from_node": "work", "variants": [{}, {}], "budget_usd": 0}, 400, "budget_usd must be positive"),
+    ({"from_node": "work", "variants": [{}, {}], "timeout": -1}, 400, "timeout must be positive"),
+    ({"from_node": "work", "variants": [{}, {}], "timeout": "soon"}, 400, "field 'timeout' has the wrong type"),
+    ({"from_node": "work", "variants": [{}, {}], "colour": "red"}, 400, "unknown field 'colour'"),
+    ({"from_node": "step_9", "variants": [{}, {}]}, 400, "never ran in run"),
+]
+
+
+def test_race_refuses_bad_requests_with_the_rule_and_starts_nothing(
+        server: BackgroundServer, client: httpx.Client) -> None:
+    """Each bad race body gets its 4xx and a message saying what to send; no racer starts."""
+    parent = _submit(client, "tests.flows:race_flow")
+    with connect(_ws_url(server.url, parent)) as ws:
+        assert list(_frames(ws))[-1]["status"] == "completed"
+    for body, status, message in _BAD_RACES:
+        response = client.post(f"/api/runs/{parent}/race", json=body)
+        assert (response.status_code, message in response.json()["error"]) == (status, True), (
+            body, response.text)
+    unknown = client.post("/api/runs/0000ffff/race", json={"from_node": "work", "variants": [{}, {}]})
+    assert unknown.status_code == 404 and "0000ffff" in unknown.json()["error"]
+    text = client.post(f"/api/runs/{parent}/race", content=b"{}", headers={"content-type": "text/plain"})
+    assert text.status_code == 400 and "Content-Type: application/json" in text.json()["error"]
+    assert [r["id"] for r in client.get("/api/runs").json()["runs"]] == [parent]
 
 
 def test_token_guards_every_route_and_socket(tmp_path: Path) -> None:
@@ -282,6 +385,11 @@ def test_origin_host_and_workflow_allow_lists(tmp_path: Path) -> None:
         for origin in (srv.url, "http://app.example:3000"):
             with connect(_ws_url(srv.url, run_id), origin=Origin(origin)) as ws:
                 assert list(_frames(ws))[-1]["type"] == "end"
+        # A scorer is imported in the service's process: the allow-list covers it too.
+        scored = client.post(f"/api/runs/{run_id}/race", json={
+            "from_node": "step_1", "variants": [{}, {}], "strategy": "best_score",
+            "scorer": "tests.flows:score_quality"})
+        assert scored.status_code == 400 and "may not be used here" in scored.json()["error"]
         evil_post = client.post("/api/runs", json={"workflow": "tests.flows:ok"},
                                 headers={"origin": "http://evil.example"})
         assert evil_post.status_code == 403

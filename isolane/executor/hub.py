@@ -2,26 +2,57 @@
 
 ::
 
-    StoreWriter ──commit──▶ Hub.publish(run_id, events) ──▶ Subscription (bounded deque) ──▶ reader
-                                                               │ overflow: marked lagged, emptied
-                                                               ▼
-                                                reader catches up from the Store by seq
+    StoreWriter ──commit──▶ Hub.publish(run_id, events) ──▶ Batch ──▶ Subscription (bounded) ──▶ reader
+                                                             │           │ overflow: marked lagged,
+                                      one per publish, shared │           ▼ emptied
+                                      by every subscriber;    │  reader catches up from the Store by seq
+                                      JSON text encoded once ─┘  (Batch.lines(), on first request)
 
 A subscriber only ever sees committed events. A slow subscriber never grows memory past its bound
 and never slows the run: it is marked ``lagged`` and re-reads what it missed from the store, so
 the stream it yields has no gap and no duplicate.
+
+Text readers (the WebSocket) take whole :class:`Batch` objects and send :meth:`Batch.lines`: the
+envelopes are encoded once per published batch, however many clients follow the run.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import anyio
 
 from isolane.schemas.events import Event
 
-__all__ = ["Hub", "Subscription"]
+__all__ = ["Batch", "Hub", "Subscription", "encode_lines"]
+
+
+def encode_lines(events: Sequence[Event]) -> list[str]:
+    """Each event's envelope as JSON text (:meth:`Event.to_json`), one string per event."""
+    return [event.to_json().decode() for event in events]
+
+
+class Batch:
+    """Events of one run committed together, in ``seq`` order; shared, never mutated."""
+
+    __slots__ = ("_lines", "events")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self._lines: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def lines(self) -> list[str]:
+        """The envelopes as JSON text, encoded on the first call and shared afterwards.
+
+        The list is shared by every caller: slice it, never change it.
+        """
+        if self._lines is None:
+            self._lines = encode_lines(self.events)
+        return self._lines
 
 
 class Subscription:
@@ -31,29 +62,38 @@ class Subscription:
         self.run_id = run_id
         self.lagged = False
         self._max = max_events
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Batch] = deque()
+        self._queued = 0  # events in _queue
         self._ready = anyio.Event()
 
-    def _push(self, events: Iterable[Event]) -> None:
+    def _push(self, batch: Batch) -> None:
         if self.lagged:
             self._ready.set()
             return
-        self._queue.extend(events)
-        if len(self._queue) > self._max:
+        self._queue.append(batch)
+        self._queued += len(batch)
+        if self._queued > self._max:
             self._queue.clear()
+            self._queued = 0
             self.lagged = True
         self._ready.set()
 
     def take(self) -> list[Event]:
-        """Everything queued now (may be empty)."""
-        items = list(self._queue)
+        """Every event queued now (may be empty)."""
+        return [event for batch in self.take_batches() for event in batch.events]
+
+    def take_batches(self) -> list[Batch]:
+        """Every batch queued now, oldest first (may be empty)."""
+        batches = list(self._queue)
         self._queue.clear()
-        return items
+        self._queued = 0
+        return batches
 
     def reset(self) -> None:
         """Forget the lag after the reader caught up from the store."""
         self.lagged = False
         self._queue.clear()
+        self._queued = 0
 
     def wake(self) -> None:
         self._ready.set()
@@ -88,8 +128,13 @@ class Hub:
         return run_id in self._subs
 
     def publish(self, run_id: str, events: list[Event]) -> None:
-        for sub in self._subs.get(run_id, ()):
-            sub._push(events)
+        """Hand ``events`` (committed, in ``seq`` order) to every subscriber of the run, as one batch."""
+        subs = self._subs.get(run_id)
+        if not subs or not events:
+            return
+        batch = Batch(events)
+        for sub in subs:
+            sub._push(batch)
 
     def wake(self, run_id: str) -> None:
         """Wake a run's readers without events (the run ended)."""

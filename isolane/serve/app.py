@@ -57,8 +57,9 @@ def create_app(
     ``token``: required on every route and socket (default: ``$ISOLANE_TOKEN``; none when unset
     or empty). ``allowed_origins``: browser origins allowed besides the service's own host.
     ``allowed_hosts``: ``Host`` names served (default: loopback names; ``["*"]`` for any).
-    ``workflows``: the workflow references ``POST /api/runs`` accepts (default: any resolvable
-    one — keep the service on loopback with a token then). ``client_queue``: frames queued per
+    ``workflows``: the workflow references ``POST /api/runs`` accepts, and the scorers
+    ``POST /api/runs/{id}/race`` accepts (default: any resolvable one — keep the service on
+    loopback with a token then). ``client_queue``: frames queued per
     WebSocket client before it is switched to catching up from the store.
     """
     if client_queue < 2:

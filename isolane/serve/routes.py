@@ -1,16 +1,34 @@
-"""The REST routes: submit, list, show, cancel, resume, events, DAG, cost, files, human input.
+"""The REST routes: submit, list, show, cancel, resume, branch, race, events, DAG, cost, files,
+human input.
+
+::
+
+    GET  /api/runs                       runs, newest first (?limit=, ?status=)
+    POST /api/runs                       submit {"workflow", "task"?, "config"?, ...}     → 201
+    GET  /api/workflows                  the workflows that may be submitted
+    GET  /api/runs/{id}                  one run (an id prefix works) and its pending questions
+    POST /api/runs/{id}/cancel           stop a live run                                 → 202
+    POST /api/runs/{id}/resume           continue an ended run in a new worker            → 202
+    POST /api/runs/{id}/branch           {"from_node", "config"?, ...}: a child run        → 201
+    POST /api/runs/{id}/race             {"from_node", "variants": [{...}, ...], "strategy"?,
+                                          "scorer"?, "budget_usd"?, "timeout"?}: one branch per
+                                          variant, judged in the background               → 202
+    GET  /api/runs/{id}/events           stored events (?since=, ?limit=, ?type=)
+    GET  /api/runs/{id}/dag | cost | files
+    GET  /api/runs/{id}/requests         pending human-input requests
+    POST /api/runs/{id}/answer           {"request_id", "text"}                           → 202
 
 Every handler reads the :class:`~isolane.executor.executor.Executor` from ``app.state`` and the
 store through a worker thread (no blocking call on the event loop). Errors are JSON
 ``{"error": message, "type": name}`` with the status of the error's kind: 400 bad input, 404
-unknown run, 409 wrong state for the operation, 501 not available yet.
+unknown run, 409 wrong state for the operation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Final
 
 import anyio.to_thread
@@ -47,6 +65,12 @@ _SUBMIT_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
 _BRANCH_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
     "name": str, "hypothesis": str, "config": dict, "timeout": (int, float),
 }
+#: What ``POST /api/runs/{id}/race`` accepts besides ``from_node`` and ``variants``.
+_RACE_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
+    "strategy": str, "scorer": str, "budget_usd": (int, float), "timeout": (int, float),
+}
+#: Racers one request may start (each is a worker process).
+_RACE_MAX_VARIANTS: Final = 32
 
 
 class JSONResponse(Response):
@@ -188,19 +212,54 @@ async def branch_run(request: Request) -> Response:
     from_node = body.pop("from_node", None)
     if not isinstance(from_node, str) or not from_node:
         raise ConfigError("'from_node' is required: the DAG node id the branch starts from")
+    options = _options(body, _BRANCH_FIELDS, required="from_node")
+    handle = await executor.branch(request.path_params["run_id"], from_node, **options)
+    return JSONResponse({"run_id": handle.run_id, "parent_run_id": request.path_params["run_id"],
+                         "from_node": from_node}, status_code=201)
+
+
+async def race_run(request: Request) -> Response:
+    executor = _executor(request)
+    body = await _json_body(request)
+    from_node = body.pop("from_node", None)
+    if not isinstance(from_node, str) or not from_node:
+        raise ConfigError("'from_node' is required: the DAG node id the racers start from")
+    variants = body.pop("variants", None)
+    if not isinstance(variants, list) or len(variants) < 2:
+        raise ConfigError("'variants' is required: a list of at least two objects, each one "
+                          'racer\'s config changes (e.g. [{"model": "a"}, {"model": "b"}])')
+    if len(variants) > _RACE_MAX_VARIANTS:
+        raise ConfigError(f"a race has at most {_RACE_MAX_VARIANTS} variants, got {len(variants)}")
+    if not all(isinstance(v, dict) for v in variants):
+        raise ConfigError("each variant must be a JSON object of config changes, "
+                          "e.g. {\"model\": \"a\"}")
+    options = _options(body, _RACE_FIELDS, required="from_node, variants")
+    scorer = options.get("scorer")
+    allowed: Collection[str] | None = request.app.state.workflows
+    if scorer is not None and allowed is not None and scorer not in allowed:
+        # A scorer is imported and run in this process: the allow-list covers it too.
+        raise ConfigError(f"scorer {scorer!r} may not be used here; allowed: "
+                          f"{', '.join(sorted(allowed)) or 'none'}")
+    race = await executor.start_race(request.path_params["run_id"], from_node, variants, **options)
+    return JSONResponse({"racing_group_id": race.group_id, "parent_run_id": race.parent_run_id,
+                         "from_node": race.from_node, "strategy": race.strategy,
+                         "run_ids": race.run_ids, "status": "racing"}, status_code=202)
+
+
+def _options(body: Mapping[str, Any], fields: Mapping[str, type | tuple[type, ...]], *,
+             required: str) -> dict[str, Any]:
+    """The optional ``fields`` of a request body, type-checked; ``None`` values left out."""
     options: dict[str, Any] = {}
     for key, value in body.items():
-        expected = _BRANCH_FIELDS.get(key)
+        expected = fields.get(key)
         if expected is None:
-            raise ConfigError(f"unknown field {key!r}; send from_node and any of "
-                              f"{', '.join(sorted(_BRANCH_FIELDS))}")
+            raise ConfigError(f"unknown field {key!r}; send {required} and any of "
+                              f"{', '.join(sorted(fields))}")
         if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
             raise ConfigError(f"field {key!r} has the wrong type ({type(value).__name__})")
         if value is not None:
             options[key] = value
-    handle = await executor.branch(request.path_params["run_id"], from_node, **options)
-    return JSONResponse({"run_id": handle.run_id, "parent_run_id": request.path_params["run_id"],
-                         "from_node": from_node}, status_code=201)
+    return options
 
 
 async def run_events(request: Request) -> Response:
@@ -302,15 +361,6 @@ async def list_workflows(request: Request) -> Response:
         for name, wf in sorted(known.items()) if allowed is None or name in allowed]})
 
 
-def _not_yet(feature: str, issue: int) -> Callable[[Request], Awaitable[Response]]:
-    async def handler(request: Request) -> Response:
-        return JSONResponse({"error": f"{feature} is not available in this version of the service yet "
-                                      f"(issue {issue}); use Executor.race or `isolane race` meanwhile",
-                             "type": "NotImplemented"}, status_code=501)
-
-    return handler
-
-
 def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         try:
@@ -332,7 +382,7 @@ def api_routes() -> list[Route]:
         ("/api/runs/{run_id}/cancel", cancel_run, ["POST"]),
         ("/api/runs/{run_id}/resume", resume_run, ["POST"]),
         ("/api/runs/{run_id}/branch", branch_run, ["POST"]),
-        ("/api/runs/{run_id}/race", _not_yet("racing branches over HTTP", 5), ["POST"]),
+        ("/api/runs/{run_id}/race", race_run, ["POST"]),
         ("/api/runs/{run_id}/events", run_events, ["GET"]),
         ("/api/runs/{run_id}/dag", run_dag, ["GET"]),
         ("/api/runs/{run_id}/cost", run_cost, ["GET"]),

@@ -2,10 +2,11 @@
 
 ::
 
-    RunHandle.events(since) ──▶ producer ──send_nowait──▶ [outbox: ≤ queue_size frames] ──▶ writer ──▶ socket
-      (store pages, then the          │ outbox full: stop following (the hub subscription goes),
-       Hub's live events)             │ queue {"type": "lagged", "last_seq": N}, wait until the
-                                      │ client drained half, follow again from the store at N
+    store pages (replay), then ──▶ producer ──▶ [outbox: ≤ queue_size messages] ──▶ writer ──▶ socket
+    the Hub's live batches            │ outbox full: stop following (the hub subscription goes),
+    (each batch's JSON text is        │ queue {"type": "lagged", "last_seq": N}, wait until the
+     encoded once, shared by every    │ client drained half, follow again from the store at N
+     client: slices, not copies)
     socket ──▶ reader: {"op": "answer", "request_id", "text"} ──▶ Executor.answer ──▶ reply frame
 
 Server → client: text frames holding one or more JSON messages, one per line (a burst of events
@@ -18,23 +19,26 @@ has ``seq``), or a control message without ``seq``:
 * ``{"type": "end", "status": S, "last_seq": N}`` — the run has ended and every event was sent;
   the server closes the socket (1000).
 
-A slow client costs the server at most ``queue_size`` frames plus one store page, and never slows
+A slow client costs the server at most ``queue_size`` messages plus one store page, and never slows
 the run: the writer of the store publishes to bounded subscriptions that never block.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any, Final, cast
+from bisect import bisect_right
+from collections import deque
+from functools import partial
+from typing import Any, Final
 
 import anyio
+import anyio.to_thread
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from isolane.errors import IsolaneError
 from isolane.executor.executor import Executor, RunHandle
+from isolane.executor.hub import Batch
 from isolane.schemas.events import EVENT_TYPES, Event
 
 __all__ = ["CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "stream_run"]
@@ -48,6 +52,8 @@ assert not CONTROL_FRAMES & EVENT_TYPES
 _MAX_CLIENT_MESSAGE: Final = 512 * 1024
 #: Messages sent in one frame at most (what is queued when the socket is writable goes together).
 _MAX_BATCH: Final = 256
+#: Stored events read per store query while replaying.
+_READ_PAGE: Final = 2000
 
 
 def _control(**fields: Any) -> str:
@@ -55,28 +61,77 @@ def _control(**fields: Any) -> str:
 
 
 class _Outbox:
-    """The bounded queue between the producer and the socket writer, with a low-water signal."""
+    """The bounded queue between the producers and the socket writer, counted in messages.
+
+    Items are lists of messages: a slice of a :class:`~isolane.executor.hub.Batch`'s shared
+    lines (never copied per client) or one control message. One consumer (the writer).
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.send: MemoryObjectSendStream[str]
-        self.recv: MemoryObjectReceiveStream[str]
-        self.send, self.recv = anyio.create_memory_object_stream[str](size)
-        self._low: anyio.Event | None = None
+        self._items: deque[list[str]] = deque()
+        self._used = 0
+        self._closed = False
+        self._filled = anyio.Event()
+        self._freed: anyio.Event | None = None
 
     def used(self) -> int:
-        return self.recv.statistics().current_buffer_used
+        return self._used
+
+    def room(self) -> int:
+        return self.size - self._used
+
+    def put_nowait(self, messages: list[str]) -> None:
+        """Queue ``messages`` (the caller checked :meth:`room`)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._items.append(messages)
+        self._used += len(messages)
+        self._filled.set()
+
+    async def put(self, message: str) -> None:
+        """Queue one control message, waiting while the queue is full."""
+        while self._used >= self.size and not self._closed:
+            await self._wait_freed()
+        self.put_nowait([message])
 
     async def drained(self) -> None:
         """Wait until at most half the queue is used."""
-        while self.used() > self.size // 2:
-            self._low = anyio.Event()
-            await self._low.wait()
+        while self._used > self.size // 2:
+            await self._wait_freed()
 
-    def taken(self) -> None:
-        if self._low is not None and self.used() <= self.size // 2:
-            self._low.set()
-            self._low = None
+    async def _wait_freed(self) -> None:
+        if self._freed is None:
+            self._freed = anyio.Event()
+        await self._freed.wait()
+
+    def close(self) -> None:
+        """No more messages; the writer sends what is queued, then ends."""
+        self._closed = True
+        self._filled.set()
+        if self._freed is not None:
+            self._freed.set()
+
+    async def take(self, most: int) -> list[str] | None:
+        """Up to ``most`` messages, oldest first (waits for one); ``None`` once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._filled = anyio.Event()
+            await self._filled.wait()
+        taken: list[str] = []
+        while self._items and len(taken) < most:
+            item = self._items.popleft()
+            room = most - len(taken)
+            if len(item) > room:
+                self._items.appendleft(item[room:])
+                item = item[:room]
+            taken += item
+        self._used -= len(taken)
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+        return taken
 
 
 async def stream_run(websocket: WebSocket, executor: Executor, handle: RunHandle, since: int, *,
@@ -87,50 +142,95 @@ async def stream_run(websocket: WebSocket, executor: Executor, handle: RunHandle
         async with anyio.create_task_group() as tg:
             tg.start_soon(_write, websocket, outbox, tg.cancel_scope)
             tg.start_soon(_read, websocket, executor, handle, outbox, tg.cancel_scope)
-            last = await _produce(handle, since, outbox)
+            last = await _produce(executor, handle, since, outbox)
             outcome = await handle.wait()
-            await outbox.send.send(_control(type="end", status=outcome.status, last_seq=last))
-            await outbox.send.aclose()  # the writer sends what is queued, then closes the socket
+            await outbox.put(_control(type="end", status=outcome.status, last_seq=last))
+            outbox.close()  # the writer sends what is queued, then closes the socket
     finally:
-        outbox.send.close()
-        outbox.recv.close()
+        outbox.close()
 
 
-async def _produce(handle: RunHandle, since: int, outbox: _Outbox) -> int:
+async def _produce(executor: Executor, handle: RunHandle, since: int, outbox: _Outbox) -> int:
     """Queue every event after ``since`` in order; return the last seq queued."""
     last = since
     while True:
-        lagged = False
-        events = cast("AsyncGenerator[Event, None]", handle.events(since=last))
-        try:
-            async for event in events:
-                try:
-                    outbox.send.send_nowait(event.to_json().decode())
-                except anyio.WouldBlock:
-                    lagged = True
-                    break
-                last = event.seq
-        finally:
-            await events.aclose()  # unsubscribes: nothing more is held for this client
+        last, lagged = await _follow(executor, handle, last, outbox)
         if not lagged:
             return last
         log.debug("websocket client of run %s lagged after seq %d", handle.run_id, last)
-        await outbox.send.send(_control(type="lagged", last_seq=last))
+        await outbox.put(_control(type="lagged", last_seq=last))
         await outbox.drained()
+
+
+def _queue(outbox: _Outbox, batch: Batch, last: int) -> tuple[int, bool]:
+    """Queue the part of ``batch`` after seq ``last`` that fits; return the new last and whether
+    the outbox was full."""
+    events = batch.events
+    if not events or events[-1].seq <= last:
+        return last, False
+    start = 0 if events[0].seq > last else bisect_right(events, last, key=_seq)
+    lines = batch.lines()
+    room = outbox.room()
+    if len(events) - start <= room:
+        outbox.put_nowait(lines if start == 0 else lines[start:])
+        return events[-1].seq, False
+    if room > 0:
+        outbox.put_nowait(lines[start:start + room])
+        last = events[start + room - 1].seq
+    return last, True
+
+
+def _seq(event: Event) -> int:
+    return event.seq
+
+
+async def _follow(executor: Executor, handle: RunHandle, last: int, outbox: _Outbox) -> tuple[int, bool]:
+    """Queue the run's events after ``last``: stored pages, then live batches from the hub.
+
+    Returns ``(last seq queued, lagged)``: ``lagged`` when the outbox filled up (the caller
+    resumes from the store at that seq), else the run has ended and every event was queued.
+    The seam follows :meth:`RunHandle.events`, with whole batches instead of single events, so
+    their encoded text is shared by every client (see :class:`~isolane.executor.hub.Batch`).
+    """
+    store, hub = executor.store, executor._hub
+    sub = hub.subscribe(handle.run_id)
+    try:
+        while True:
+            # Forget any lag BEFORE reading the store: what is published from now on is queued,
+            # what was committed before is in the page (the overlap is skipped by seq).
+            sub.reset()
+            ended = handle.done
+            # No more than fits, plus one to learn whether the outbox overflows: a client
+            # catching up reads (and decodes) each stored event once, not a page per lag.
+            limit = min(_READ_PAGE, outbox.room() + 1)
+            page = await anyio.to_thread.run_sync(
+                partial(store.events, handle.run_id, after_seq=last, limit=limit))
+            last, full = _queue(outbox, Batch(page), last)
+            if full:
+                return last, True
+            if len(page) == limit:
+                continue
+            if ended:  # ended before the read began: the page held the last event
+                return last, False
+            while not sub.lagged:
+                ended = handle.done
+                for batch in sub.take_batches():
+                    last, full = _queue(outbox, batch, last)
+                    if full:
+                        return last, True
+                if ended:
+                    break
+                await sub.wait()
+            # Lagged, or ended: (again) from the store, which also sweeps up anything committed
+            # between the last page and the end.
+    finally:
+        hub.unsubscribe(sub)
 
 
 async def _write(websocket: WebSocket, outbox: _Outbox, scope: anyio.CancelScope) -> None:
     try:
-        async with outbox.recv:
-            async for frame in outbox.recv:
-                batch = [frame]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        batch.append(outbox.recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                outbox.taken()
-                await websocket.send_text("\n".join(batch))
+        while (messages := await outbox.take(_MAX_BATCH)) is not None:
+            await websocket.send_text("\n".join(messages))
         await websocket.close(1000)
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the client left
@@ -147,7 +247,7 @@ async def _read(websocket: WebSocket, executor: Executor, handle: RunHandle, out
                 break
             raw = message.get("text") or message.get("bytes") or b""
             if len(raw) > _MAX_CLIENT_MESSAGE:
-                await outbox.send.send(_control(type="answer_refused", request_id=None,
+                await outbox.put(_control(type="answer_refused", request_id=None,
                                                 error="message too large"))
                 continue
             await _handle_message(raw, executor, handle, outbox)
@@ -165,18 +265,18 @@ async def _handle_message(raw: str | bytes, executor: Executor, handle: RunHandl
     except orjson.JSONDecodeError:
         message = None
     if not isinstance(message, dict) or message.get("op") != "answer":
-        await outbox.send.send(_control(
+        await outbox.put(_control(
             type="answer_refused", request_id=None,
             error='send {"op": "answer", "request_id": "...", "text": "..."} as JSON'))
         return
     request_id, text = message.get("request_id"), message.get("text")
     if not isinstance(request_id, str) or not isinstance(text, str):
-        await outbox.send.send(_control(type="answer_refused", request_id=request_id,
+        await outbox.put(_control(type="answer_refused", request_id=request_id,
                                         error="request_id and text must be strings"))
         return
     try:
         await executor.answer(handle.run_id, request_id, text, source="websocket")
     except IsolaneError as exc:
-        await outbox.send.send(_control(type="answer_refused", request_id=request_id, error=str(exc)))
+        await outbox.put(_control(type="answer_refused", request_id=request_id, error=str(exc)))
         return
-    await outbox.send.send(_control(type="answer_ok", request_id=request_id))
+    await outbox.put(_control(type="answer_ok", request_id=request_id))
