@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from isolane.errors import ConfigError, IsolaneError, RunStateError
 from isolane.executor import human
-from isolane.executor.backend import WorkerBackend, WorkerHandle, create_backend
+from isolane.executor.backend import WorkerBackend, create_backend
 from isolane.executor.hub import Hub
 from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor, RunResult
@@ -40,8 +40,6 @@ from isolane.executor.ownership import LIVENESS_INTERVAL, owner_alive, owner_sta
 from isolane.executor.racing import Race, RaceOutcome, run_race, start_race
 from isolane.executor.recovery import (
     RecoveryReport,
-    _resumable,
-    follow_adopted,
     recover_runs,
 )
 from isolane.executor.redaction import secret_values
@@ -60,7 +58,6 @@ from isolane.executor.writer import StoreWriter, WriteItem
 from isolane.tracking.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.tracking.branching import create_branch, plan_branch
 from isolane.tracking.compare import Comparison, compare_runs
-from isolane.tracking.rows import RunRow
 from isolane.tracking.state import current_state
 from isolane.tracking.store import Store
 from isolane.workflow import WorkflowFn, resolve_workflow
@@ -346,90 +343,6 @@ class Executor:
     async def recover(self, *, resume: bool = False) -> list[RecoveryReport]:
         """Adopt or settle runs whose parent died (see :mod:`isolane.executor.recovery`)."""
         return await recover_runs(self, resume=resume)
-
-    def _adopt(self, row: RunRow) -> RunHandle:
-        assert self._tg is not None
-        handle = RunHandle(self, row.id, live=True)
-        self._handles[row.id] = handle
-        self._tg.start_soon(self._drive_adopted, handle, row)
-        return handle
-
-    def _resume_after(self, handle: RunHandle) -> None:
-        handle._resume_when_crashed = True
-
-    async def _drive_adopted(self, handle: RunHandle, row: RunRow) -> None:
-        await self._take_ownership(row)
-        result: RunResult | None = None
-        try:
-            result = await follow_adopted(self, handle, row)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._settle_taken_over(handle, result)
-
-    async def _reattach(self, row: RunRow, worker_meta: Mapping[str, Any]) -> RunHandle | None:
-        """Re-attach to a remote worker that outlived its parent; None if it is gone.
-
-        The backend replays what the worker wrote after the last event the store holds, then
-        streams live; the run is supervised as if this executor had started it.
-        """
-        assert self._tg is not None
-        attach = getattr(self.backend, "attach", None)
-        if attach is None:
-            return None
-        await anyio.to_thread.run_sync(import_spool, self.store, row.id, spool_path(row.work_dir))
-        _, _, high = await anyio.to_thread.run_sync(self.store.seq_stats, row.id)
-        worker = await attach(row.id, worker_meta, since_seq=high or 0,
-                              blob_dir=str((self.home / "blobs").resolve()))
-        if worker is None:
-            return None
-        handle = RunHandle(self, row.id, live=True)
-        self._handles[row.id] = handle
-        self._tg.start_soon(self._drive_reattached, handle, row, worker, high or 0)
-        return handle
-
-    async def _drive_reattached(self, handle: RunHandle, row: RunRow, worker: WorkerHandle,
-                                since_seq: int) -> None:
-        assert self._writer is not None
-        await self._take_ownership(row)
-        options = row.meta.get("options", {})
-        spec = RunSpec(workflow=row.workflow, task=row.task,
-                       **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
-        monitor = RunMonitor(worker, self._writer, start_seq=since_seq, timeout=spec.timeout,
-                             heartbeat_timeout=spec.heartbeat_timeout,
-                             cancel_grace=spec.cancel_grace, limits=spec.limits)
-        handle._monitor = monitor
-        log.info("run %s: re-attached to its worker on %s after seq %d", row.id, worker.location,
-                 since_seq)
-        result: RunResult | None = None
-        try:
-            result = await monitor.supervise()
-        finally:
-            handle._monitor = None
-            with anyio.CancelScope(shield=True):
-                await self._settle_taken_over(handle, result)
-
-    async def _take_ownership(self, row: RunRow) -> None:
-        assert self._writer is not None
-        meta = {**row.meta, **owner_stamp()}
-        await self._writer.put(WriteItem(run_updates={row.id: {"meta": meta}}))
-
-    async def _settle_taken_over(self, handle: RunHandle, result: RunResult | None) -> None:
-        """Record how an adopted or re-attached run ended; resume it when asked and crashed."""
-        assert self._writer is not None
-        if result is None:
-            result = RunResult("crashed", None, error="the parent stopped following the run",
-                               error_type="ParentInterrupted")
-        run_id = handle.run_id
-        await self._writer.put_and_wait(WriteItem(run_updates={run_id: result.run_update()}))
-        await self._keep_state(run_id)
-        handle._outcome = Outcome(run_id=run_id, status=result.status, result=result.result,
-                                  error=result.error, error_type=result.error_type,
-                                  traceback=result.traceback, exit_code=result.exit_code)
-        handle._done.set()
-        self._hub.wake(run_id)
-        if handle._resume_when_crashed and _resumable(result):
-            # The resumed attempt gets its own handle; this one ended with the take-over.
-            await self.resume(run_id)
 
     # -- resuming ----------------------------------------------------------------------------
 

@@ -29,18 +29,22 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from isolane.executor.monitor import RunResult
-from isolane.executor.ownership import owner_alive
+from isolane.executor.backend import WorkerHandle
+from isolane.executor.monitor import RunMonitor, RunResult
+from isolane.executor.ownership import owner_alive, owner_stamp
 from isolane.executor.proctree import kill_process_tree, process_alive
-from isolane.executor.spool import SpoolTail, spool_path
-from isolane.executor.writer import WriteItem
+from isolane.executor.run import _STORED_OPTIONS, Outcome, RunHandle, RunSpec
+from isolane.executor.spool import SpoolTail, import_spool, spool_path
+from isolane.executor.writer import StoreWriter, WriteItem
 from isolane.schemas.events import TERMINAL_EVENT_TYPES, WireEvent
 from isolane.tracking.rows import RunRow
 
 if TYPE_CHECKING:
-    from isolane.executor.executor import Executor, RunHandle
+    from anyio.abc import TaskGroup
 
-__all__ = ["RecoveryReport", "recover_runs"]
+    from isolane.executor.executor import Executor
+
+__all__ = ["RecoveryReport", "adopt", "reattach", "recover_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +157,18 @@ async def recover_runs(executor: Executor, *, resume: bool = False) -> list[Reco
                     f"its worker ran on the {remote} backend, which may still be running it; open "
                     f"the executor with backend={remote!r} (ISOLANE_BACKEND={remote}) to re-attach"))
                 continue
-            attached = await executor._reattach(row, worker_meta)
+            attached = await reattach(executor, row, worker_meta)
             if attached is not None:
                 reports.append(RecoveryReport(row.id, "reattached", "running", 0,
                                               f"its worker still runs on {remote}"))
-                if resume:
-                    executor._resume_after(attached)
+                attached._resume_when_crashed = resume
                 continue
             # The relay is gone, and its worker with it: settle from what was stored.
         elif process_alive(row.worker_pid, row.worker_create_time):
-            handle = executor._adopt(row)
+            handle = adopt(executor, row)
             reports.append(RecoveryReport(row.id, "adopted", "running", 0,
                                           f"worker pid {row.worker_pid} still running"))
-            if resume:
-                executor._resume_after(handle)
+            handle._resume_when_crashed = resume
             continue
         adoption = _Adoption(executor, row)
         await adoption.pump_once()
@@ -190,9 +192,109 @@ def _resumable(result: RunResult) -> bool:
         result.status == "failed" and (result.error_type or "").endswith("HumanInputUnavailable"))
 
 
-async def follow_adopted(executor: Executor, handle: RunHandle, row: RunRow) -> RunResult:
-    """Follow an adopted worker to its end and return its verdict (used by the executor)."""
+# -- taking a run over: this executor supervises it from now on -------------------------------
+
+
+def adopt(executor: Executor, row: RunRow) -> RunHandle:
+    """Follow a live local worker whose parent died, through its spool, until it exits."""
+    handle = _take_over(executor, row)
+    _task_group(executor).start_soon(_drive_adopted, executor, handle, row)
+    return handle
+
+
+async def reattach(executor: Executor, row: RunRow,
+                   worker_meta: Mapping[str, Any]) -> RunHandle | None:
+    """Re-attach to a remote worker that outlived its parent; None if it is gone.
+
+    The backend replays what the worker wrote after the last event the store holds, then
+    streams live; the run is supervised as if this executor had started it.
+    """
+    attach = getattr(executor.backend, "attach", None)
+    if attach is None:
+        return None
+    store = executor.store
+    await anyio.to_thread.run_sync(import_spool, store, row.id, spool_path(row.work_dir))
+    _, _, high = await anyio.to_thread.run_sync(store.seq_stats, row.id)
+    worker = await attach(row.id, worker_meta, since_seq=high or 0,
+                          blob_dir=str((executor.home / "blobs").resolve()))
+    if worker is None:
+        return None
+    handle = _take_over(executor, row)
+    _task_group(executor).start_soon(_drive_reattached, executor, handle, row, worker, high or 0)
+    return handle
+
+
+def _take_over(executor: Executor, row: RunRow) -> RunHandle:
+    handle = RunHandle(executor, row.id, live=True)
+    executor._handles[row.id] = handle
+    return handle
+
+
+async def _drive_adopted(executor: Executor, handle: RunHandle, row: RunRow) -> None:
+    await _own(executor, row)
     adoption = _Adoption(executor, row)
     handle._kill = adoption.kill
-    await adoption.follow()
-    return _verdict(adoption.terminal, cause="the adopted worker exited without reporting an outcome")
+    result: RunResult | None = None
+    try:
+        await adoption.follow()
+        result = _verdict(adoption.terminal,
+                          cause="the adopted worker exited without reporting an outcome")
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _settle(executor, handle, result)
+
+
+async def _drive_reattached(executor: Executor, handle: RunHandle, row: RunRow,
+                            worker: WorkerHandle, since_seq: int) -> None:
+    await _own(executor, row)
+    options = row.meta.get("options", {})
+    spec = RunSpec(workflow=row.workflow, task=row.task,
+                   **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
+    monitor = RunMonitor(worker, _writer(executor), start_seq=since_seq, timeout=spec.timeout,
+                         heartbeat_timeout=spec.heartbeat_timeout, cancel_grace=spec.cancel_grace,
+                         limits=spec.limits)
+    handle._monitor = monitor
+    log.info("run %s: re-attached to its worker on %s after seq %d", row.id, worker.location,
+             since_seq)
+    result: RunResult | None = None
+    try:
+        result = await monitor.supervise()
+    finally:
+        handle._monitor = None
+        with anyio.CancelScope(shield=True):
+            await _settle(executor, handle, result)
+
+
+async def _own(executor: Executor, row: RunRow) -> None:
+    meta = {**row.meta, **owner_stamp()}
+    await _writer(executor).put(WriteItem(run_updates={row.id: {"meta": meta}}))
+
+
+async def _settle(executor: Executor, handle: RunHandle, result: RunResult | None) -> None:
+    """Record how a taken-over run ended; resume it when asked and it crashed."""
+    if result is None:
+        result = RunResult("crashed", None, error="the parent stopped following the run",
+                           error_type="ParentInterrupted")
+    run_id = handle.run_id
+    await _writer(executor).put_and_wait(WriteItem(run_updates={run_id: result.run_update()}))
+    await executor._keep_state(run_id)
+    handle._outcome = Outcome(run_id=run_id, status=result.status, result=result.result,
+                              error=result.error, error_type=result.error_type,
+                              traceback=result.traceback, exit_code=result.exit_code)
+    handle._done.set()
+    executor._hub.wake(run_id)
+    if handle._resume_when_crashed and _resumable(result):
+        # The resumed attempt gets its own handle; this one ended with the take-over.
+        await executor.resume(run_id)
+
+
+def _task_group(executor: Executor) -> TaskGroup:
+    if executor._tg is None:
+        raise RuntimeError("the executor is not open")
+    return executor._tg
+
+
+def _writer(executor: Executor) -> StoreWriter:
+    if executor._writer is None:
+        raise RuntimeError("the executor is not open")
+    return executor._writer
