@@ -27,7 +27,7 @@ from isolane.executor.context import RunContext
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
 from isolane.executor.limits import Limits
 from isolane.executor.sync import SyncExecutor, SyncRun
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.workflow import DagTemplate, TemplateEdge, TemplateNode, workflow
 
 __version__ = "0.1.0"

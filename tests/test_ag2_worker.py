@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from isolane import RunSpec, SyncExecutor
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.testing import FakeLLM, Served
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, LlmCallRow
 

@@ -27,7 +27,7 @@ from autogen.oai.openai_utils import OAI_PRICE1K
 import isolane.capture
 from isolane.capture import CapturingCodeExecutor, capture_ag2
 from isolane.errors import ConfigError, RunStateError
-from isolane.schemas.events import validate_payload
+from isolane.schemas.payloads import validate_payload
 from isolane.testing import FakeLLM, ListSink, Rule, Script, text, tool_call
 
 TASK = "Add 2 and 3, then print the sum."

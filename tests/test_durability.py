@@ -169,7 +169,7 @@ def _restart_postgres() -> str | None:
         return "needs pg_ctlcluster, a local cluster under /etc/postgresql and root"
     version = versions[-1].parent.name
     done = subprocess.run([tool, "--skip-systemctl-redirect", version, "main", "restart"],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         return f"pg_ctlcluster restart failed: {done.stderr.strip()[:200]}"
     return None

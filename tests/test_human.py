@@ -20,7 +20,7 @@ from isolane.executor.human import (
     pending_requests,
     recorded_answers,
 )
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.testing import FakeLLM, Script
 from isolane.workflow import registered_workflows
 

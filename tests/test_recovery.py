@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _cli(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "isolane.cli", *args, "--home", str(home)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ from websockets.typing import Origin
 
 import isolane.serve
 from isolane.executor.hub import Hub
-from isolane.schemas.events import event_from_row
+from isolane.schemas.envelope import event_from_row
 from isolane.serve import BackgroundServer
 from isolane.tracking.branching import racing_group
 from isolane.tracking.store import Store

@@ -27,7 +27,7 @@ from isolane.cli.dag import DagView, to_dot, to_json, to_mermaid
 from isolane.cli.llm import llm_for_stored_run
 from isolane.cli.options import Location, open_store
 from isolane.errors import ConfigError
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.testing import FakeLLM, Reply, Rule, Script, Served
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, LlmCallRow, RunRow
 from isolane.tracking.urls import DB_FILENAME

@@ -18,7 +18,7 @@ from typing import Any
 from autogen.coding.base import CodeBlock, CodeExecutor, CodeExtractor, CodeResult
 
 from isolane.capture.sink import Sink, emit_payload
-from isolane.schemas.events import CodeExecution
+from isolane.schemas.payloads import CodeExecution
 
 __all__ = ["CapturingCodeExecutor"]
 

@@ -30,7 +30,7 @@ from autogen.logger.base_logger import BaseLogger, LLMConfig
 
 from isolane.capture.pricing import CostLedger
 from isolane.capture.sink import LockedSink, emit_payload
-from isolane.schemas.events import CostUpdate, ErrorPayload, LlmCall
+from isolane.schemas.payloads import CostUpdate, ErrorPayload, LlmCall
 
 if TYPE_CHECKING:
     from autogen import Agent, ConversableAgent, OpenAIWrapper

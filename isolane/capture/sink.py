@@ -1,6 +1,6 @@
 """Where captured events go: the :class:`Sink` protocol and the one typed way to write to it.
 
-Every channel of :mod:`isolane.capture` builds a payload struct from :mod:`isolane.schemas.events`
+Every channel of :mod:`isolane.capture` builds a payload struct from :mod:`isolane.schemas.payloads`
 and hands it to :func:`emit_payload`, which turns it into the plain ``dict`` the sink receives
 (defaults omitted, values JSON-safe). No channel builds an event dict by hand.
 """
@@ -13,14 +13,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from isolane.schemas.events import PAYLOADS
+from isolane.schemas.payloads import PAYLOADS
 
 __all__ = ["LockedSink", "Sink", "emit_payload", "to_data"]
 
 
 @runtime_checkable
 class Sink(Protocol):
-    """Receives captured events: ``type_`` is a stored event type (``isolane.schemas.events``),
+    """Receives captured events: ``type_`` is a stored event type (``isolane.schemas.payloads``),
     ``data`` its payload. The worker's emitter is the production sink.
 
     Capture serialises its calls (one at a time, in event order) even when AG2 runs tools or

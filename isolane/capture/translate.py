@@ -48,7 +48,7 @@ from typing import Any, ClassVar, Final
 from pydantic import BaseModel
 
 from isolane.capture.sink import LockedSink, emit_payload, to_data
-from isolane.schemas.events import (
+from isolane.schemas.payloads import (
     AgentMessage,
     CodeExecution,
     Custom,

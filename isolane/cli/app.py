@@ -40,7 +40,8 @@ from isolane.cli.render import (
 from isolane.cli.run import RUN_HELP, run_command
 from isolane.cli.serve import serve_command
 from isolane.executor.executor import TERMINAL_STATUSES
-from isolane.schemas.events import EVENT_TYPES, Event
+from isolane.schemas.envelope import Event
+from isolane.schemas.payloads import EVENT_TYPES
 from isolane.tracking.models import RUN_STATUSES
 from isolane.tracking.store import Store
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from isolane.cli.render import format_duration, short, short_id, status_text, summarize
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 
 __all__ = ["RunView"]
 

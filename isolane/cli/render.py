@@ -17,7 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, LlmCallRow, RunRow
 
 __all__ = [

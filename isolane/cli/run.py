@@ -33,7 +33,7 @@ from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, pars
 from isolane.cli.render import error_text, event_line, format_duration, short
 from isolane.executor.backend import BACKENDS
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.tracking.urls import resolve_url
 from isolane.workflow import resolve_workflow
 

@@ -25,7 +25,7 @@ from typing import Final
 
 from isolane.errors import InvalidEvent
 from isolane.executor.emitter import FRAME_HEADER
-from isolane.schemas.events import MAX_FRAME_BYTES
+from isolane.schemas.envelope import MAX_FRAME_BYTES
 
 __all__ = ["PIPE_CAPACITY", "FrameReader", "ReadResult"]
 

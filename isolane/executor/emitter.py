@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from isolane.schemas.events import MAX_FRAME_BYTES, BufferedEvent, encode_batch
+from isolane.schemas.envelope import MAX_FRAME_BYTES, BufferedEvent, encode_batch
 
 __all__ = ["FRAME_HEADER", "Emitter", "EmitterClosed"]
 

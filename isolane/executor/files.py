@@ -43,7 +43,7 @@ import msgspec
 
 from isolane.errors import PathEscape
 from isolane.executor.paths import open_inside, walk_files
-from isolane.schemas.events import FileDeleted, FileEvent
+from isolane.schemas.payloads import FileDeleted, FileEvent
 from isolane.tracking.blobs import BlobStore, hash_fd
 
 if TYPE_CHECKING:

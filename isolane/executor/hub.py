@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 
 __all__ = ["Batch", "Hub", "Subscription", "encode_lines"]
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio.to_thread
 
 from isolane.errors import ConfigError, IsolaneError, RunStateError
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 
 if TYPE_CHECKING:
     from isolane.executor.executor import RunHandle

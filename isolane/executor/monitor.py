@@ -39,9 +39,11 @@ import orjson
 from isolane.errors import describe_exit
 from isolane.executor.backend import WorkerExit, WorkerHandle
 from isolane.executor.channel import ReadResult
-from isolane.executor.limits import Limits, crash_hint, limit_crash
+from isolane.executor.enforcement import crash_hint, limit_crash
+from isolane.executor.limits import Limits
 from isolane.executor.writer import DiagnosticRow, EventRow, StoreWriter, WriteItem
-from isolane.schemas.events import TERMINAL_EVENT_TYPES, WireEvent, decode_frame
+from isolane.schemas.envelope import WireEvent, decode_frame
+from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
 
 __all__ = ["RunMonitor", "RunResult"]
 

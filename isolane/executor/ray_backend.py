@@ -58,7 +58,7 @@ from isolane.executor.supervisor import (
     portable_spec,
 )
 from isolane.executor.worker import WorkerSpec
-from isolane.schemas.events import MAX_FRAME_BYTES
+from isolane.schemas.envelope import MAX_FRAME_BYTES
 from isolane.tracking.blobs import BlobStore
 
 __all__ = ["ADDRESS_ENV", "RayBackend", "RayWorker"]

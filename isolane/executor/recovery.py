@@ -36,7 +36,8 @@ from isolane.executor.proctree import kill_process_tree, process_alive
 from isolane.executor.run import _STORED_OPTIONS, Outcome, RunHandle, RunSpec
 from isolane.executor.spool import SpoolTail, import_spool, spool_path
 from isolane.executor.writer import StoreWriter, WriteItem
-from isolane.schemas.events import TERMINAL_EVENT_TYPES, WireEvent
+from isolane.schemas.envelope import WireEvent
+from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
 from isolane.tracking.rows import RunRow
 
 if TYPE_CHECKING:

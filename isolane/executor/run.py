@@ -20,7 +20,7 @@ from isolane.executor import human
 from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor
 from isolane.executor.redaction import secret_values
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.workflow import WorkflowFn
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from isolane.schemas.events import MAX_FRAME_BYTES, WireEvent, decode_frame
+from isolane.schemas.envelope import MAX_FRAME_BYTES, WireEvent, decode_frame
 from isolane.tracking.store import Store
 
 __all__ = ["SpoolImport", "SpoolTail", "import_spool", "spool_path"]

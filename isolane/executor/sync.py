@@ -24,7 +24,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from isolane.errors import RunStateError
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 
 __all__ = ["SyncExecutor", "SyncRun"]
 

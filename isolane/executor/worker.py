@@ -4,8 +4,8 @@
 
     forkserver (autogen, openai, this module preloaded)
         └─ fork ─▶ worker_main(spec, event_conn, control_conn)
-                     setsid · subreaper · limits (see limits.py) · scrubbed env · chdir(work_dir)
-                     fds 1/2 → output events (counted against the output limit)
+                     setsid · subreaper · limits (enforcement.py) · scrubbed env · chdir(work_dir)
+                     fds 1/2 → output events (output.py; counted against the output limit)
                      Emitter ──frames (secrets redacted)──▶ event pipe ──▶ parent Monitor
                             └─lines──▶ <run dir>/events.jsonl (spool)
                      control thread ◀── control pipe ◀── parent (cancel, …)
@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -39,9 +38,11 @@ import psutil
 
 from isolane.executor.context import RunContext
 from isolane.executor.emitter import Emitter
+from isolane.executor.enforcement import LimitEnforcer
 from isolane.executor.files import FILES_RESUME_KEY, final_scan, track_files
 from isolane.executor.human import HUMAN_RESUME_KEY
-from isolane.executor.limits import LimitEnforcer, Limits
+from isolane.executor.limits import Limits
+from isolane.executor.output import OutputPump, pump_std_streams
 from isolane.executor.redaction import Redactor
 from isolane.executor.state import ResumeInfo
 from isolane.tracking.blobs import DEFAULT_MAX_BLOB_BYTES
@@ -56,7 +57,6 @@ EXIT_CODES: Final = {"completed": 0, "failed": 1, "cancelled": 2}
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_SET_PDEATHSIG: Final = 1
-_OUTPUT_LINE_MAX: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,62 +133,6 @@ def _become_session_leader() -> None:
             libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except (OSError, AttributeError):
             log.debug("could not become a child subreaper")
-
-
-class _OutputPump:
-    """Redirect fd 1 or 2 into a pipe and turn each line into an ``output`` event."""
-
-    def __init__(self, fd: int, stream: str, emitter: Emitter, ctx: RunContext,
-                 budget: Callable[[int], int] | None = None) -> None:
-        self.stream = stream
-        self._budget = budget  # output limit: how many of n bytes may still be kept
-        read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, fd)
-        os.close(write_fd)
-        self._fd = fd
-        self._read_fd = read_fd
-        self._emitter = emitter
-        self._ctx = ctx
-        self._thread = threading.Thread(target=self._pump, name=f"isolane-{stream}", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        pending = b""
-        while True:
-            try:
-                chunk = os.read(self._read_fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            if self._budget is not None:
-                chunk = chunk[:self._budget(len(chunk))]  # past the limit: read and drop
-                if not chunk:
-                    continue
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._send(line)
-            while len(pending) >= _OUTPUT_LINE_MAX:
-                self._send(pending[:_OUTPUT_LINE_MAX])
-                pending = pending[_OUTPUT_LINE_MAX:]
-        if pending:
-            self._send(pending)
-        os.close(self._read_fd)
-
-    def _send(self, line: bytes) -> None:
-        self._emitter.emit(
-            "output",
-            {"stream": self.stream, "text": line.decode("utf-8", "replace")},
-            self._ctx.current_node,
-        )
-
-    def close(self) -> None:
-        """Detach the fd (closing our write end) and wait for the pump to drain."""
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._fd)
-        os.close(devnull)
-        self._thread.join(timeout=5)
 
 
 def _control_loop(control: Any, ctx: RunContext) -> None:
@@ -298,7 +242,7 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
     )
     enforcer.start(emitter, exit_code=EXIT_CODES["failed"])
     outcome = "failed"
-    pumps: list[_OutputPump] = []
+    pumps: list[OutputPump] = []
     ctx: RunContext | None = None
     try:
         if spec.workflow_pickle is not None:
@@ -324,14 +268,7 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
         threading.Thread(target=_control_loop, args=(control_conn, ctx), name="isolane-control",
                          daemon=True).start()
         if spec.capture_output:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pumps = [_OutputPump(1, "stdout", emitter, ctx, enforcer.take_output),
-                     _OutputPump(2, "stderr", emitter, ctx, enforcer.take_output)]
-            for stream in (sys.stdout, sys.stderr):
-                reconfigure = getattr(stream, "reconfigure", None)
-                if reconfigure is not None:
-                    reconfigure(line_buffering=True)
+            pumps = pump_std_streams(emitter, ctx, enforcer.take_output)
         emitter.emit("run_started", {"workflow": wf.name, "task": spec.task, "attempt": spec.attempt,
                                      "pid": os.getpid(), "preloaded": preloaded,
                                      "resumed_from_seq": spec.start_seq})
@@ -395,7 +332,7 @@ def _start_snapshot_timer(ctx: RunContext, interval: float) -> None:
     threading.Thread(target=tick, name="isolane-snapshots", daemon=True).start()
 
 
-def _drain_output(pumps: list[_OutputPump]) -> None:
+def _drain_output(pumps: list[OutputPump]) -> None:
     """Flush Python's buffers and turn all captured output into events, before the outcome."""
     for stream in (sys.stdout, sys.stderr):
         try:

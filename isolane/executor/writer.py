@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from isolane.errors import StoreUnavailable
 from isolane.executor.hub import Hub
-from isolane.schemas.events import event_from_row
+from isolane.schemas.envelope import event_from_row
 from isolane.tracking.store import Store
 
 __all__ = ["StoreWriter", "WriteItem"]

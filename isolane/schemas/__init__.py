@@ -1,17 +1,20 @@
-"""The wire contract between workers and the parent (see :mod:`isolane.schemas.events`)."""
+"""The wire contract between workers and the parent: the event envelope and its codec
+(:mod:`isolane.schemas.envelope`) and every event type's payload (:mod:`isolane.schemas.payloads`)."""
 
-from isolane.schemas.events import (
-    EVENT_TYPES,
+from isolane.schemas.envelope import (
     MAX_FRAME_BYTES,
-    PAYLOADS,
     SCHEMA_VERSION,
-    TERMINAL_EVENT_TYPES,
     DecodedFrame,
     Event,
     WireEvent,
     decode_frame,
     encode_batch,
     event_from_row,
+)
+from isolane.schemas.payloads import (
+    EVENT_TYPES,
+    PAYLOADS,
+    TERMINAL_EVENT_TYPES,
     validate_payload,
 )
 

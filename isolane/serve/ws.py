@@ -39,7 +39,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from isolane.errors import IsolaneError
 from isolane.executor.executor import Executor, RunHandle
 from isolane.executor.hub import Batch
-from isolane.schemas.events import EVENT_TYPES, Event
+from isolane.schemas.envelope import Event
+from isolane.schemas.payloads import EVENT_TYPES
 
 __all__ = ["CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "stream_run"]
 

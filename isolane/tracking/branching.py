@@ -20,7 +20,7 @@ from typing import Any, Final
 from sqlalchemy import func, insert, select, update
 
 from isolane.errors import ConfigError, RunStateError
-from isolane.schemas.events import Event
+from isolane.schemas.envelope import Event
 from isolane.tracking.models import (
     BranchRecord,
     DagEdgeRecord,

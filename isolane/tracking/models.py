@@ -174,7 +174,7 @@ class EventRecord(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 - SQLAlchemy declares it
 
     run_id: Mapped[str] = _run_fk(primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

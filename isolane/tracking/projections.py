@@ -33,7 +33,7 @@ from msgspec import Struct
 from sqlalchemy import Connection, Table, bindparam, exists, func, select, update
 
 from isolane.errors import InvalidEvent
-from isolane.schemas.events import (
+from isolane.schemas.payloads import (
     DagCreated,
     DagNodeAdded,
     DagNodeUpdate,

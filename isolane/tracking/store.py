@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL
 
 from isolane.errors import ConfigError, RunNotFound
-from isolane.schemas.events import Event, event_from_row
+from isolane.schemas.envelope import Event, event_from_row
 from isolane.tracking._dialects import Backend, EventTuple
 from isolane.tracking._engine import open_engine, transaction
 from isolane.tracking.models import (

@@ -37,7 +37,8 @@ from typing import Any, Final
 import msgspec
 
 from isolane.errors import BlobError, ConfigError, PathEscape, RunStateError
-from isolane.schemas.events import Event, FileDeleted, FileEvent
+from isolane.schemas.envelope import Event
+from isolane.schemas.payloads import FileDeleted, FileEvent
 from isolane.tracking.blobs import BlobStore, check_digest
 from isolane.tracking.rows import FileRow
 from isolane.tracking.store import Store
