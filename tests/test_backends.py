@@ -284,6 +284,34 @@ async def test_ag2_capture_cost_dag_and_a_human_answer_on_ray(ray_session: Any,
                                         for c in priced), priced
 
 
+@pytest.mark.ray
+async def test_an_unclaimed_pool_relay_exits_by_itself(ray_session: Any) -> None:
+    """Pool relays are detached, so nobody else would end them: an idle one exits after its
+    idle_timeout, and the backend replaces it instead of handing it out."""
+    from isolane.executor.ray_backend import NAMESPACE, RayBackend
+
+    backend = RayBackend(**{**_RAY_OPTIONS, "pool_size": 1, "idle_timeout": 2.0})
+    backend.start()
+    try:
+        (warm,) = backend._pool
+        await warm.ready  # started and preloaded: the idle clock runs from here
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                ray_session.get_actor(warm.name, namespace=NAMESPACE)
+            except ValueError:
+                break
+            await anyio.sleep(0.2)
+        else:
+            raise AssertionError(f"pool relay {warm.name} still alive after its idle timeout")
+        actor, name = await backend._claim()
+        assert name != warm.name
+        assert await actor.warm.remote()  # a usable relay
+        ray_session.kill(actor, no_restart=True)
+    finally:
+        backend.close()
+
+
 _CRASHING_PARENT = """
 import os, sys
 import anyio
