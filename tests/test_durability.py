@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from isolane import Executor, RunSpec
+from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import RunStateError
 from isolane.tracking.state import resume_state
 
@@ -26,19 +26,25 @@ def _check_log(ex: Executor, run_id: str) -> None:
     assert (low, count) == (1, high), f"gaps or duplicates: count={count} min={low} max={high}"
 
 
+async def _crashed_after_step_2(ex: Executor) -> RunHandle:
+    """A run of FLOW SIGKILLed once its step 2 has completed."""
+    run = await ex.submit(RunSpec(workflow=FLOW, config={"sleep": 0.3}))
+    async for event in run.events():
+        if event.type == "dag_node_update" and event.node_id == "step_2" \
+                and event.data["status"] == "completed":
+            break
+    os.kill(ex.store.get_run(run.run_id).worker_pid or 0, signal.SIGKILL)
+    assert (await run.wait()).status == "crashed"
+    return run
+
+
 async def test_resume_skips_completed_steps_and_continues_seq(home: Path) -> None:
     """A SIGKILLed run resumed: finished steps are not re-run, state is restored, seq continues."""
     async with Executor(home=home) as ex:
         reference = await ex.run(RunSpec(workflow=FLOW, config={"sleep": 0.0}))
         assert reference.status == "completed"
 
-        run = await ex.submit(RunSpec(workflow=FLOW, config={"sleep": 0.3}))
-        async for event in run.events():
-            if event.type == "dag_node_update" and event.node_id == "step_2" \
-                    and event.data["status"] == "completed":
-                break
-        os.kill(ex.store.get_run(run.run_id).worker_pid or 0, signal.SIGKILL)
-        assert (await run.wait()).status == "crashed"
+        run = await _crashed_after_step_2(ex)
         last_before = ex.store.seq_stats(run.run_id)[2]
 
         resumed = await ex.resume(run.run_id)
@@ -63,13 +69,7 @@ async def test_each_ended_attempt_keeps_the_run_state_in_session_states(home: Pa
     """When a worker ends (crashed or completed), the parent keeps the run's latest consistent
     state, as of its last event; a resume reads it back instead of folding the log again."""
     async with Executor(home=home) as ex:
-        run = await ex.submit(RunSpec(workflow=FLOW, config={"sleep": 0.3}))
-        async for event in run.events():
-            if event.type == "dag_node_update" and event.node_id == "step_2" \
-                    and event.data["status"] == "completed":
-                break
-        os.kill(ex.store.get_run(run.run_id).worker_pid or 0, signal.SIGKILL)
-        assert (await run.wait()).status == "crashed"
+        run = await _crashed_after_step_2(ex)
         kept = ex.store.session_state(run.run_id)
         assert kept is not None and kept[0] == ex.store.seq_stats(run.run_id)[2]
         assert kept[1] == resume_state(ex.store, run.run_id)
