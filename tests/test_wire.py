@@ -182,3 +182,30 @@ def test_reader_never_raises_on_random_bytes(data: bytes) -> None:
     reader.close()
     assert result.eof
     assert all(len(f) <= 512 for f in result.frames)
+
+
+def test_emitter_sends_a_lone_event_at_once_and_batches_a_burst(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After a quiet spell an event is sent without waiting out the linger (here 30 s); the
+    events that follow it at once travel together in the next frame."""
+    from isolane.executor.emitter import Emitter
+
+    read_fd, write_fd = os.pipe()
+    emitter = Emitter("r", pipe_fd=write_fd, spool_path=tmp_path / "spool.jsonl",
+                      flush_interval=30.0, heartbeat_interval=3600.0)
+    reader = FrameReader(read_fd)
+    try:
+        emitter.emit("custom", {"name": "lone"})
+        frames: list[bytes] = []
+        deadline = time.monotonic() + 10.0  # far below the 30 s linger
+        while not frames and time.monotonic() < deadline:
+            frames = reader.read_available().frames
+            time.sleep(0.01)
+        assert [len(orjson.loads(f)) for f in frames] == [1]
+        for i in range(50):
+            emitter.emit("custom", {"name": "burst", "i": i})
+        emitter.flush()
+        frames = reader.read_available().frames
+        assert sum(len(orjson.loads(f)) for f in frames) == 50 and len(frames) <= 2
+    finally:
+        emitter.close()
+        os.close(read_fd)

@@ -103,6 +103,7 @@ class Emitter:
         self._closed = False
         self._pipe_broken = False
         self._last_send = time.monotonic()
+        self._last_batch = float("-inf")  # when the flusher last sent a batch of events
         self._send_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="isolane-flusher", daemon=True)
         self._thread.start()
@@ -161,14 +162,18 @@ class Emitter:
                 if not self._buf and not self._closed:
                     # Idle: sleep until the first event arrives or a heartbeat is due.
                     self._wake.wait(max(0.0, self._last_send + self._heartbeat_interval - time.monotonic()))
-                if self._buf and len(self._buf) < self._flush_events and not self._closed:
-                    # Linger briefly so a burst travels as one frame (woken early when full).
+                if self._buf and len(self._buf) < self._flush_events and not self._closed \
+                        and time.monotonic() - self._last_batch < self._flush_interval:
+                    # Inside a burst (a batch went out moments ago): linger briefly so the rest
+                    # travels as one frame (woken early when full). An event after a quiet spell
+                    # goes at once: a lone message reaches the parent without the linger.
                     self._wake.wait(self._flush_interval)
                 if self._closed:
                     return
                 batch, self._buf = self._buf, []
                 self._drained.notify_all()
             if batch:
+                self._last_batch = time.monotonic()
                 self._send(batch)
             elif time.monotonic() - self._last_send >= self._heartbeat_interval:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
