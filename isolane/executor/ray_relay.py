@@ -48,7 +48,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import orjson
 import ray
@@ -58,7 +58,7 @@ from isolane.executor.worker import WorkerSpec
 from isolane.tracking.blobs import BlobStore
 from isolane.tracking.workspace import WorkspaceFile, write_workspace
 
-__all__ = ["BLOB", "DATA", "EXIT", "LINES", "TOKEN_FILE", "RunRelay"]
+__all__ = ["BLOB", "DATA", "EXIT", "LINES", "TOKEN_FILE", "RunRelay", "spool_offset_after"]
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,11 @@ class RunRelay:
         assert spool is not None and exited is not None
         ready = asyncio.Event()
         self._waiters.add(ready)
-        offset, partial, skipping = self._spool_start, b"", since_seq > 0
+        # A multi-day run's spool is large: find the first line to send by bisection (lines are
+        # in seq order), off the event loop; the line filter below then only checks the seam.
+        offset = await asyncio.get_running_loop().run_in_executor(
+            None, spool_offset_after, spool, self._spool_start, since_seq)
+        partial, skipping = b"", since_seq > 0
         try:
             while True:
                 done = exited.is_set()  # before the read: a read after the exit sees everything
@@ -420,6 +424,58 @@ def _after_seq(lines: bytes, since_seq: int) -> tuple[bytes, bool]:
         except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
             return b"\n".join(parts[i:]), False
     return b"", True
+
+
+def spool_offset_after(path: Path, start: int, since_seq: int) -> int:
+    """The byte offset, at or after ``start``, of the first spool line whose last event comes
+    after ``since_seq`` (the end of the complete lines if none does).
+
+    A binary search over byte positions: each probe reads the first complete line after it and
+    parses that line alone, so a re-attach costs O(log size) parses, not a scan of the spool.
+    A line that does not parse counts as "after" (it is sent; the parent diagnoses it).
+    """
+    if since_seq <= 0:
+        return start
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; many seeks on one handle
+    except FileNotFoundError:
+        return start
+    with fh:
+        lo = start  # a line start: every line before it is at or before since_seq
+        hi = fh.seek(0, os.SEEK_END)  # a line start (or the end) at or after the answer
+        while lo < hi:
+            at = _next_line_start(fh, (lo + hi) // 2, start)
+            if at >= hi:  # no line starts in the upper half: look at the line at lo itself
+                at = lo
+            fh.seek(at)
+            line = fh.readline()
+            if not line.endswith(b"\n") or _line_last_seq(line) > since_seq:
+                hi = at  # a torn last line, or a new one: the answer is here or before
+            else:
+                lo = at + len(line)  # old, and so is every line before it
+        return lo
+
+
+def _next_line_start(fh: BinaryIO, pos: int, start: int) -> int:
+    """The first line start at or after ``pos`` (``start`` is one; others follow a newline)."""
+    if pos <= start:
+        return start
+    fh.seek(pos - 1)
+    while True:
+        chunk = fh.read(65536)
+        if not chunk:
+            return fh.tell()
+        at = chunk.find(b"\n")
+        if at >= 0:
+            return fh.tell() - len(chunk) + at + 1
+
+
+def _line_last_seq(line: bytes) -> int:
+    try:
+        last = orjson.loads(line)[-1]["seq"]
+    except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
+        return 1 << 62
+    return last if isinstance(last, int) else 1 << 62
 
 
 def _outbox_entries(root: Path) -> Iterable[tuple[str, str]]:
