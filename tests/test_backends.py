@@ -235,6 +235,7 @@ async def test_ray_files_travel_and_a_branch_gets_its_workspace(ray_session: Any
         row = ex.store.get_run(parent.run_id)
         assert not any(Path(row.work_dir).iterdir()), "the worker wrote on its node only"
         assert row.meta["worker"]["actor"].startswith("isolane-relay-")
+        assert row.meta["worker"]["location"].startswith("ray node ")
         assert _relay_dirs(parent.run_id) == [], "the relay removed its node-local files"
         out = tmp_path / "at_step_2"
         checkout(ex.store, BlobStore(home / "blobs"), parent.run_id, "step_2", out)

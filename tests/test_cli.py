@@ -212,6 +212,9 @@ def test_show_describes_the_run(workdir: Path, completed: dict[str, Any]) -> Non
         assert expected in text.stdout
     data = json.loads(cli("show", run_id, "--home", "home", "--json", cwd=workdir).stdout)
     assert data["run"]["id"] == run_id and data["run"]["status"] == "completed"
+    worker = data["run"]["meta"]["worker"]
+    assert (worker["backend"], worker["location"]) == ("local", "local")
+    assert f"local pid {worker['pid']}" in text.stdout
     assert data["run"]["result"]["config"]["answer"] == 42
     assert data["events"] == len(completed["lines"]) - 1
     assert data["event_counts"]["custom"] == 1

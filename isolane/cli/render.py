@@ -223,6 +223,16 @@ def _dag_table(nodes: Sequence[DagNodeRow], edges: Sequence[DagEdgeRow], limit: 
     return table
 
 
+def _worker_text(row: RunRow) -> str | None:
+    """Where the run's last worker ran: ``local pid 4242``, ``ray node 3f2a… (…) · relay …``."""
+    worker = row.meta.get("worker") or {}
+    location = worker.get("location")
+    if not location:
+        return None
+    where = f"{location} pid {worker['pid']}" if location == "local" and worker.get("pid") else location
+    return f"{where} · relay {worker['actor']}" if worker.get("actor") else where
+
+
 def show_page(
     row: RunRow,
     *,
@@ -246,7 +256,7 @@ def show_page(
         ("ended", format_time(row.ended_at)), ("duration", format_duration(run_duration(row))),
         ("exit code", None if row.exit_code is None else str(row.exit_code)),
         ("parent run", row.parent_run_id), ("branch point", row.branch_point_node),
-        ("session", row.session_id), ("work dir", row.work_dir),
+        ("session", row.session_id), ("worker", _worker_text(row)), ("work dir", row.work_dir),
         ("config", short(row.config, 200) if row.config else None),
         ("events", f"{total_events} (last seq {row.last_seq})"),
         ("diagnostics", str(diagnostics)),

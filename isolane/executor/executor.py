@@ -317,7 +317,8 @@ class Executor:
         handle._monitor = monitor
         meta = await anyio.to_thread.run_sync(lambda: self.store.get_run(handle.run_id).meta)
         # Where a new parent finds this worker after a crash of ours (see recovery).
-        meta = {**meta, "worker": dict(getattr(worker, "reattach", None) or {"backend": self.backend.name})}
+        meta = {**meta, "worker": {"backend": self.backend.name, "location": worker.location,
+                                   "pid": worker.pid, **(getattr(worker, "reattach", None) or {})}}
         await self._writer.put(WriteItem(run_updates={handle.run_id: {
             "status": "running", "started_at": time.time(), "ended_at": None, "worker_pid": worker.pid,
             "worker_create_time": worker.create_time, "attempt": worker_spec.attempt, "meta": meta}}))
