@@ -13,12 +13,14 @@ Two steps, each a DAG node (the only isolane calls here):
 isolane records every message, tool call and result, code execution, speaker change and LLM call
 (speaker selection included) with its cost, attributed to the step it happened in. The LLM comes
 from ``config["llm"]`` (``{"model": ..., "base_url": ...}``); the key from ``OPENAI_API_KEY``.
-``offline_script()`` is what ``--llm offline`` answers with.
+``offline_script()`` is what ``--llm offline`` answers with: the command serves it on a local
+endpoint and tells the worker where (``$ISOLANE_OFFLINE_LLM_URL``; the URL is never stored).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,10 @@ def load_measurements() -> str:
 def llm_config_from(config: dict[str, Any]) -> LLMConfig:
     llm = config["llm"]
     entry = {"api_type": "openai", "model": llm["model"]}
-    if llm.get("base_url"):
-        entry["base_url"] = llm["base_url"]
+    base_url = llm.get("base_url") or (os.environ.get("ISOLANE_OFFLINE_LLM_URL")
+                                       if llm.get("offline") else None)
+    if base_url:
+        entry["base_url"] = base_url
     return LLMConfig(entry)
 
 

@@ -303,3 +303,13 @@ def test_cli_modules_declare_all(module: str) -> None:
     mod = importlib.import_module(module)
     assert hasattr(mod, "__all__")
     assert all(hasattr(mod, name) for name in mod.__all__)
+
+
+def test_the_readme_example_runs_offline(tmp_path: Path) -> None:
+    """README's `examples/research_flow.py:main --llm offline` completes, its report written."""
+    example = Path(__file__).parent.parent / "examples" / "research_flow.py"
+    proc = cli("run-isolated", "How spread out are the measurements?", "-w", f"{example}:main",
+               "--llm", "offline", "--home", "home", "--json", cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome = json_lines(proc.stdout)[-1]["outcome"]
+    assert outcome["status"] == "completed" and outcome["result"]["report"] == "report.md"
