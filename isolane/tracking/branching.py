@@ -22,11 +22,10 @@ from sqlalchemy import func, insert, select, update
 from isolane.errors import ConfigError, RunStateError
 from isolane.schemas.envelope import Event
 from isolane.tracking.models import (
-    BranchRecord,
-    DagEdgeRecord,
-    DagNodeRecord,
-    RacingGroupRecord,
-    table_of,
+    BRANCHES_TABLE,
+    EDGES_TABLE,
+    GROUPS_TABLE,
+    NODES_TABLE,
 )
 from isolane.tracking.rows import RunRow
 from isolane.tracking.store import Store, insert_run, write_in
@@ -40,10 +39,6 @@ INHERITED_TYPES: Final = frozenset({
     "file_created", "file_modified", "file_deleted",
 })
 
-_BRANCHES: Final = table_of(BranchRecord)
-_GROUPS: Final = table_of(RacingGroupRecord)
-_NODES: Final = table_of(DagNodeRecord)
-_EDGES: Final = table_of(DagEdgeRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +103,24 @@ def create_branch(
         name=name, phase=None)
     events = [(run_id, i, e.ts, e.type, e.node_id, e.to_json_data())
               for i, e in enumerate(plan.inherited, start=1)]
-    with store._transaction(write=True) as conn:
-        insert_run(conn, store._backend, row)
+    with store.transaction(write=True) as conn:
+        insert_run(conn, store.backend, row)
         if events:
-            write_in(conn, store._backend, events=events)
-        conn.execute(insert(_BRANCHES).values(
+            write_in(conn, store.backend, events=events)
+        conn.execute(insert(BRANCHES_TABLE).values(
             run_id=run_id, parent_run_id=parent.id, from_node=plan.from_node, name=name,
             hypothesis=hypothesis, racing_group_id=racing_group_id, status="running"))
         # A branch_point node on the parent's DAG, hanging off the node the branch starts at.
-        position = conn.execute(select(func.coalesce(func.max(_NODES.c.position), 0)).where(
-            _NODES.c.run_id == parent.id)).scalar_one()
+        position = conn.execute(select(func.coalesce(func.max(NODES_TABLE.c.position), 0)).where(
+            NODES_TABLE.c.run_id == parent.id)).scalar_one()
         point = f"branch@{plan.from_node}#{run_id[:8]}"
-        conn.execute(insert(_NODES).values(
+        conn.execute(insert(NODES_TABLE).values(
             run_id=parent.id, node_id=point, label=name or f"branch {run_id[:8]}",
             node_type="branch_point", parent_node_id=None, depth=0, status="completed",
             error=None, started_at=now, ended_at=now, position=position + 1,
             meta={"branch_run_id": run_id, "from_node": plan.from_node, "hypothesis": hypothesis,
                   "racing_group_id": racing_group_id}))
-        conn.execute(insert(_EDGES).values(
+        conn.execute(insert(EDGES_TABLE).values(
             run_id=parent.id, source=plan.from_node, target=point, kind="branch",
             condition=hypothesis or name))
     return row
@@ -134,8 +129,8 @@ def create_branch(
 def create_racing_group(store: Store, *, parent_run_id: str, from_node: str, strategy: str,
                         budget_usd: float | None) -> RacingGroup:
     group = RacingGroup(uuid.uuid4().hex, parent_run_id, from_node, strategy, budget_usd)
-    with store._transaction(write=True) as conn:
-        conn.execute(insert(_GROUPS).values(
+    with store.transaction(write=True) as conn:
+        conn.execute(insert(GROUPS_TABLE).values(
             id=group.id, parent_run_id=parent_run_id, from_node=from_node, strategy=strategy,
             status="running", winner_run_id=None, budget_usd=budget_usd, created_at=time.time()))
     return group
@@ -144,25 +139,25 @@ def create_racing_group(store: Store, *, parent_run_id: str, from_node: str, str
 def finish_racing_group(store: Store, group_id: str, *, winner_run_id: str | None,
                         statuses: Mapping[str, str]) -> None:
     """Record the winner and each racer's final status (``won``/``lost``/``cancelled``)."""
-    with store._transaction(write=True) as conn:
-        conn.execute(update(_GROUPS).where(_GROUPS.c.id == group_id).values(
+    with store.transaction(write=True) as conn:
+        conn.execute(update(GROUPS_TABLE).where(GROUPS_TABLE.c.id == group_id).values(
             status="finished" if winner_run_id else "no_winner", winner_run_id=winner_run_id))
         for run_id, status in statuses.items():
-            conn.execute(update(_BRANCHES).where(_BRANCHES.c.run_id == run_id).values(status=status))
-            write_in(conn, store._backend, run_updates={run_id: {"status": status}})
+            conn.execute(update(BRANCHES_TABLE).where(BRANCHES_TABLE.c.run_id == run_id).values(status=status))
+            write_in(conn, store.backend, run_updates={run_id: {"status": status}})
 
 
 def set_branch_status(store: Store, run_id: str, status: str) -> None:
-    with store._transaction(write=True) as conn:
-        conn.execute(update(_BRANCHES).where(_BRANCHES.c.run_id == run_id).values(status=status))
+    with store.transaction(write=True) as conn:
+        conn.execute(update(BRANCHES_TABLE).where(BRANCHES_TABLE.c.run_id == run_id).values(status=status))
 
 
 def racing_group(store: Store, group_id: str) -> dict[str, Any]:
     """The stored racing group with its racers (for ``show``/``compare``)."""
-    with store._transaction(write=False) as conn:
-        group = conn.execute(select(_GROUPS).where(_GROUPS.c.id == group_id)).mappings().first()
+    with store.transaction(write=False) as conn:
+        group = conn.execute(select(GROUPS_TABLE).where(GROUPS_TABLE.c.id == group_id)).mappings().first()
         if group is None:
             raise RunStateError(f"no racing group {group_id!r}")
-        racers = conn.execute(select(_BRANCHES).where(_BRANCHES.c.racing_group_id == group_id)
+        racers = conn.execute(select(BRANCHES_TABLE).where(BRANCHES_TABLE.c.racing_group_id == group_id)
                               ).mappings().all()
     return {**dict(group), "racers": [dict(r) for r in racers]}

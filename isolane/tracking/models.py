@@ -45,9 +45,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
 from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "BRANCHES_TABLE",
+    "DIAGNOSTICS_TABLE",
+    "EDGES_TABLE",
+    "EVENTS_TABLE",
+    "FILES_TABLE",
+    "GROUPS_TABLE",
+    "LLM_CALLS_TABLE",
     "NAMING_CONVENTION",
+    "NODES_TABLE",
     "NODE_STATUSES",
+    "RUNS_TABLE",
     "RUN_STATUSES",
+    "SESSIONS_TABLE",
+    "STATES_TABLE",
     "Base",
     "BranchRecord",
     "DagEdgeRecord",
@@ -322,3 +333,18 @@ class BranchRecord(Base):
     racing_group_id: Mapped[str | None] = mapped_column(
         ForeignKey("racing_groups.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(default="running")
+
+
+# -- the tables, for SQLAlchemy Core statements (the store, projections, branching) ------------
+
+RUNS_TABLE: Final = table_of(RunRecord)
+EVENTS_TABLE: Final = table_of(EventRecord)
+SESSIONS_TABLE: Final = table_of(SessionRecord)
+DIAGNOSTICS_TABLE: Final = table_of(DiagnosticRecord)
+NODES_TABLE: Final = table_of(DagNodeRecord)
+EDGES_TABLE: Final = table_of(DagEdgeRecord)
+LLM_CALLS_TABLE: Final = table_of(LlmCallRecord)
+FILES_TABLE: Final = table_of(FileRecord)
+STATES_TABLE: Final = table_of(SessionStateRecord)
+GROUPS_TABLE: Final = table_of(RacingGroupRecord)
+BRANCHES_TABLE: Final = table_of(BranchRecord)

@@ -45,13 +45,12 @@ from isolane.schemas.payloads import (
 )
 from isolane.tracking._dialects import Backend, EventTuple
 from isolane.tracking.models import (
-    DagEdgeRecord,
-    DagNodeRecord,
-    EventRecord,
-    FileRecord,
-    LlmCallRecord,
-    RunRecord,
-    table_of,
+    EDGES_TABLE,
+    EVENTS_TABLE,
+    FILES_TABLE,
+    LLM_CALLS_TABLE,
+    NODES_TABLE,
+    RUNS_TABLE,
 )
 from isolane.tracking.rows import DiagnosticRow
 
@@ -61,12 +60,6 @@ logger = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Struct)
 
-_RUNS: Final = table_of(RunRecord)
-_EVENTS: Final = table_of(EventRecord)
-_NODES: Final = table_of(DagNodeRecord)
-_EDGES: Final = table_of(DagEdgeRecord)
-_LLM_CALLS: Final = table_of(LlmCallRecord)
-_FILES: Final = table_of(FileRecord)
 
 _TERMINAL_NODE_STATUSES: Final = frozenset({"completed", "failed", "skipped", "cancelled"})
 _EDGE_KEY: Final = ("run_id", "source", "target", "kind")
@@ -77,20 +70,20 @@ _EVENT_KEY: Final = ("run_id", "seq")
 #: The node columns a projection may change.
 _NODE_STATE: Final = ("label", "node_type", "parent_node_id", "depth", "status", "error",
                       "started_at", "ended_at", "meta")
-_SELECT_NODE: Final = select(*(_NODES.c[name] for name in (*_NODE_KEY, *_NODE_STATE))).where(
-    _NODES.c.run_id == bindparam("run_id"), _NODES.c.node_id == bindparam("node_id"))
-_UPDATE_NODE: Final = update(_NODES).where(
-    _NODES.c.run_id == bindparam("key_run_id"), _NODES.c.node_id == bindparam("key_node_id"),
+_SELECT_NODE: Final = select(*(NODES_TABLE.c[name] for name in (*_NODE_KEY, *_NODE_STATE))).where(
+    NODES_TABLE.c.run_id == bindparam("run_id"), NODES_TABLE.c.node_id == bindparam("node_id"))
+_UPDATE_NODE: Final = update(NODES_TABLE).where(
+    NODES_TABLE.c.run_id == bindparam("key_run_id"), NODES_TABLE.c.node_id == bindparam("key_node_id"),
 ).values({name: bindparam(name) for name in _NODE_STATE})
-_INSERT_NODE: Final = _NODES.insert()
-_NEXT_POSITION: Final = select(func.coalesce(func.max(_NODES.c.position) + 1, 0)).where(
-    _NODES.c.run_id == bindparam("run_id"))
-_LATER_OF_TYPE: Final = (_EVENTS.c.run_id == bindparam("run_id"),
-                         _EVENTS.c.type == bindparam("type"), _EVENTS.c.seq > bindparam("seq"))
+_INSERT_NODE: Final = NODES_TABLE.insert()
+_NEXT_POSITION: Final = select(func.coalesce(func.max(NODES_TABLE.c.position) + 1, 0)).where(
+    NODES_TABLE.c.run_id == bindparam("run_id"))
+_LATER_OF_TYPE: Final = (EVENTS_TABLE.c.run_id == bindparam("run_id"),
+                         EVENTS_TABLE.c.type == bindparam("type"), EVENTS_TABLE.c.seq > bindparam("seq"))
 _SUPERSEDED: Final = select(exists().where(*_LATER_OF_TYPE))
 _SUPERSEDED_FOR_NODE: Final = select(exists().where(
-    *_LATER_OF_TYPE, _EVENTS.c.node_id == bindparam("node_id")))
-_SET_PHASE: Final = update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
+    *_LATER_OF_TYPE, EVENTS_TABLE.c.node_id == bindparam("node_id")))
+_SET_PHASE: Final = update(RUNS_TABLE).where(RUNS_TABLE.c.id == bindparam("run_id")).values(
     phase=bindparam("phase"))
 
 
@@ -198,7 +191,7 @@ class Projection(Generic[P]):
 
 def _insert_edges(ctx: ProjectionContext, rows: list[dict[str, Any]]) -> None:
     if rows:
-        ctx.conn.execute(ctx.backend.insert_ignore(_EDGES, _EDGE_KEY), rows)
+        ctx.conn.execute(ctx.backend.insert_ignore(EDGES_TABLE, _EDGE_KEY), rows)
 
 
 def _dag_created(ctx: ProjectionContext, event: EventTuple, data: DagCreated) -> None:
@@ -209,7 +202,7 @@ def _dag_created(ctx: ProjectionContext, event: EventTuple, data: DagCreated) ->
                                  parent_node_id=node.parent_node_id, depth=node.depth),
                  "position": first + i} for i, node in enumerate(data.nodes)]
         # Nodes already known (a resumed run declaring its template again) keep their state.
-        ctx.conn.execute(ctx.backend.insert_ignore(_NODES, _NODE_KEY), rows)
+        ctx.conn.execute(ctx.backend.insert_ignore(NODES_TABLE, _NODE_KEY), rows)
     _insert_edges(ctx, [{"run_id": run_id, "source": e.source, "target": e.target,
                          "kind": e.kind, "condition": e.condition} for e in data.edges])
 
@@ -268,7 +261,7 @@ def _phase_change(ctx: ProjectionContext, event: EventTuple, data: PhaseChange) 
 
 def _llm_call(ctx: ProjectionContext, event: EventTuple, data: LlmCall) -> None:
     run_id, seq, ts, _, node_id, _ = event
-    ctx.append(_LLM_CALLS, {
+    ctx.append(LLM_CALLS_TABLE, {
         "run_id": run_id, "seq": seq, "node_id": node_id, "agent": data.agent,
         "model": data.model, "prompt_tokens": data.prompt_tokens,
         "completion_tokens": data.completion_tokens,
@@ -279,7 +272,7 @@ def _llm_call(ctx: ProjectionContext, event: EventTuple, data: LlmCall) -> None:
 
 def _file_event(ctx: ProjectionContext, event: EventTuple, data: FileEvent) -> None:
     run_id, seq, ts, type_, node_id, _ = event
-    ctx.append(_FILES, {
+    ctx.append(FILES_TABLE, {
         "run_id": run_id, "seq": seq, "path": data.path, "sha256": data.sha256,
         "size": data.size, "version": data.version, "node_id": node_id, "phase": data.phase,
         "agent": data.agent, "kind": type_.removeprefix("file_"), "ts": ts})
@@ -287,7 +280,7 @@ def _file_event(ctx: ProjectionContext, event: EventTuple, data: FileEvent) -> N
 
 def _file_deleted(ctx: ProjectionContext, event: EventTuple, data: FileDeleted) -> None:
     run_id, seq, ts, _, node_id, _ = event
-    ctx.append(_FILES, {
+    ctx.append(FILES_TABLE, {
         "run_id": run_id, "seq": seq, "path": data.path, "sha256": "", "size": 0,
         "version": data.version, "node_id": node_id, "phase": data.phase, "agent": data.agent,
         "kind": "deleted", "ts": ts})
@@ -320,7 +313,7 @@ def to_project(conn: Connection, events: Sequence[EventTuple],
         if seq <= stored_before.get(run_id, 0):
             maybe.setdefault(run_id, set()).add(seq)
     stored = {(run_id, seq) for run_id, seqs in maybe.items() for seq in conn.execute(
-        select(_EVENTS.c.seq).where(_EVENTS.c.run_id == run_id, _EVENTS.c.seq.in_(seqs))
+        select(EVENTS_TABLE.c.seq).where(EVENTS_TABLE.c.run_id == run_id, EVENTS_TABLE.c.seq.in_(seqs))
     ).scalars()}
     fresh: dict[tuple[str, int], EventTuple] = {}
     for event in candidates:

@@ -44,17 +44,16 @@ from isolane.schemas.envelope import Event, event_from_row
 from isolane.tracking._dialects import Backend, EventTuple
 from isolane.tracking._engine import open_engine, transaction
 from isolane.tracking.models import (
+    DIAGNOSTICS_TABLE,
+    EDGES_TABLE,
+    EVENTS_TABLE,
+    FILES_TABLE,
+    LLM_CALLS_TABLE,
+    NODES_TABLE,
     RUN_STATUSES,
-    DagEdgeRecord,
-    DagNodeRecord,
-    DiagnosticRecord,
-    EventRecord,
-    FileRecord,
-    LlmCallRecord,
-    RunRecord,
-    SessionRecord,
-    SessionStateRecord,
-    table_of,
+    RUNS_TABLE,
+    SESSIONS_TABLE,
+    STATES_TABLE,
 )
 from isolane.tracking.projections import (
     ProjectionContext,
@@ -84,28 +83,19 @@ MIN_PREFIX: Final = 4
 #: Statuses of a run that has not reached an outcome (what recovery looks at).
 UNFINISHED_STATUSES: Final = ("queued", "starting", "running")
 
-_RUNS: Final = table_of(RunRecord)
-_EVENTS: Final = table_of(EventRecord)
-_SESSIONS: Final = table_of(SessionRecord)
-_DIAGNOSTICS: Final = table_of(DiagnosticRecord)
-_NODES: Final = table_of(DagNodeRecord)
-_EDGES: Final = table_of(DagEdgeRecord)
-_LLM_CALLS: Final = table_of(LlmCallRecord)
-_FILES: Final = table_of(FileRecord)
-_STATES: Final = table_of(SessionStateRecord)
 
-_RUN_COLUMNS: Final = tuple(_RUNS.c[name] for name in columns_of(RunRow))
+_RUN_COLUMNS: Final = tuple(RUNS_TABLE.c[name] for name in columns_of(RunRow))
 #: Run fields callers may set; ``last_seq`` is kept by write_batch (the projections rely on it).
-_UPDATABLE: Final = frozenset(c.name for c in _RUNS.c) - {"id", "last_seq"}
-_EVENT_READ: Final = (_EVENTS.c.run_id, _EVENTS.c.seq, _EVENTS.c.ts, _EVENTS.c.type,
-                      _EVENTS.c.node_id, _EVENTS.c.data)
+_UPDATABLE: Final = frozenset(c.name for c in RUNS_TABLE.c) - {"id", "last_seq"}
+_EVENT_READ: Final = (EVENTS_TABLE.c.run_id, EVENTS_TABLE.c.seq, EVENTS_TABLE.c.ts, EVENTS_TABLE.c.type,
+                      EVENTS_TABLE.c.node_id, EVENTS_TABLE.c.data)
 _DIAGNOSTIC_FIELDS: Final = ("run_id", "ts", "kind", "reason", "excerpt")
 # Built once: the hot path should not pay for constructing statements.
 # FOR UPDATE: a second writer of the same run (PostgreSQL) waits for this one to commit.
-_LOCK_RUNS: Final = select(_RUNS.c.id, _RUNS.c.last_seq).where(
-    _RUNS.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
-_RAISE_LAST_SEQ: Final = update(_RUNS).where(
-    _RUNS.c.id == bindparam("run"), _RUNS.c.last_seq < bindparam("top")).values(
+_LOCK_RUNS: Final = select(RUNS_TABLE.c.id, RUNS_TABLE.c.last_seq).where(
+    RUNS_TABLE.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_RAISE_LAST_SEQ: Final = update(RUNS_TABLE).where(
+    RUNS_TABLE.c.id == bindparam("run"), RUNS_TABLE.c.last_seq < bindparam("top")).values(
     last_seq=bindparam("top"))
 
 
@@ -152,7 +142,14 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
-    def _transaction(self, *, write: bool) -> AbstractContextManager[Connection]:
+    @property
+    def backend(self) -> Backend:
+        """The dialect's behaviour (event inserts, upserts), for statements of other modules."""
+        return self._backend
+
+    def transaction(self, *, write: bool) -> AbstractContextManager[Connection]:
+        """One transaction, with the store's outage and retry semantics; tracking modules that
+        write several tables at once (branching) use it with :func:`insert_run`/:func:`write_in`."""
         return transaction(self._engine, write=write, action="write to" if write else "read")
 
     # -- runs --------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ class Store:
             created_at=time.time() if created_at is None else created_at, work_dir=work_dir,
             last_seq=0, attempt=attempt, meta=dict(meta or {}), session_id=session_id,
             parent_run_id=parent_run_id, branch_point_node=branch_point_node, name=name)
-        with self._transaction(write=True) as conn:
+        with self.transaction(write=True) as conn:
             insert_run(conn, self._backend, row)
         return row
 
@@ -197,7 +194,7 @@ class Store:
         are not caller-settable) or status, :class:`RunNotFound` for an unknown run.
         """
         _check_fields(fields)
-        with self._transaction(write=True) as conn:
+        with self.transaction(write=True) as conn:
             _update_run(conn, run_id, fields)
 
     def get_run(self, run_id_or_prefix: str) -> RunRow:
@@ -207,16 +204,16 @@ class Store:
         nothing matches and :class:`ConfigError` listing the candidates when several do.
         """
         key = run_id_or_prefix.strip()
-        with self._transaction(write=False) as conn:
-            found = conn.execute(select(*_RUN_COLUMNS).where(_RUNS.c.id == key)).first()
+        with self.transaction(write=False) as conn:
+            found = conn.execute(select(*_RUN_COLUMNS).where(RUNS_TABLE.c.id == key)).first()
             if found is not None:
                 return RunRow(**found._mapping)
             if len(key) < MIN_PREFIX:
                 raise RunNotFound(key, hint=f"give the full id or at least {MIN_PREFIX} characters")
             # LIKE is case-insensitive on SQLite: filter exactly in Python.
             rows = [row for row in conn.execute(
-                select(*_RUN_COLUMNS).where(_RUNS.c.id.startswith(key, autoescape=True))
-                .order_by(_RUNS.c.id).limit(50)) if row.id.startswith(key)]
+                select(*_RUN_COLUMNS).where(RUNS_TABLE.c.id.startswith(key, autoescape=True))
+                .order_by(RUNS_TABLE.c.id).limit(50)) if row.id.startswith(key)]
         if not rows:
             raise RunNotFound(key)
         if len(rows) > 1:
@@ -229,17 +226,17 @@ class Store:
                   parent_run_id: str | None = None) -> list[RunRow]:
         """Runs, newest first; optionally only those with ``status`` (one or several) or the
         children of ``parent_run_id``."""
-        stmt = select(*_RUN_COLUMNS).order_by(_RUNS.c.created_at.desc(), _RUNS.c.id.desc())
+        stmt = select(*_RUN_COLUMNS).order_by(RUNS_TABLE.c.created_at.desc(), RUNS_TABLE.c.id.desc())
         if status is not None:
-            stmt = stmt.where(_RUNS.c.status.in_([status] if isinstance(status, str) else status))
+            stmt = stmt.where(RUNS_TABLE.c.status.in_([status] if isinstance(status, str) else status))
         if parent_run_id is not None:
-            stmt = stmt.where(_RUNS.c.parent_run_id == parent_run_id)
+            stmt = stmt.where(RUNS_TABLE.c.parent_run_id == parent_run_id)
         return self._rows(stmt.limit(limit), RunRow)
 
     def unfinished_runs(self) -> list[RunRow]:
         """Runs still queued, starting or running, oldest first (what recovery inspects)."""
-        stmt = select(*_RUN_COLUMNS).where(_RUNS.c.status.in_(UNFINISHED_STATUSES)).order_by(
-            _RUNS.c.created_at, _RUNS.c.id)
+        stmt = select(*_RUN_COLUMNS).where(RUNS_TABLE.c.status.in_(UNFINISHED_STATUSES)).order_by(
+            RUNS_TABLE.c.created_at, RUNS_TABLE.c.id)
         return self._rows(stmt, RunRow)
 
     # -- the hot path ------------------------------------------------------------------------------
@@ -268,7 +265,7 @@ class Store:
             _check_fields(fields)
         if not events and not diagnostics and not updates:
             return 0
-        with self._transaction(write=True) as conn:
+        with self.transaction(write=True) as conn:
             return write_in(conn, self._backend, events=events, diagnostics=diagnostics,
                             run_updates=updates)
 
@@ -277,75 +274,75 @@ class Store:
     def events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None,
                types: Sequence[str] | None = None) -> list[Event]:
         """The run's events with ``seq > after_seq``, in seq order (at most ``limit``)."""
-        stmt = select(*_EVENT_READ).where(_EVENTS.c.run_id == run_id, _EVENTS.c.seq > after_seq)
+        stmt = select(*_EVENT_READ).where(EVENTS_TABLE.c.run_id == run_id, EVENTS_TABLE.c.seq > after_seq)
         if types is not None:
-            stmt = stmt.where(_EVENTS.c.type.in_(types))
-        stmt = stmt.order_by(_EVENTS.c.seq).limit(limit)
-        with self._transaction(write=False) as conn:
+            stmt = stmt.where(EVENTS_TABLE.c.type.in_(types))
+        stmt = stmt.order_by(EVENTS_TABLE.c.seq).limit(limit)
+        with self.transaction(write=False) as conn:
             return [event_from_row(*row) for row in conn.execute(stmt)]
 
     def count_events(self, run_id: str, *, types: Sequence[str] | None = None) -> int:
         """How many events of the run are stored (only of ``types`` when given)."""
-        stmt = select(func.count()).select_from(_EVENTS).where(_EVENTS.c.run_id == run_id)
+        stmt = select(func.count()).select_from(EVENTS_TABLE).where(EVENTS_TABLE.c.run_id == run_id)
         if types is not None:
-            stmt = stmt.where(_EVENTS.c.type.in_(types))
-        with self._transaction(write=False) as conn:
+            stmt = stmt.where(EVENTS_TABLE.c.type.in_(types))
+        with self.transaction(write=False) as conn:
             return int(conn.execute(stmt).scalar_one())
 
     def seq_stats(self, run_id: str) -> tuple[int, int | None, int | None]:
         """``(count, min seq, max seq)`` of the run's stored events (``(0, None, None)`` if none);
         ``count == max - min + 1`` means no gap."""
-        stmt = select(func.count(), func.min(_EVENTS.c.seq), func.max(_EVENTS.c.seq)).where(
-            _EVENTS.c.run_id == run_id)
-        with self._transaction(write=False) as conn:
+        stmt = select(func.count(), func.min(EVENTS_TABLE.c.seq), func.max(EVENTS_TABLE.c.seq)).where(
+            EVENTS_TABLE.c.run_id == run_id)
+        with self.transaction(write=False) as conn:
             count, low, high = conn.execute(stmt).one()
         return int(count), low, high
 
     def dag(self, run_id: str) -> tuple[list[DagNodeRow], list[DagEdgeRow]]:
         """The run's DAG: nodes in the order they were added, edges in insertion order."""
-        nodes = self._rows(select(*(_NODES.c[n] for n in columns_of(DagNodeRow)))
-                           .where(_NODES.c.run_id == run_id)
-                           .order_by(_NODES.c.position, _NODES.c.id), DagNodeRow)
-        edges = self._rows(select(*(_EDGES.c[n] for n in columns_of(DagEdgeRow)))
-                           .where(_EDGES.c.run_id == run_id).order_by(_EDGES.c.id), DagEdgeRow)
+        nodes = self._rows(select(*(NODES_TABLE.c[n] for n in columns_of(DagNodeRow)))
+                           .where(NODES_TABLE.c.run_id == run_id)
+                           .order_by(NODES_TABLE.c.position, NODES_TABLE.c.id), DagNodeRow)
+        edges = self._rows(select(*(EDGES_TABLE.c[n] for n in columns_of(DagEdgeRow)))
+                           .where(EDGES_TABLE.c.run_id == run_id).order_by(EDGES_TABLE.c.id), DagEdgeRow)
         return nodes, edges
 
     def diagnostics(self, run_id: str | None = None) -> list[DiagnosticRow]:
         """Recorded diagnostics, oldest first; only the run's when ``run_id`` is given."""
-        stmt = select(*(_DIAGNOSTICS.c[n] for n in columns_of(DiagnosticRow))).order_by(
-            _DIAGNOSTICS.c.id)
+        stmt = select(*(DIAGNOSTICS_TABLE.c[n] for n in columns_of(DiagnosticRow))).order_by(
+            DIAGNOSTICS_TABLE.c.id)
         if run_id is not None:
-            stmt = stmt.where(_DIAGNOSTICS.c.run_id == run_id)
+            stmt = stmt.where(DIAGNOSTICS_TABLE.c.run_id == run_id)
         return self._rows(stmt, DiagnosticRow)
 
     def llm_calls(self, run_id: str) -> list[LlmCallRow]:
         """The run's LLM calls in seq order."""
-        stmt = select(*(_LLM_CALLS.c[n] for n in columns_of(LlmCallRow))).where(
-            _LLM_CALLS.c.run_id == run_id).order_by(_LLM_CALLS.c.seq)
+        stmt = select(*(LLM_CALLS_TABLE.c[n] for n in columns_of(LlmCallRow))).where(
+            LLM_CALLS_TABLE.c.run_id == run_id).order_by(LLM_CALLS_TABLE.c.seq)
         return self._rows(stmt, LlmCallRow)
 
     def files(self, run_id: str) -> list[FileRow]:
         """The run's file versions in seq order."""
-        stmt = select(*(_FILES.c[n] for n in columns_of(FileRow))).where(
-            _FILES.c.run_id == run_id).order_by(_FILES.c.seq)
+        stmt = select(*(FILES_TABLE.c[n] for n in columns_of(FileRow))).where(
+            FILES_TABLE.c.run_id == run_id).order_by(FILES_TABLE.c.seq)
         return self._rows(stmt, FileRow)
 
     def put_session_state(self, run_id: str, seq: int, state: Mapping[str, Any]) -> None:
         """Keep ``state`` as the run's latest consistent state, as of event ``seq``."""
-        with self._transaction(write=True) as conn:
-            conn.execute(delete(_STATES).where(_STATES.c.run_id == run_id))
-            conn.execute(insert(_STATES).values(run_id=run_id, seq=seq, state=dict(state),
+        with self.transaction(write=True) as conn:
+            conn.execute(delete(STATES_TABLE).where(STATES_TABLE.c.run_id == run_id))
+            conn.execute(insert(STATES_TABLE).values(run_id=run_id, seq=seq, state=dict(state),
                                                 updated_at=time.time()))
 
     def session_state(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
         """``(seq, state)`` kept by :meth:`put_session_state`, or None."""
-        stmt = select(_STATES.c.seq, _STATES.c.state).where(_STATES.c.run_id == run_id)
-        with self._transaction(write=False) as conn:
+        stmt = select(STATES_TABLE.c.seq, STATES_TABLE.c.state).where(STATES_TABLE.c.run_id == run_id)
+        with self.transaction(write=False) as conn:
             row = conn.execute(stmt).first()
         return None if row is None else (int(row.seq), dict(row.state))
 
     def _rows(self, stmt: Select[Any], row_type: type[R]) -> list[R]:
-        with self._transaction(write=False) as conn:
+        with self.transaction(write=False) as conn:
             return [row_type(**row._mapping) for row in conn.execute(stmt)]
 
 
@@ -354,15 +351,15 @@ class Store:
 
 def insert_run(conn: Connection, backend: Backend, row: RunRow) -> None:
     """Insert ``row`` inside the caller's transaction (see :meth:`Store.create_run`)."""
-    if conn.execute(select(_RUNS.c.id).where(_RUNS.c.id == row.id)).first() is not None:
+    if conn.execute(select(RUNS_TABLE.c.id).where(RUNS_TABLE.c.id == row.id)).first() is not None:
         raise ConfigError(f"a run with id {row.id!r} already exists; run ids are unique")
     if row.parent_run_id is not None and conn.execute(
-            select(_RUNS.c.id).where(_RUNS.c.id == row.parent_run_id)).first() is None:
+            select(RUNS_TABLE.c.id).where(RUNS_TABLE.c.id == row.parent_run_id)).first() is None:
         raise RunNotFound(row.parent_run_id, hint="the parent of a branch must be stored first")
     if row.session_id is not None:
-        conn.execute(backend.insert_ignore(_SESSIONS, ("id",)),
+        conn.execute(backend.insert_ignore(SESSIONS_TABLE, ("id",)),
                      {"id": row.session_id, "name": None, "created_at": row.created_at, "meta": {}})
-    conn.execute(_RUNS.insert().values({c.name: getattr(row, c.name) for c in _RUN_COLUMNS}))
+    conn.execute(RUNS_TABLE.insert().values({c.name: getattr(row, c.name) for c in _RUN_COLUMNS}))
 
 
 def write_in(
@@ -391,7 +388,7 @@ def write_in(
             apply_projections(ctx, fresh)
             problems += map(_diagnostic_params, ctx.diagnostics)
     if problems:
-        conn.execute(_DIAGNOSTICS.insert(), problems)
+        conn.execute(DIAGNOSTICS_TABLE.insert(), problems)
     for run_id, fields in (run_updates or {}).items():
         if fields:
             _update_run(conn, run_id, fields)
@@ -414,7 +411,7 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
 
 
 def _update_run(conn: Connection, run_id: str, fields: Mapping[str, Any]) -> None:
-    if conn.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(dict(fields))).rowcount == 0:
+    if conn.execute(update(RUNS_TABLE).where(RUNS_TABLE.c.id == run_id).values(dict(fields))).rowcount == 0:
         raise RunNotFound(run_id)
 
 
