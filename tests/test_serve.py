@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import httpx
+import orjson
 import psutil
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -25,8 +26,8 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 import isolane.serve
-from isolane.executor.hub import Hub
-from isolane.schemas.envelope import event_from_row
+from isolane.executor.hub import Batch, Hub
+from isolane.schemas.envelope import decode_frame, encode_batch, event_from_row
 from isolane.serve import BackgroundServer
 from isolane.tracking.branching import racing_group
 from isolane.tracking.store import Store
@@ -114,23 +115,83 @@ def test_public_names() -> None:
     assert all(hasattr(isolane.serve, name) for name in isolane.serve.__all__)
 
 
-def test_hub_encodes_each_published_batch_once_for_every_subscriber() -> None:
-    """Subscribers of a run share one batch and its JSON lines; an overflowing one is marked lagged."""
+def test_hub_builds_each_view_of_a_published_batch_once_for_every_subscriber() -> None:
+    """Subscribers share one batch of stored rows, its JSON lines and its Events, each built once;
+    an overflowing subscriber is marked lagged."""
 
     async def main() -> None:
         hub = Hub(max_events_per_subscriber=3)
         first, second = hub.subscribe("r1"), hub.subscribe("r1")
-        events = [event_from_row("r1", seq, 1.0, "custom", None, '{"name": "tick"}') for seq in (1, 2)]
-        hub.publish("r1", events)
+        rows = [("r1", seq, 1.0, "custom", None, '{"name":"tick"}') for seq in (1, 2)]
+        events = [event_from_row(*row) for row in rows]
+        hub.publish("r1", rows)
         (a,), (b,) = first.take_batches(), second.take_batches()
-        assert a is b and a.lines() is b.lines()
+        assert a is b and a.rows is rows and a.lines() is b.lines() and a.events() is b.events()
         assert a.lines() == [e.to_json().decode() for e in events]
-        hub.publish("r1", events)
-        assert first.take() == events  # event readers are served from the same batches
-        hub.publish("r1", events)  # second now holds 2 + 2 > 3 events: dropped, told to catch up
-        assert second.lagged and second.take_batches() == []
+        hub.publish("r1", rows)
+        taken = first.take()  # event readers are served from the same batches, decoded once
+        assert taken == events and all(x is y for x, y in zip(taken, second.take(), strict=True))
+        hub.publish("r1", rows)  # first now holds 2 + 2 > 3 events: dropped, told to catch up
+        hub.publish("r1", rows)
+        assert first.lagged and first.take_batches() == []
 
     anyio.run(main)
+
+
+#: Payloads whose wire text must not change: unicode (BMP, astral, combining), escapes, control
+#: characters, nesting, numbers at the edges of their ranges, empty containers, non-string keys.
+_AWKWARD_DATA: list[dict[Any, Any]] = [
+    {"name": "tick", "value": {"text": "héllo — 日本語 👋🏽 e\u0301", "q": '"quoted" \\ /'}},
+    {"name": "ctl", "value": "tab\tnl\ncr\rnul\u0000bell\u0007\u001f del\u007f \u2028\u2029"},
+    {"name": "nested", "value": {"a": [1, [2, [3, {"b": None, "c": [True, False]}]]], "e": {}, "f": []}},
+    {"name": "numbers", "value": [0, -1, 2**63 - 1, -(2**63), 1.5, -0.0, 1e-7, 1e16, 1.7976931348623157e308,
+                                  5e-324, 0.1 + 0.2, 123456789.123456789]},
+    {"name": "keys", "value": {1: "int key", "ключ": "cyrillic key", "": "empty key"}},
+    {"name": "", "value": None, "extra": {"🔑": ["ü" * 3]}},
+]
+
+
+def test_websocket_lines_from_stored_rows_equal_the_events_encoded_the_old_way() -> None:
+    """A batch's wire text, spliced from the stored data text, is byte for byte what encoding
+    each decoded Event gave before (store rows built exactly as the parent builds them)."""
+    buffered = [(seq, 1_712_345_678.123456 + seq / 7, "custom", None if seq % 2 else f"nöde-{seq}", data)
+                for seq, data in enumerate(_AWKWARD_DATA, start=1)]
+    frame = encode_batch("r1", buffered)  # what a worker sends
+    decoded = decode_frame(frame, "r1")
+    assert not decoded.problems
+    rows = [("r1", e.seq, e.ts, e.type, e.node_id, bytes(e.data).decode()) for e in decoded.events]
+    batch = Batch(rows)
+    old = [event_from_row(*row).to_json().decode() for row in rows]  # writer, then Event.to_json
+    assert batch.lines() == old
+    assert "\n".join(batch.lines()).count("\n") == len(rows) - 1  # one message per line
+    assert [orjson.loads(line) for line in batch.lines()] == [orjson.loads(e.to_json()) for e in batch.events()]
+    # A page read back from the store (already decoded) encodes the same way.
+    assert Batch.of_events(batch.events()).lines() == old
+
+
+def test_websocket_wire_text_is_unchanged_live_and_replayed(server: BackgroundServer,
+                                                            client: httpx.Client) -> None:
+    """Live and replayed socket messages are exactly the stored events' envelopes, unicode kept."""
+    prompt = "Résumé? 日本語 👋🏽 \"quoted\" \\ tab\t"
+    run_id = _submit(client, "tests.human_flows:asks", config={"prompt": prompt})
+
+    def lines(since: int = 0, *, answer: bool = False) -> list[str]:
+        out: list[str] = []
+        with connect(_ws_url(server.url, run_id, since=since)) as ws:
+            while not out or not out[-1].startswith('{"type":"end"'):
+                for line in str(ws.recv(timeout=60)).split("\n"):
+                    out.append(line)
+                    if answer and '"human_input_request"' in line:
+                        ws.send(json.dumps({"op": "answer", "request_id": "review:1",
+                                            "text": "ship it ✓ — ünïcode 🚢"}))
+        return [line for line in out if line.startswith('{"v":')]  # events, not control messages
+
+    live = lines(answer=True)
+    stored = server.executor.store.events(run_id)  # type: ignore[union-attr]
+    assert live == [e.to_json().decode() for e in stored]
+    assert any(prompt in json.loads(line)["data"].get("prompt", "") for line in live)
+    assert lines() == live
+    assert lines(since=2) == live[2:]
 
 
 def test_reconnect_with_since_receives_every_event_exactly_once(

@@ -2,18 +2,21 @@
 
 ::
 
-    StoreWriter ──commit──▶ Hub.publish(run_id, events) ──▶ Batch ──▶ Subscription (bounded) ──▶ reader
-                                                             │           │ overflow: marked lagged,
-                                      one per publish, shared │           ▼ emptied
-                                      by every subscriber;    │  reader catches up from the Store by seq
-                                      JSON text encoded once ─┘  (Batch.lines(), on first request)
+    StoreWriter ──commit──▶ Hub.publish(run_id, rows) ──▶ Batch ──▶ Subscription (bounded) ──▶ reader
+                  the stored rows themselves:              │           │ overflow: marked lagged,
+                  (run_id, seq, ts, type, node_id,         │           ▼ emptied
+                   data as JSON text)                      │  reader catches up from the Store by seq
+                                                           │
+                  one Batch per publish, shared by every subscriber; each view is built on first
+                  request, at most once per batch:
+                    Batch.lines()   envelopes as JSON text, the stored ``data`` text spliced in
+                                    unparsed                                    (the WebSocket)
+                    Batch.events()  Event objects (``data`` parsed)   (Subscription.take, RunHandle)
 
 A subscriber only ever sees committed events. A slow subscriber never grows memory past its bound
 and never slows the run: it is marked ``lagged`` and re-reads what it missed from the store, so
-the stream it yields has no gap and no duplicate.
-
-Text readers (the WebSocket) take whole :class:`Batch` objects and send :meth:`Batch.lines`: the
-envelopes are encoded once per published batch, however many clients follow the run.
+the stream it yields has no gap and no duplicate. Publishing costs the writer no parsing and no
+encoding: a run nobody reads as text never encodes, one nobody reads from Python never decodes.
 """
 
 from __future__ import annotations
@@ -22,36 +25,66 @@ from collections import deque
 from collections.abc import Sequence
 
 import anyio
+import orjson
 
-from isolane.schemas.envelope import Event
+from isolane.schemas.envelope import SCHEMA_VERSION, Event, event_from_row
+from isolane.tracking.store import EventTuple
 
 __all__ = ["Batch", "Hub", "Subscription", "encode_lines"]
 
 
-def encode_lines(events: Sequence[Event]) -> list[str]:
-    """Each event's envelope as JSON text (:meth:`Event.to_json`), one string per event."""
-    return [event.to_json().decode() for event in events]
+def encode_lines(rows: Sequence[EventTuple]) -> list[str]:
+    """Each stored row's envelope as JSON text, one string per row, without parsing ``data``.
+
+    The text is what :meth:`Event.to_json` gives for the row's event: the same keys in the same
+    order, ``data`` being the stored JSON text itself (for text orjson wrote, as every worker's
+    is, that is byte for byte what re-encoding the parsed payload gives).
+    """
+    v = SCHEMA_VERSION
+    dumps, fragment = orjson.dumps, orjson.Fragment
+    return [dumps({"v": v, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
+                   "node_id": node_id, "data": fragment(data)}).decode()
+            for run_id, seq, ts, type_, node_id, data in rows]
 
 
 class Batch:
-    """Events of one run committed together, in ``seq`` order; shared, never mutated."""
+    """Events of one run committed together, in ``seq`` order, as stored rows; shared, never
+    mutated (nor may the publisher change ``rows`` afterwards)."""
 
-    __slots__ = ("_lines", "events")
+    __slots__ = ("_events", "_lines", "rows")
 
-    def __init__(self, events: Sequence[Event]) -> None:
-        self.events = events
+    def __init__(self, rows: Sequence[EventTuple]) -> None:
+        self.rows = rows
+        self._events: Sequence[Event] | None = None
         self._lines: list[str] | None = None
 
+    @classmethod
+    def of_events(cls, events: Sequence[Event]) -> Batch:
+        """A batch of events already decoded (a page read from the store)."""
+        batch = cls([(e.run_id, e.seq, e.ts, e.type, e.node_id, e.to_json_data()) for e in events])
+        batch._events = events
+        return batch
+
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self.rows)
+
+    def events(self) -> Sequence[Event]:
+        """The rows as :class:`Event` objects, decoded on the first call and shared afterwards.
+
+        Shared by every caller, like the events themselves: never change it or their ``data``.
+        """
+        if self._events is None:
+            self._events = [event_from_row(*row) for row in self.rows]
+        return self._events
 
     def lines(self) -> list[str]:
-        """The envelopes as JSON text, encoded on the first call and shared afterwards.
+        """The envelopes as JSON text (:func:`encode_lines`), encoded on the first call and
+        shared afterwards.
 
         The list is shared by every caller: slice it, never change it.
         """
         if self._lines is None:
-            self._lines = encode_lines(self.events)
+            self._lines = encode_lines(self.rows)
         return self._lines
 
 
@@ -79,8 +112,8 @@ class Subscription:
         self._ready.set()
 
     def take(self) -> list[Event]:
-        """Every event queued now (may be empty)."""
-        return [event for batch in self.take_batches() for event in batch.events]
+        """Every event queued now (may be empty), decoded once per batch for every reader."""
+        return [event for batch in self.take_batches() for event in batch.events()]
 
     def take_batches(self) -> list[Batch]:
         """Every batch queued now, oldest first (may be empty)."""
@@ -127,12 +160,14 @@ class Hub:
     def wants(self, run_id: str) -> bool:
         return run_id in self._subs
 
-    def publish(self, run_id: str, events: list[Event]) -> None:
-        """Hand ``events`` (committed, in ``seq`` order) to every subscriber of the run, as one batch."""
+    def publish(self, run_id: str, rows: Sequence[EventTuple]) -> None:
+        """Hand ``rows`` (committed, of run ``run_id``, in ``seq`` order, as stored) to every
+        subscriber of the run, as one batch. Nothing is decoded or encoded here; ``rows`` is
+        shared from now on and must not change."""
         subs = self._subs.get(run_id)
-        if not subs or not events:
+        if not subs or not rows:
             return
-        batch = Batch(events)
+        batch = Batch(rows)
         for sub in subs:
             sub._push(batch)
 

@@ -6,8 +6,10 @@
                                     (back-pressure:      takes every item waiting (≤ max_batch rows),
                                      a full stream         writes them in ONE transaction (thread),
                                      stops the readers)    retries with backoff while the store is
-                                                           unreachable, then publishes to the Hub and
-                                                           sets each item's ``committed`` event
+                                                           unreachable, then publishes each item's
+                                                           rows, as stored, to the Hub (no decoding:
+                                                           see isolane.executor.hub) and sets its
+                                                           ``committed`` event
 
 While a write is in flight more items queue up, so batches grow with load (group commit) and an
 idle run's events still reach the store within one round trip.
@@ -28,7 +30,6 @@ from sqlalchemy.exc import DBAPIError
 
 from isolane.errors import StoreUnavailable
 from isolane.executor.hub import Hub
-from isolane.schemas.envelope import event_from_row
 from isolane.tracking.store import Store
 
 __all__ = ["StoreWriter", "WriteItem"]
@@ -147,7 +148,8 @@ class StoreWriter:
         self.rows_written += len(events)
         self.batches += 1
         for item in batch:
-            if item.run_id is not None and item.events and self.hub.wants(item.run_id):
-                self.hub.publish(item.run_id, [event_from_row(*row) for row in item.events])
+            if item.run_id is not None:
+                # The rows as stored (data still JSON text): readers build what they need, once.
+                self.hub.publish(item.run_id, item.events)
             if item.committed is not None:
                 item.committed.set()

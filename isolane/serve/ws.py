@@ -5,7 +5,9 @@
     store pages (replay), then ──▶ producer ──▶ [outbox: ≤ queue_size messages] ──▶ writer ──▶ socket
     the Hub's live batches            │ outbox full: stop following (the hub subscription goes),
     (each batch's JSON text is        │ queue {"type": "lagged", "last_seq": N}, wait until the
-     encoded once, shared by every    │ client drained half, follow again from the store at N
+     encoded once from the stored     │ client drained half, follow again from the store at N
+     rows, ``data`` text spliced in
+     unparsed, and shared by every
      client: slices, not copies)
     socket ──▶ reader: {"op": "answer", "request_id", "text"} ──▶ Executor.answer ──▶ reply frame
 
@@ -29,6 +31,7 @@ import logging
 from bisect import bisect_right
 from collections import deque
 from functools import partial
+from operator import itemgetter
 from typing import Any, Final
 
 import anyio
@@ -39,7 +42,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from isolane.errors import IsolaneError
 from isolane.executor.executor import Executor, RunHandle
 from isolane.executor.hub import Batch
-from isolane.schemas.envelope import Event
 from isolane.schemas.payloads import EVENT_TYPES
 
 __all__ = ["CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "stream_run"]
@@ -166,23 +168,22 @@ async def _produce(executor: Executor, handle: RunHandle, since: int, outbox: _O
 def _queue(outbox: _Outbox, batch: Batch, last: int) -> tuple[int, bool]:
     """Queue the part of ``batch`` after seq ``last`` that fits; return the new last and whether
     the outbox was full."""
-    events = batch.events
-    if not events or events[-1].seq <= last:
+    rows = batch.rows
+    if not rows or rows[-1][1] <= last:
         return last, False
-    start = 0 if events[0].seq > last else bisect_right(events, last, key=_seq)
+    start = 0 if rows[0][1] > last else bisect_right(rows, last, key=_seq)
     lines = batch.lines()
     room = outbox.room()
-    if len(events) - start <= room:
+    if len(rows) - start <= room:
         outbox.put_nowait(lines if start == 0 else lines[start:])
-        return events[-1].seq, False
+        return rows[-1][1], False
     if room > 0:
         outbox.put_nowait(lines[start:start + room])
-        last = events[start + room - 1].seq
+        last = rows[start + room - 1][1]
     return last, True
 
 
-def _seq(event: Event) -> int:
-    return event.seq
+_seq: Final = itemgetter(1)  # of a stored row
 
 
 async def _follow(executor: Executor, handle: RunHandle, last: int, outbox: _Outbox) -> tuple[int, bool]:
@@ -206,7 +207,7 @@ async def _follow(executor: Executor, handle: RunHandle, last: int, outbox: _Out
             limit = min(_READ_PAGE, outbox.room() + 1)
             page = await anyio.to_thread.run_sync(
                 partial(store.events, handle.run_id, after_seq=last, limit=limit))
-            last, full = _queue(outbox, Batch(page), last)
+            last, full = _queue(outbox, Batch.of_events(page), last)
             if full:
                 return last, True
             if len(page) == limit:
