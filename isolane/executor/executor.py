@@ -37,7 +37,7 @@ from isolane.executor.hub import Hub
 from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import LIVENESS_INTERVAL, owner_alive, owner_stamp
-from isolane.executor.racing import Race, RaceOutcome, run_race, start_race
+from isolane.executor.racing import Race, RaceOutcome, start_race
 from isolane.executor.recovery import (
     RecoveryReport,
     recover_runs,
@@ -470,8 +470,9 @@ class Executor:
         env: Mapping[str, str] | None = None,
     ) -> RaceOutcome:
         """Race one branch per variant from ``from_node``; see :mod:`isolane.executor.racing`."""
-        return await run_race(self, run_id, from_node, variants, strategy=strategy, scorer=scorer,
-                              budget_usd=budget_usd, timeout=timeout, env=env)
+        race = await start_race(self, run_id, from_node, variants, strategy=strategy,
+                                scorer=scorer, budget_usd=budget_usd, timeout=timeout, env=env)
+        return await race.settle()
 
     async def start_race(
         self,

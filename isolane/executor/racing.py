@@ -4,7 +4,7 @@
 
     start_race(run, node, variants, strategy) ──▶ Race       returns once every racer started
         └─ racing group row ─ one branch per variant (own worker, own process tree)
-    Race.settle()     awaited by run_race (Executor.race), or a background task of the executor's
+    Race.settle()     awaited by Executor.race, or a background task of the executor's
         │             task group (Executor.start_race; ``POST /api/runs/{id}/race``)
         ├─ budget watcher per racer: sums its llm_call costs; past its share → cancelled
         └─ strategy (registry, by name)
@@ -42,7 +42,7 @@ from isolane.tracking.compare import summarize_run
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor, Outcome, RunHandle
 
-__all__ = ["STRATEGIES", "Race", "RaceOutcome", "Racer", "run_race", "start_race"]
+__all__ = ["STRATEGIES", "Race", "RaceOutcome", "Racer", "start_race"]
 
 log = logging.getLogger(__name__)
 
@@ -344,24 +344,6 @@ async def start_race(
         raise
     return Race(executor, group.id, racers, parent_run_id=parent.id, from_node=from_node,
                 strategy=strategy, judge=judge, scorer=resolved, budget_usd=budget_usd)
-
-
-async def run_race(
-    executor: Executor,
-    run_id: str,
-    from_node: str,
-    variants: Sequence[Mapping[str, Any]],
-    *,
-    strategy: str = "first_complete",
-    scorer: str | Scorer | None = None,
-    budget_usd: float | None = None,
-    timeout: float | None = None,
-    env: Mapping[str, str] | None = None,
-) -> RaceOutcome:
-    """Race one branch of ``run_id`` per variant from ``from_node`` and return the verdict."""
-    race = await start_race(executor, run_id, from_node, variants, strategy=strategy, scorer=scorer,
-                            budget_usd=budget_usd, timeout=timeout, env=env)
-    return await race.settle()
 
 
 def _describe(variant: Mapping[str, Any]) -> str:
