@@ -348,6 +348,27 @@ def test_a_reattach_finds_its_place_in_the_spool_by_bisection(
     assert spool_offset_after(spool, len(earlier), since) == expected
 
 
+@pytest.mark.ray
+async def test_a_lost_relay_actor_is_crashed_with_its_cause(ray_session: Any,
+                                                            tmp_path: Path) -> None:
+    """Killing a run's relay actor through Ray (not its worker) ends the run ``crashed``,
+    naming the actor's node; the worker dies with its relay."""
+    async with _executor("ray", tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
+        data = await _first_custom(run, "sleeping")
+        relay = ex.store.get_run(run.run_id).meta["worker"]
+        ray_session.kill(ray_session.get_actor(relay["actor"], namespace=relay["namespace"]),
+                         no_restart=True)
+        with anyio.fail_after(30):
+            outcome = await run.wait()
+    assert outcome.status == "crashed", outcome
+    assert "its actor died" in (outcome.error or "") and relay["location"] in (outcome.error or "")
+    deadline = time.monotonic() + 10
+    while _alive(data["pid"]) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    assert not _alive(data["pid"])
+
+
 _CRASHING_PARENT = """
 import os, sys
 import anyio
