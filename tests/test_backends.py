@@ -377,7 +377,7 @@ from isolane import Executor, RunSpec
 async def main() -> None:
     options = {"num_cpus": 0.25, "preload": ["isolane.executor.worker"], "address": sys.argv[2]}
     async with Executor(home=sys.argv[1], backend="ray", backend_options=options) as ex:
-        run = await ex.submit(RunSpec(workflow="tests.flows:gated",
+        run = await ex.submit(RunSpec(workflow="tests.flows:gated", timeout=300,
                                       config={"n": 2000, "capture_ag2": False}))
         async for event in run.events():
             if event.type == "custom" and event.data.get("i") == 1999:
@@ -409,6 +409,9 @@ async def test_a_new_parent_reattaches_to_a_ray_worker_whose_parent_died(ray_ses
         assert [(r.run_id, r.action) for r in ex.recovered] == [(run_id, "reattached")]
         row = ex.store.get_run(run_id)
         assert row.status == "running"
+        monitor = ex.get(run_id)._monitor
+        assert monitor is not None and monitor.timeout is not None
+        assert monitor.timeout < 300, "the run's timeout counts from its start, not the re-attach"
         (Path(row.work_dir) / "go").touch()  # the worker ran on while no parent watched it
         with anyio.fail_after(60):
             outcome = await ex.get(run_id).wait()

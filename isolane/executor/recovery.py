@@ -199,7 +199,9 @@ def _resumable(result: RunResult) -> bool:
 def adopt(executor: Executor, row: RunRow) -> RunHandle:
     """Follow a live local worker whose parent died, through its spool, until it exits."""
     handle = _take_over(executor, row)
-    _task_group(executor).start_soon(_drive_adopted, executor, handle, row)
+    adoption = _Adoption(executor, row)
+    handle._kill = adoption.kill  # before the task starts: a cancel may come at once
+    _task_group(executor).start_soon(_drive_adopted, executor, handle, row, adoption)
     return handle
 
 
@@ -221,7 +223,10 @@ async def reattach(executor: Executor, row: RunRow,
     if worker is None:
         return None
     handle = _take_over(executor, row)
-    _task_group(executor).start_soon(_drive_reattached, executor, handle, row, worker, high or 0)
+    # The monitor exists before the task starts: a cancel (or the executor's shutdown) may
+    # come at once, and it goes through the monitor.
+    handle._monitor = _monitor_for(executor, row, worker, since_seq=high or 0)
+    _task_group(executor).start_soon(_drive_reattached, executor, handle, row)
     return handle
 
 
@@ -231,12 +236,11 @@ def _take_over(executor: Executor, row: RunRow) -> RunHandle:
     return handle
 
 
-async def _drive_adopted(executor: Executor, handle: RunHandle, row: RunRow) -> None:
-    await _own(executor, row)
-    adoption = _Adoption(executor, row)
-    handle._kill = adoption.kill
+async def _drive_adopted(executor: Executor, handle: RunHandle, row: RunRow,
+                         adoption: _Adoption) -> None:
     result: RunResult | None = None
     try:
+        await _own(executor, row)
         await adoption.follow()
         result = _verdict(adoption.terminal,
                           cause="the adopted worker exited without reporting an outcome")
@@ -245,20 +249,29 @@ async def _drive_adopted(executor: Executor, handle: RunHandle, row: RunRow) -> 
             await _settle(executor, handle, result)
 
 
-async def _drive_reattached(executor: Executor, handle: RunHandle, row: RunRow,
-                            worker: WorkerHandle, since_seq: int) -> None:
-    await _own(executor, row)
+def _monitor_for(executor: Executor, row: RunRow, worker: WorkerHandle, *,
+                 since_seq: int) -> RunMonitor:
+    """A monitor for a re-attached worker, with the run's own options."""
     options = row.meta.get("options", {})
     spec = RunSpec(workflow=row.workflow, task=row.task,
                    **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
-    monitor = RunMonitor(worker, _writer(executor), start_seq=since_seq, timeout=spec.timeout,
-                         heartbeat_timeout=spec.heartbeat_timeout, cancel_grace=spec.cancel_grace,
-                         limits=spec.limits)
-    handle._monitor = monitor
-    log.info("run %s: re-attached to its worker on %s after seq %d", row.id, worker.location,
-             since_seq)
+    timeout = spec.timeout
+    if timeout is not None and row.started_at is not None:
+        # The run's clock did not stop while no parent watched it: only what is left of it.
+        timeout = max(timeout - (time.time() - row.started_at), _TAIL_INTERVAL)
+    return RunMonitor(worker, _writer(executor), start_seq=since_seq, timeout=timeout,
+                      heartbeat_timeout=spec.heartbeat_timeout, cancel_grace=spec.cancel_grace,
+                      limits=spec.limits)
+
+
+async def _drive_reattached(executor: Executor, handle: RunHandle, row: RunRow) -> None:
+    monitor = handle._monitor
+    assert monitor is not None
+    log.info("run %s: re-attached to its worker on %s after seq %d", row.id,
+             monitor.worker.location, monitor.start_seq)
     result: RunResult | None = None
     try:
+        await _own(executor, row)
         result = await monitor.supervise()
     finally:
         handle._monitor = None
