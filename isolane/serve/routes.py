@@ -206,12 +206,17 @@ async def resume_run(request: Request) -> Response:
     return JSONResponse({"run_id": handle.run_id, "status": "queued"}, status_code=202)
 
 
+def _from_node(body: dict[str, Any], what: str) -> str:
+    from_node = body.pop("from_node", None)
+    if not isinstance(from_node, str) or not from_node:
+        raise ConfigError(f"'from_node' is required: the DAG node id {what}")
+    return from_node
+
+
 async def branch_run(request: Request) -> Response:
     executor = _executor(request)
     body = await _json_body(request)
-    from_node = body.pop("from_node", None)
-    if not isinstance(from_node, str) or not from_node:
-        raise ConfigError("'from_node' is required: the DAG node id the branch starts from")
+    from_node = _from_node(body, "the branch starts from")
     options = _options(body, _BRANCH_FIELDS, required="from_node")
     handle = await executor.branch(request.path_params["run_id"], from_node, **options)
     return JSONResponse({"run_id": handle.run_id, "parent_run_id": request.path_params["run_id"],
@@ -221,9 +226,7 @@ async def branch_run(request: Request) -> Response:
 async def race_run(request: Request) -> Response:
     executor = _executor(request)
     body = await _json_body(request)
-    from_node = body.pop("from_node", None)
-    if not isinstance(from_node, str) or not from_node:
-        raise ConfigError("'from_node' is required: the DAG node id the racers start from")
+    from_node = _from_node(body, "the racers start from")
     variants = body.pop("variants", None)
     if not isinstance(variants, list) or len(variants) < 2:
         raise ConfigError("'variants' is required: a list of at least two objects, each one "
