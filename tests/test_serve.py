@@ -358,6 +358,13 @@ def test_race_answers_at_once_and_the_verdict_is_settled_in_the_background(tmp_p
         slow_pid = client.get(f"/api/runs/{slow}").json()["run"]["worker_pid"]
         assert slow_pid is None or not alive(slow_pid)
 
+        verdict = client.get(f"/api/races/{race['racing_group_id']}")
+        assert verdict.status_code == 200, verdict.text
+        assert verdict.json()["parent_run_id"] == parent
+        assert {r["run_id"] for r in verdict.json()["racers"]} == {slow, fast}
+        missing = client.get("/api/races/nope")
+        assert missing.status_code == 404 and "no race 'nope'" in missing.json()["error"]
+
         scored = client.post(f"/api/runs/{parent}/race", json={
             "from_node": "work", "strategy": "best_score", "scorer": "tests.flows:score_quality",
             "variants": [{"quality": 1.0}, {"quality": 9.0, "delay": 0.3}]})

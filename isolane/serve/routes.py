@@ -13,6 +13,7 @@ human input.
     POST /api/runs/{id}/race             {"from_node", "variants": [{...}, ...], "strategy"?,
                                           "scorer"?, "budget_usd"?, "timeout"?}: one branch per
                                           variant, judged in the background               → 202
+    GET  /api/races/{group_id}           a race: status, strategy, winner, each racer's status
     GET  /api/runs/{id}/events           stored events (?since=, ?limit=, ?type=)
     GET  /api/runs/{id}/dag | cost | files
     GET  /api/runs/{id}/requests         pending human-input requests
@@ -45,6 +46,7 @@ from isolane.errors import (
     WorkflowNotFound,
 )
 from isolane.executor.executor import TERMINAL_STATUSES, Executor, RunHandle, RunSpec
+from isolane.tracking.branching import racing_group
 from isolane.tracking.rows import LlmCallRow
 from isolane.workflow import registered_workflows
 
@@ -295,6 +297,18 @@ async def run_dag(request: Request) -> Response:
     return JSONResponse(await anyio.to_thread.run_sync(read))
 
 
+async def show_race(request: Request) -> Response:
+    executor = _executor(request)
+    group_id = request.path_params["group_id"]
+    try:
+        group = await anyio.to_thread.run_sync(racing_group, executor.store, group_id)
+    except RunStateError:
+        return JSONResponse({"error": f"no race {group_id!r}; POST /api/runs/{{id}}/race answers "
+                                      "with its racing_group_id", "type": "RaceNotFound"},
+                            status_code=404)
+    return JSONResponse(group)
+
+
 def cost_rollup(calls: list[LlmCallRow]) -> dict[str, Any]:
     """Totals of a run's LLM calls, and the same per model, per agent and per node."""
 
@@ -386,6 +400,7 @@ def api_routes() -> list[Route]:
         ("/api/runs/{run_id}/resume", resume_run, ["POST"]),
         ("/api/runs/{run_id}/branch", branch_run, ["POST"]),
         ("/api/runs/{run_id}/race", race_run, ["POST"]),
+        ("/api/races/{group_id}", show_race, ["GET"]),
         ("/api/runs/{run_id}/events", run_events, ["GET"]),
         ("/api/runs/{run_id}/dag", run_dag, ["GET"]),
         ("/api/runs/{run_id}/cost", run_cost, ["GET"]),
