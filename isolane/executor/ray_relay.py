@@ -43,9 +43,8 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -53,6 +52,7 @@ from typing import Any, BinaryIO, Final
 import orjson
 import ray
 
+from isolane.errors import BlobError
 from isolane.executor.supervisor import Supervisor, WorkerProcess
 from isolane.executor.worker import WorkerSpec
 from isolane.tracking.blobs import BlobStore
@@ -75,7 +75,6 @@ _READ_CHUNK: Final = 1 << 20
 _MAX_ITEM: Final = 4 << 20
 #: A re-attached stream looks at the spool at least this often (the drain also wakes it).
 _SPOOL_POLL: Final = 0.05
-_HEX: Final = frozenset("0123456789abcdef")
 
 
 class RunRelay:
@@ -331,23 +330,14 @@ class RunRelay:
         if outbox is None:
             return []
         items: list[bytes] = []
-        for path, sha256 in _outbox_entries(outbox.root):
+        for sha256 in outbox.digests():
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    continue
-                with os.fdopen(os.dup(fd), "rb") as fh:
-                    data = fh.read()
-            finally:
-                os.close(fd)
-            items.append(BLOB + sha256.encode() + data)
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+                data = outbox.read(sha256)  # no link followed, hash checked at the source
+            except BlobError as exc:
+                log.warning("run %s: %s", self._require_worker().run_id, exc)
+            else:
+                items.append(BLOB + sha256.encode() + data)
+            outbox.remove(sha256)
         return items
 
     # -- control -----------------------------------------------------------------------------
@@ -476,18 +466,3 @@ def _line_last_seq(line: bytes) -> int:
     except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
         return 1 << 62
     return last if isinstance(last, int) else 1 << 62
-
-
-def _outbox_entries(root: Path) -> Iterable[tuple[str, str]]:
-    """``(path, sha256)`` of each committed blob under ``root`` (``aa/<62 hex>``)."""
-    try:
-        prefixes = [e for e in os.scandir(root) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
-    found: list[tuple[str, str]] = []
-    for prefix in prefixes:
-        for entry in os.scandir(prefix.path):
-            sha256 = prefix.name + entry.name
-            if len(sha256) == 64 and set(sha256) <= _HEX:
-                found.append((entry.path, sha256))
-    return found

@@ -191,6 +191,23 @@ class BlobStore:
 
     # -- reading (parent side) ----------------------------------------------------------------
 
+    def digests(self) -> list[str]:
+        """The digests of the committed blobs (``aa/<62 hex>``; temporary files are not)."""
+        try:
+            prefixes = [e for e in os.scandir(self.root)
+                        if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        found = [prefix.name + entry.name for prefix in prefixes for entry in os.scandir(prefix.path)]
+        return [sha256 for sha256 in found if _DIGEST.fullmatch(sha256)]
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob (an outbox emptied once its blobs were shipped); missing is fine."""
+        try:
+            os.unlink(self.path_of(sha256))
+        except FileNotFoundError:
+            pass
+
     def read(self, sha256: str) -> bytes:
         """The blob's bytes, verified; :class:`BlobError` if missing or not matching its name."""
         chunks: list[bytes] = []
