@@ -11,9 +11,13 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import RunStateError
+from isolane.executor.spool import spool_offset_after
+from isolane.schemas import encode_batch
 from isolane.tracking.state import resume_state
 
 pytestmark = pytest.mark.anyio
@@ -196,3 +200,32 @@ async def test_postgres_restart_loses_no_events(pg_schema_url: str, home: Path) 
         assert outcome.status == "completed", outcome
         assert ex.store.count_events(run.run_id, types=["custom"]) == 6000
         _check_log(ex, run.run_id)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 40), max_size=30), since=st.integers(0, 700),
+       torn=st.booleans(), head=st.integers(0, 3))
+def test_a_reattach_finds_its_place_in_the_spool_by_bisection(
+        tmp_path: Path, sizes: list[int], since: int, torn: bool, head: int) -> None:
+    """A re-attaching relay's seek into a spool equals a scan from the attempt's start: the
+    first line whose last seq is after the one the new parent holds (a torn tail counts)."""
+
+    spool = tmp_path / f"spool-{len(sizes)}-{since}-{torn}-{head}.jsonl"
+    earlier = b"".join(encode_batch("r", [(9, 0.0, "custom", None, {"name": "old"})]) + b"\n"
+                       for _ in range(head))  # lines of an earlier attempt, before start
+    lines, seq = [], 0
+    for size in sizes:
+        batch = [(seq + i + 1, 1.0, "custom", None, {"name": "x", "pad": "y" * (i % 7)})
+                 for i in range(size)]
+        seq += size
+        lines.append((seq, encode_batch("r", batch) + b"\n"))
+    tail = b'[{"v":1,"run_id":"r","seq":' if torn else b""
+    spool.write_bytes(earlier + b"".join(line for _, line in lines) + tail)
+    expected = len(earlier)
+    for last, line in lines:
+        if since > 0 and last <= since:
+            expected += len(line)
+        else:
+            break
+    assert spool_offset_after(spool, len(earlier), since) == expected

@@ -47,18 +47,19 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
 import orjson
 import ray
 
 from isolane.errors import BlobError
+from isolane.executor.spool import read_spool, spool_offset_after
 from isolane.executor.supervisor import Supervisor, WorkerProcess
 from isolane.executor.worker import WorkerSpec
 from isolane.tracking.blobs import BlobStore
 from isolane.tracking.workspace import WorkspaceFile, write_workspace
 
-__all__ = ["BLOB", "DATA", "EXIT", "LINES", "TOKEN_FILE", "RunRelay", "spool_offset_after"]
+__all__ = ["BLOB", "DATA", "EXIT", "LINES", "TOKEN_FILE", "RunRelay"]
 
 log = logging.getLogger(__name__)
 
@@ -285,22 +286,20 @@ class RunRelay:
         ready = asyncio.Event()
         self._waiters.add(ready)
         # A multi-day run's spool is large: find the first line to send by bisection (lines are
-        # in seq order), off the event loop; the line filter below then only checks the seam.
+        # in seq order), off the event loop.
         offset = await asyncio.get_running_loop().run_in_executor(
             None, spool_offset_after, spool, self._spool_start, since_seq)
-        partial, skipping = b"", since_seq > 0
+        partial = b""
         try:
             while True:
                 done = exited.is_set()  # before the read: a read after the exit sees everything
-                chunk = _read_file(spool, offset, _MAX_ITEM)
+                chunk = read_spool(spool, offset, _MAX_ITEM)
                 offset += len(chunk)
                 data = partial + chunk
                 cut = data.rfind(b"\n") + 1
                 lines, partial = data[:cut], data[cut:]
                 for blob in self._take_blobs():
                     yield blob
-                if lines and skipping:
-                    lines, skipping = _after_seq(lines, since_seq)
                 if lines:
                     yield LINES + lines
                 if len(chunk) >= _MAX_ITEM:
@@ -386,83 +385,3 @@ def _read_available(fd: int) -> tuple[bytes, bool]:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks), False
-
-
-def _read_file(path: Path, offset: int, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(limit)
-    except FileNotFoundError:
-        return b""
-
-
-def _after_seq(lines: bytes, since_seq: int) -> tuple[bytes, bool]:
-    """The spool lines whose last event comes after ``since_seq``; and whether to keep skipping.
-
-    Frames are whole: a parent's store holds whole frames, so a line is either all stored or
-    all new. A line that does not parse is kept (the parent diagnoses it) and ends the skipping.
-    """
-    parts = lines.split(b"\n")
-    for i, line in enumerate(parts):
-        if not line:
-            continue
-        try:
-            last = orjson.loads(line)[-1]["seq"]
-            if not isinstance(last, int) or last > since_seq:
-                return b"\n".join(parts[i:]), False
-        except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
-            return b"\n".join(parts[i:]), False
-    return b"", True
-
-
-def spool_offset_after(path: Path, start: int, since_seq: int) -> int:
-    """The byte offset, at or after ``start``, of the first spool line whose last event comes
-    after ``since_seq`` (the end of the complete lines if none does).
-
-    A binary search over byte positions: each probe reads the first complete line after it and
-    parses that line alone, so a re-attach costs O(log size) parses, not a scan of the spool.
-    A line that does not parse counts as "after" (it is sent; the parent diagnoses it).
-    """
-    if since_seq <= 0:
-        return start
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; many seeks on one handle
-    except FileNotFoundError:
-        return start
-    with fh:
-        lo = start  # a line start: every line before it is at or before since_seq
-        hi = fh.seek(0, os.SEEK_END)  # a line start (or the end) at or after the answer
-        while lo < hi:
-            at = _next_line_start(fh, (lo + hi) // 2, start)
-            if at >= hi:  # no line starts in the upper half: look at the line at lo itself
-                at = lo
-            fh.seek(at)
-            line = fh.readline()
-            if not line.endswith(b"\n") or _line_last_seq(line) > since_seq:
-                hi = at  # a torn last line, or a new one: the answer is here or before
-            else:
-                lo = at + len(line)  # old, and so is every line before it
-        return lo
-
-
-def _next_line_start(fh: BinaryIO, pos: int, start: int) -> int:
-    """The first line start at or after ``pos`` (``start`` is one; others follow a newline)."""
-    if pos <= start:
-        return start
-    fh.seek(pos - 1)
-    while True:
-        chunk = fh.read(65536)
-        if not chunk:
-            return fh.tell()
-        at = chunk.find(b"\n")
-        if at >= 0:
-            return fh.tell() - len(chunk) + at + 1
-
-
-def _line_last_seq(line: bytes) -> int:
-    try:
-        last = orjson.loads(line)[-1]["seq"]
-    except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
-        return 1 << 62
-    return last if isinstance(last, int) else 1 << 62

@@ -15,11 +15,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+import orjson
 
 from isolane.schemas.envelope import MAX_FRAME_BYTES, WireEvent, decode_frame
 from isolane.tracking.store import Store
 
-__all__ = ["SpoolImport", "SpoolTail", "import_spool", "spool_path"]
+__all__ = ["SpoolImport", "SpoolTail", "import_spool", "read_spool", "spool_offset_after", "spool_path"]
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +111,68 @@ def import_spool(store: Store, run_id: str, path: Path, *, batch: int = 5000) ->
     if result.inserted:
         log.info("run %s: imported %d events from its spool", run_id, result.inserted)
     return result
+
+
+# -- reading a spool by position (a Ray relay replaying it to a re-attached parent) -----------
+
+
+def read_spool(path: Path, offset: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the spool from ``offset`` (nothing when it does not exist yet)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def spool_offset_after(path: Path, start: int, since_seq: int) -> int:
+    """The byte offset, at or after ``start``, of the first spool line whose last event comes
+    after ``since_seq`` (the end of the complete lines if none does).
+
+    A binary search over byte positions: each probe reads the first complete line after it and
+    parses that line alone, so a re-attach costs O(log size) parses, not a scan of the spool.
+    A line that does not parse counts as "after" (it is sent; the parent diagnoses it).
+    """
+    if since_seq <= 0:
+        return start
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; many seeks on one handle
+    except FileNotFoundError:
+        return start
+    with fh:
+        lo = start  # a line start: every line before it is at or before since_seq
+        hi = fh.seek(0, os.SEEK_END)  # a line start (or the end) at or after the answer
+        while lo < hi:
+            at = _next_line_start(fh, (lo + hi) // 2, start)
+            if at >= hi:  # no line starts in the upper half: look at the line at lo itself
+                at = lo
+            fh.seek(at)
+            line = fh.readline()
+            if not line.endswith(b"\n") or _line_last_seq(line) > since_seq:
+                hi = at  # a torn last line, or a new one: the answer is here or before
+            else:
+                lo = at + len(line)  # old, and so is every line before it
+        return lo
+
+
+def _next_line_start(fh: BinaryIO, pos: int, start: int) -> int:
+    """The first line start at or after ``pos`` (``start`` is one; others follow a newline)."""
+    if pos <= start:
+        return start
+    fh.seek(pos - 1)
+    while True:
+        chunk = fh.read(65536)
+        if not chunk:
+            return fh.tell()
+        at = chunk.find(b"\n")
+        if at >= 0:
+            return fh.tell() - len(chunk) + at + 1
+
+
+def _line_last_seq(line: bytes) -> int:
+    try:
+        last = orjson.loads(line)[-1]["seq"]
+    except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
+        return 1 << 62
+    return last if isinstance(last, int) else 1 << 62
