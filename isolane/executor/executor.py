@@ -442,8 +442,7 @@ class Executor:
             self._callables[child_id] = workflow
         worker_spec = await anyio.to_thread.run_sync(
             lambda: self._resume_spec(child_id, env=env, workflow=workflow))
-        spec = RunSpec(workflow=workflow, task=parent.task, config=merged,
-                       **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
+        spec = RunSpec.from_stored(workflow, parent.task, options, config=merged)
         handle = RunHandle(self, child_id, live=True)
         self._handles[child_id] = handle
         self._tg.start_soon(self._drive, handle, spec, worker_spec)
@@ -531,8 +530,7 @@ class Executor:
         worker_spec = await anyio.to_thread.run_sync(
             lambda: self._resume_spec(row.id, env=env, config=config))
         options = row.meta.get("options", {})
-        spec = RunSpec(workflow=worker_spec.workflow, task=row.task, config=worker_spec.config,
-                       **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
+        spec = RunSpec.from_stored(worker_spec.workflow, row.task, options, config=worker_spec.config)
         meta = {**row.meta, **owner_stamp()}
         await anyio.to_thread.run_sync(lambda: self.store.update_run(
             row.id, status="queued", error=None, error_type=None, exit_code=None, meta=meta))

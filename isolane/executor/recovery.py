@@ -33,7 +33,7 @@ from isolane.executor.backend import WorkerHandle
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import owner_alive, owner_stamp
 from isolane.executor.proctree import kill_process_tree, process_alive
-from isolane.executor.run import _STORED_OPTIONS, Outcome, RunHandle, RunSpec
+from isolane.executor.run import Outcome, RunHandle, RunSpec
 from isolane.executor.spool import SpoolTail, import_spool, spool_path
 from isolane.executor.writer import StoreWriter, WriteItem
 from isolane.schemas.envelope import WireEvent
@@ -253,8 +253,7 @@ def _monitor_for(executor: Executor, row: RunRow, worker: WorkerHandle, *,
                  since_seq: int) -> RunMonitor:
     """A monitor for a re-attached worker, with the run's own options."""
     options = row.meta.get("options", {})
-    spec = RunSpec(workflow=row.workflow, task=row.task,
-                   **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
+    spec = RunSpec.from_stored(row.workflow, row.task, options)
     timeout = spec.timeout
     if timeout is not None and row.started_at is not None:
         # The run's clock did not stop while no parent watched it: only what is left of it.

@@ -59,6 +59,14 @@ class RunSpec:
     #: Parent environment variables the worker inherits (None: the executor's allow-list).
     env_allow: Iterable[str] | None = None
 
+    @classmethod
+    def from_stored(cls, workflow: str | WorkflowFn, task: str, options: Mapping[str, Any],
+                    **fields: Any) -> RunSpec:
+        """The spec of a stored run again (resume, branch, re-attach): its ``meta["options"]``,
+        plus ``fields``."""
+        return cls(workflow=workflow, task=task, **fields,
+                   **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "limits", Limits.coerce(self.limits))
         object.__setattr__(self, "secrets", secret_values(secrets=self.secrets))
