@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ async def main() -> None:
         runs = [await ex.submit(RunSpec(workflow="tests.flows:paced",
                                         config={"n": n, "seconds": 5.0}))
                 for _ in range(2)]
+        print("submitted", flush=True)  # the test starts the next parent only now
         outcomes = [await run.wait() for run in runs]
     print(json.dumps({"recovered": recovered,
                       "runs": [[o.run_id, o.status, o.result] for o in outcomes]}))
@@ -51,7 +51,12 @@ def test_parents_on_several_hosts_share_one_database(pg_schema_url: str, tmp_pat
         parents.append(subprocess.Popen(
             [sys.executable, "-c", _PARENT, str(tmp_path / f"home{i}"), pg_schema_url, str(n)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        time.sleep(1.0)  # the next parent's recovery runs while this one's runs are live
+        # The next parent's recovery runs while this one's runs are live: wait until they are
+        # submitted (however slow the start-up), not for a fixed time.
+        stdout = parents[-1].stdout
+        assert stdout is not None
+        line = stdout.readline().strip()
+        assert line == "submitted", (line, parents[-1].communicate()[1][-3000:])
     reports = []
     for proc in parents:
         out, err = proc.communicate(timeout=180)
