@@ -7,30 +7,61 @@ Quick use::
         async for event in run.events():
             ...
         outcome = await run.wait()
+
+Names are imported on first use (PEP 562): ``import isolane`` loads nothing heavy, so a worker
+process or the CLI pays only for what it touches.
 """
 
-from isolane.errors import (
-    BudgetExceeded,
-    ConfigError,
-    InvalidEvent,
-    IsolaneError,
-    LimitExceeded,
-    PathEscape,
-    RunNotFound,
-    RunStateError,
-    StoreUnavailable,
-    WorkerCrashed,
-    WorkflowError,
-    WorkflowNotFound,
-)
-from isolane.executor.context import RunContext
-from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
-from isolane.executor.limits import Limits
-from isolane.executor.sync import SyncExecutor, SyncRun
-from isolane.schemas.envelope import Event
-from isolane.workflow import DagTemplate, TemplateEdge, TemplateNode, workflow
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from isolane._lazy import exports
 
 __version__ = "0.1.0"
+
+_ERRORS = "isolane.errors"
+_EXECUTOR = "isolane.executor.executor"
+_WORKFLOW = "isolane.workflow"
+
+__getattr__, __dir__ = exports(__name__, {
+    "BudgetExceeded": _ERRORS, "ConfigError": _ERRORS, "InvalidEvent": _ERRORS,
+    "IsolaneError": _ERRORS, "LimitExceeded": _ERRORS, "PathEscape": _ERRORS,
+    "RunNotFound": _ERRORS, "RunStateError": _ERRORS, "StoreUnavailable": _ERRORS,
+    "WorkerCrashed": _ERRORS, "WorkflowError": _ERRORS, "WorkflowNotFound": _ERRORS,
+    "RunContext": "isolane.executor.context",
+    "Executor": _EXECUTOR, "Outcome": _EXECUTOR, "RunHandle": _EXECUTOR, "RunSpec": _EXECUTOR,
+    "Limits": "isolane.executor.limits",
+    "SyncExecutor": "isolane.executor.sync", "SyncRun": "isolane.executor.sync",
+    "Event": "isolane.schemas.envelope",
+    "DagTemplate": _WORKFLOW, "TemplateEdge": _WORKFLOW, "TemplateNode": _WORKFLOW,
+    "workflow": _WORKFLOW,
+    # subpackages, reachable as attributes (``isolane.serve.create_app``)
+    "capture": None, "cli": None, "executor": None, "schemas": None, "serve": None,
+    "testing": None, "tracking": None, "workflows": None,
+})
+
+if TYPE_CHECKING:
+    from isolane.errors import (
+        BudgetExceeded,
+        ConfigError,
+        InvalidEvent,
+        IsolaneError,
+        LimitExceeded,
+        PathEscape,
+        RunNotFound,
+        RunStateError,
+        StoreUnavailable,
+        WorkerCrashed,
+        WorkflowError,
+        WorkflowNotFound,
+    )
+    from isolane.executor.context import RunContext
+    from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
+    from isolane.executor.limits import Limits
+    from isolane.executor.sync import SyncExecutor, SyncRun
+    from isolane.schemas.envelope import Event
+    from isolane.workflow import DagTemplate, TemplateEdge, TemplateNode, workflow
 
 __all__ = [
     "BudgetExceeded",

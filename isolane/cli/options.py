@@ -6,19 +6,19 @@ become a :class:`Location` that opens the store for the read-only commands (:fun
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 import orjson
 import typer
 
+from isolane import settings
 from isolane.cli.console import fail
 from isolane.tracking.store import Store
-from isolane.tracking.urls import DEFAULT_HOME, resolve_url
+from isolane.tracking.urls import resolve_url
 
 __all__ = [
     "DbOption",
@@ -29,18 +29,17 @@ __all__ = [
     "parse_config",
 ]
 
-ENV_HOME: Final = "ISOLANE_HOME"
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", metavar="URL", envvar="ISOLANE_DB_URL", show_envvar=True,
+    typer.Option("--db", metavar="URL", envvar=settings.DB_URL_ENV, show_envvar=True,
                  help="Database URL (sqlite:///path or postgresql+psycopg://…); "
                       "default: the SQLite file in --home."),
 ]
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", metavar="DIR", envvar=ENV_HOME, show_envvar=True,
-                 help=f"isolane's directory (runs' work dirs, default database); default {DEFAULT_HOME}.",
+    typer.Option("--home", metavar="DIR", envvar=settings.HOME_ENV, show_envvar=True,
+                 help=f"isolane's directory (runs' work dirs, default database); default {settings.DEFAULT_HOME}.",
                  file_okay=False),
 ]
 JsonOption = Annotated[
@@ -58,8 +57,7 @@ class Location:
 
     @classmethod
     def of(cls, db: str | None, home: Path | None) -> Location:
-        env_home = os.environ.get(ENV_HOME)
-        return cls(db=db or None, home=home or (Path(env_home) if env_home else DEFAULT_HOME))
+        return cls(db=db or None, home=home or settings.home())
 
 
 @contextmanager

@@ -30,6 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from isolane import settings
 from isolane.errors import ConfigError, IsolaneError, RunStateError
 from isolane.executor import human
 from isolane.executor.backend import WorkerBackend, create_backend
@@ -99,12 +100,12 @@ class Executor:
             raise ConfigError(f"max_blob_bytes cannot be negative, got {max_blob_bytes}")
         #: Files up to this size are stored in ``<home>/blobs`` (larger ones: hash only).
         self.max_blob_bytes = max_blob_bytes
-        self.home = Path(home if home is not None else os.environ.get("ISOLANE_HOME", ".isolane"))
-        self.db_url = db_url or os.environ.get("ISOLANE_DB_URL")
+        self.home = Path(home) if home is not None else settings.home()
+        self.db_url = db_url or settings.db_url()
         self.max_workers = max_workers
         self._env_allow = frozenset(env_allow)
         if backend is None:
-            backend = os.environ.get("ISOLANE_BACKEND") or "local"
+            backend = settings.backend()
         if isinstance(backend, str):
             backend = create_backend(backend, start_method=start_method, env_allow=self._env_allow,
                                      **dict(backend_options or {}))

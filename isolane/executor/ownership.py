@@ -24,13 +24,14 @@ from typing import Any, Final
 
 import psutil
 
+from isolane import settings
 from isolane.executor.proctree import process_alive
 from isolane.tracking.rows import RunRow
 
 __all__ = ["HOST_ENV", "LIVENESS_INTERVAL", "STALE_AFTER", "host_id", "owner_alive", "owner_stamp"]
 
 #: Names this host (a container, a pod) when the host name and boot id do not tell them apart.
-HOST_ENV: Final = "ISOLANE_HOST_ID"
+HOST_ENV: Final = settings.HOST_ID_ENV
 #: A live executor stamps ``heartbeat_at`` of each of its unfinished runs at least this often.
 LIVENESS_INTERVAL: Final = 20.0
 #: A run owned on another host whose ``heartbeat_at`` is older than this has lost its owner.
@@ -42,7 +43,7 @@ _BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 @cache
 def host_id() -> str:
     """This host's identity, as stored in ``meta.parent_host``."""
-    configured = os.environ.get(HOST_ENV, "").strip()
+    configured = settings.host_id()
     if configured:
         return configured
     try:

@@ -32,7 +32,6 @@ names its relay, and a new parent's recovery re-attaches (:meth:`RayBackend.atta
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 import uuid
@@ -46,6 +45,7 @@ import anyio.to_thread
 import ray
 import ray.exceptions
 
+from isolane import settings
 from isolane.errors import BlobError, ConfigError
 from isolane.executor.files import FILES_RESUME_KEY
 from isolane.executor.ray_relay import TOKEN_FILE, RunRelay
@@ -63,12 +63,12 @@ __all__ = ["ADDRESS_ENV", "RayBackend", "RayWorker"]
 log = logging.getLogger(__name__)
 
 #: The Ray cluster to join (``auto``: the one started on this machine with ``ray start``).
-ADDRESS_ENV: Final = "ISOLANE_RAY_ADDRESS"
+ADDRESS_ENV: Final = settings.RAY_ADDRESS_ENV
 
 #: Namespace of the relay actors' names (``isolane-relay-<hex>``), so a new parent finds them.
 NAMESPACE: Final = "isolane"
 #: How many warm relays to keep ready (``ISOLANE_RAY_POOL``; default 0).
-POOL_ENV: Final = "ISOLANE_RAY_POOL"
+POOL_ENV: Final = settings.RAY_POOL_ENV
 #: Where a worker's files live: the parent's paths (a shared filesystem), or the node's own
 #: directory with contents shipped through Ray; ``auto`` checks per run (see ray_relay).
 FILE_MODES: Final[Mapping[str, bool | None]] = {"auto": None, "shared": True, "ship": False}
@@ -115,14 +115,10 @@ class RayBackend:
             raise ConfigError(f"files={files!r} is not a file mode; use one of "
                               f"{', '.join(FILE_MODES)}")
         if pool_size is None:
-            raw = os.environ.get(POOL_ENV, "0")
-            try:
-                pool_size = int(raw)
-            except ValueError:
-                raise ConfigError(f"{POOL_ENV}={raw!r} is not a number of relays") from None
+            pool_size = settings.ray_pool()
         if pool_size < 0:
             raise ConfigError(f"pool_size cannot be negative, got {pool_size}")
-        self.address = address or os.environ.get(ADDRESS_ENV) or None
+        self.address = address or settings.ray_address()
         self.start_method = start_method
         self.env_allow = sorted(env_allow)
         self.preload = list(preload)

@@ -15,7 +15,6 @@ event loop as the server; the app only uses it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Final
@@ -28,9 +27,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from isolane import settings
 from isolane.errors import ConfigError, IsolaneError
 from isolane.executor.executor import Executor
-from isolane.serve.auth import LOOPBACK_HOSTS, TOKEN_ENV, Guard, GuardPolicy
+from isolane.serve.auth import LOOPBACK_HOSTS, Guard, GuardPolicy
 from isolane.serve.routes import api_routes, resolve_handle
 from isolane.serve.ws import DEFAULT_QUEUE_SIZE, stream_run
 
@@ -65,7 +65,7 @@ def create_app(
     if client_queue < 2:
         raise ConfigError(f"client_queue must be at least 2 frames, got {client_queue}")
     if token is None:
-        token = os.environ.get(TOKEN_ENV) or None
+        token = settings.token()
     policy = GuardPolicy(token=token or None, allowed_hosts=tuple(allowed_hosts),
                          allowed_origins=tuple(allowed_origins))
 

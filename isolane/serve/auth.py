@@ -27,12 +27,14 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from isolane import settings
+
 __all__ = ["COOKIE_NAME", "LOOPBACK_HOSTS", "TOKEN_ENV", "Guard", "GuardPolicy"]
 
 log = logging.getLogger(__name__)
 
 #: The environment variable that holds the service's token.
-TOKEN_ENV: Final = "ISOLANE_TOKEN"
+TOKEN_ENV: Final = settings.TOKEN_ENV
 COOKIE_NAME: Final = "isolane_token"
 #: Host names a service bound to the loopback interface answers to.
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})

@@ -10,22 +10,22 @@ states the accepted forms. Passwords never appear in messages: use :func:`displa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from isolane import settings
 from isolane.errors import ConfigError
 from isolane.tracking._dialects import BACKENDS
 
 __all__ = ["DB_FILENAME", "DEFAULT_HOME", "ENV_URL", "display_url", "normalize_url", "resolve_url"]
 
 #: Environment variable naming the database when no URL is given.
-ENV_URL: Final = "ISOLANE_DB_URL"
+ENV_URL: Final = settings.DB_URL_ENV
 #: Default directory of the embedded SQLite database (relative to the working directory).
-DEFAULT_HOME: Final = Path(".isolane")
+DEFAULT_HOME: Final = settings.DEFAULT_HOME
 DB_FILENAME: Final = "isolane.db"
 
 _ACCEPTED: Final = "sqlite:///path/to/isolane.db or postgresql+psycopg://user:password@host:5432/dbname"
@@ -43,7 +43,7 @@ def resolve_url(url: str | URL | None = None, *, home: Path | str | None = None)
     Raises :class:`ConfigError` for a malformed or unsupported URL.
     """
     if url is None:
-        url = os.environ.get(ENV_URL) or None
+        url = settings.db_url()
     if url is None:
         path = Path(home) if home is not None else DEFAULT_HOME
         url = URL.create("sqlite", database=str(path / DB_FILENAME))
