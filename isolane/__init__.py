@@ -21,7 +21,7 @@ from isolane._lazy import exports
 __version__ = "0.1.0"
 
 _ERRORS = "isolane.errors"
-_EXECUTOR = "isolane.executor.executor"
+_RUN = "isolane.executor.run"
 _WORKFLOW = "isolane.workflow"
 
 __getattr__, __dir__ = exports(__name__, {
@@ -29,16 +29,17 @@ __getattr__, __dir__ = exports(__name__, {
     "IsolaneError": _ERRORS, "LimitExceeded": _ERRORS, "PathEscape": _ERRORS,
     "RunNotFound": _ERRORS, "RunStateError": _ERRORS, "StoreUnavailable": _ERRORS,
     "WorkerCrashed": _ERRORS, "WorkflowError": _ERRORS, "WorkflowNotFound": _ERRORS,
-    "RunContext": "isolane.executor.context",
-    "Executor": _EXECUTOR, "Outcome": _EXECUTOR, "RunHandle": _EXECUTOR, "RunSpec": _EXECUTOR,
-    "Limits": "isolane.executor.limits",
+    "RunContext": "isolane.worker.context",
+    "Executor": "isolane.executor.executor", "Outcome": _RUN, "RunHandle": _RUN, "RunSpec": _RUN,
+    "Limits": "isolane.schemas.limits",
     "SyncExecutor": "isolane.executor.sync", "SyncRun": "isolane.executor.sync",
     "Event": "isolane.schemas.envelope",
     "DagTemplate": _WORKFLOW, "TemplateEdge": _WORKFLOW, "TemplateNode": _WORKFLOW,
     "workflow": _WORKFLOW,
     # subpackages, reachable as attributes (``isolane.serve.create_app``)
-    "capture": None, "cli": None, "executor": None, "schemas": None, "serve": None,
-    "testing": None, "tracking": None, "workflows": None,
+    "backends": None, "capture": None, "cli": None, "executor": None, "offline": None,
+    "schemas": None, "serve": None, "settings": None,
+    "testing": None, "tracking": None, "worker": None, "workflows": None,
 })
 
 if TYPE_CHECKING:
@@ -56,11 +57,12 @@ if TYPE_CHECKING:
         WorkflowError,
         WorkflowNotFound,
     )
-    from isolane.executor.context import RunContext
-    from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
-    from isolane.executor.limits import Limits
+    from isolane.executor.executor import Executor
+    from isolane.executor.run import Outcome, RunHandle, RunSpec
     from isolane.executor.sync import SyncExecutor, SyncRun
     from isolane.schemas.envelope import Event
+    from isolane.schemas.limits import Limits
+    from isolane.worker.context import RunContext
     from isolane.workflow import DagTemplate, TemplateEdge, TemplateNode, workflow
 
 __all__ = [

@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from isolane import Executor, RunSpec
-from isolane.executor.emitter import Emitter
 from isolane.tracking.store import Store
+from isolane.worker.emitter import Emitter
 
 log = logging.getLogger("isolane.bench")
 
@@ -229,18 +229,19 @@ def _start_ms(samples: int) -> tuple[list[float], list[float]]:
     import select
     import subprocess
 
-    from isolane.executor.supervisor import Supervisor, worker_environment
-    from isolane.executor.worker import WorkerSpec
+    from isolane.backends.environment import worker_environment
+    from isolane.backends.local.launcher import Launcher
+    from isolane.schemas.spec import WorkerSpec
 
-    supervisor = Supervisor()
-    supervisor.start()
+    launcher = Launcher()
+    launcher.start()
     forked: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         for i in range(samples + 1):
             spec = WorkerSpec(run_id=f"start{i}", workflow=emit_many, task="", config={"n": 1},
                               work_dir=f"{d}/w{i}", spool_path=f"{d}/s{i}.jsonl", env=worker_environment())
             t0 = time.perf_counter()
-            worker = supervisor.spawn(spec)
+            worker = launcher.spawn(spec)
             select.select([worker.event_fd], [], [], 30)
             if i:  # the first one waits for the forkserver's own preload
                 forked.append((time.perf_counter() - t0) * 1000)
@@ -311,7 +312,7 @@ def crash_first_attempt(ctx: Any, task: str, config: dict[str, Any]) -> str:
 
 def _snapshot_cost_us(history: int, repeats: int = 200) -> float:
     """Median cost of one ``ctx.snapshot()`` that saves one new message after ``history`` others."""
-    from isolane.executor.context import RunContext
+    from isolane.worker.context import RunContext
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     emitter = Emitter("bench", pipe_fd=devnull, spool_path=None, max_buffer_events=1_000_000)
@@ -479,7 +480,7 @@ def ray_backend(args: argparse.Namespace) -> dict[str, Any]:
             local = anyio.run(_launch_and_stream, tmp, "local", None, n, 5)
             remote = anyio.run(_launch_and_stream, tmp, "ray", None, n, 5)
             light = anyio.run(_launch_and_stream, tmp, "ray",
-                              {"preload": ["isolane.executor.worker"]}, 1, 5)
+                              {"preload": ["isolane.worker.entry"]}, 1, 5)
             pooled = anyio.run(_launch_and_stream, tmp, "ray", {"pool_size": 1}, 1, 5, 5.0)
     finally:
         ray.shutdown()

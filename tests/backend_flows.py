@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 
 
 def busy_python(ctx: RunContext, task: str, config: dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 
 #: The bytes written twice under two names in step 1 (one blob).
 SAME = b"the same bytes, twice\n"

@@ -10,7 +10,7 @@ import struct
 import time
 from typing import Any
 
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 
 
 def ok(ctx: RunContext, task: str, config: dict[str, Any]) -> dict[str, Any]:

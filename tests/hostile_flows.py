@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 
 _MIB = 1024 * 1024
 

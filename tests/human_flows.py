@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from isolane.executor.context import RunContext
-from isolane.executor.human import HumanInputTimeout
+from isolane.worker.context import RunContext
+from isolane.worker.human import HumanInputTimeout
 
 
 def asks(ctx: RunContext, task: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -23,14 +23,14 @@ import pytest
 
 import isolane
 from isolane import Executor, RunSpec
-from isolane.errors import ConfigError
-from isolane.executor.backend import (
+from isolane.backends.interface import (
     BACKENDS,
     WorkerBackend,
     WorkerHandle,
     create_backend,
 )
-from isolane.tracking.blobs import BlobStore
+from isolane.errors import ConfigError
+from isolane.schemas.blobs import BlobStore
 from isolane.tracking.workspace import checkout
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.anyio
 REQUIRE_RAY_ENV = "ISOLANE_REQUIRE_RAY"
 #: Light actors for the contract tests: many fit on the 2-CPU session cluster, and their
 #: forkservers skip the AG2 preload (the flows here do not use AG2; see docs/distributed.md).
-_RAY_OPTIONS: dict[str, Any] = {"num_cpus": 0.25, "preload": ["isolane.executor.worker"],
+_RAY_OPTIONS: dict[str, Any] = {"num_cpus": 0.25, "preload": ["isolane.worker.entry"],
                                 "kill_timeout": 5.0}
 _FLOW_CONFIG: dict[str, Any] = {"capture_ag2": False}
 
@@ -289,7 +289,7 @@ async def test_ag2_capture_cost_dag_and_a_human_answer_on_ray(ray_session: Any,
 async def test_an_unclaimed_pool_relay_exits_by_itself(ray_session: Any) -> None:
     """Pool relays are detached, so nobody else would end them: an idle one exits after its
     idle_timeout, and the backend replaces it instead of handing it out."""
-    from isolane.executor.ray_backend import NAMESPACE, RayBackend
+    from isolane.backends.ray.backend import NAMESPACE, RayBackend
 
     backend = RayBackend(**{**_RAY_OPTIONS, "pool_size": 1, "idle_timeout": 2.0})
     backend.start()
@@ -340,7 +340,7 @@ import anyio
 from isolane import Executor, RunSpec
 
 async def main() -> None:
-    options = {"num_cpus": 0.25, "preload": ["isolane.executor.worker"], "address": sys.argv[2]}
+    options = {"num_cpus": 0.25, "preload": ["isolane.worker.entry"], "address": sys.argv[2]}
     async with Executor(home=sys.argv[1], backend="ray", backend_options=options) as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:gated", timeout=300,
                                       config={"n": 2000, "capture_ag2": False}))

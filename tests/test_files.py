@@ -18,8 +18,7 @@ import pytest
 
 from isolane import Executor, RunSpec
 from isolane.errors import BlobError, ConfigError, PathEscape, RunStateError
-from isolane.executor.files import FileScanner
-from isolane.tracking.blobs import BlobStore
+from isolane.schemas.blobs import BlobStore
 from isolane.tracking.store import Store
 from isolane.tracking.workspace import (
     checkout,
@@ -28,6 +27,7 @@ from isolane.tracking.workspace import (
     node_end_seq,
     write_workspace,
 )
+from isolane.worker.files import FileScanner
 from tests.file_flows import FROM_CHILD, SAME
 
 

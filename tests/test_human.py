@@ -12,16 +12,15 @@ import pytest
 
 from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import ConfigError, RunStateError
-from isolane.executor.human import (
+from isolane.executor.human import pending_requests, recorded_answers
+from isolane.schemas.envelope import Event
+from isolane.testing import FakeLLM, Script
+from isolane.worker.human import (
     HumanChannel,
     HumanInputTimeout,
     HumanInputUnavailable,
     parse_approval,
-    pending_requests,
-    recorded_answers,
 )
-from isolane.schemas.envelope import Event
-from isolane.testing import FakeLLM, Script
 from isolane.workflow import registered_workflows
 
 pytestmark = pytest.mark.anyio

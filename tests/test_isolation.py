@@ -24,13 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from isolane import Executor, Limits, Outcome, RunSpec
+from isolane.backends.channel import FrameReader
+from isolane.backends.environment import worker_environment
 from isolane.errors import ConfigError, PathEscape
-from isolane.executor import proctree
-from isolane.executor.channel import FrameReader
-from isolane.executor.paths import open_inside, resolve_inside, walk_files
-from isolane.executor.redaction import REDACTED, Redactor, secret_values
-from isolane.executor.supervisor import worker_environment
 from isolane.schemas import decode_frame, encode_batch
+from isolane.schemas.paths import open_inside, resolve_inside, walk_files
+from isolane.schemas.redaction import REDACTED, Redactor, secret_values
+from isolane.worker import proctree
 from tests.helpers import RssPeak, alive
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ from alembic.migration import MigrationContext
 import isolane
 import isolane.tracking
 from isolane.errors import ConfigError, RunNotFound, StoreUnavailable
-from isolane.tracking import DiagnosticRow, EventTuple, Store, resolve_url
+from isolane.tracking import DiagnosticRow, EventRow, Store, resolve_url
 from isolane.tracking._migrate import VERSION_TABLE
 from isolane.tracking.models import Base
 from isolane.tracking.urls import ENV_URL, normalize_url
@@ -28,14 +28,14 @@ REPO_ROOT = Path(isolane.__file__).resolve().parent.parent
 
 
 def ev(run_id: str, seq: int, type_: str = "output", data: dict[str, Any] | None = None,
-       node_id: str | None = None, ts: float | None = None) -> EventTuple:
+       node_id: str | None = None, ts: float | None = None) -> EventRow:
     """One event tuple as the monitor hands it to the store."""
     payload = {"stream": "stdout", "text": f"line {seq}"} if data is None else data
     return (run_id, seq, 1.7e9 + seq if ts is None else ts, type_, node_id,
             orjson.dumps(payload).decode())
 
 
-def outputs(run_id: str, first: int, last: int) -> list[EventTuple]:
+def outputs(run_id: str, first: int, last: int) -> list[EventRow]:
     """``output`` events with seq ``first..last``."""
     return [ev(run_id, seq) for seq in range(first, last + 1)]
 
@@ -361,7 +361,7 @@ def test_one_writer_and_reader_threads_share_a_store(store: Store) -> None:
 # -- projections -----------------------------------------------------------------------------------
 
 
-def _dag_batch(run_id: str) -> list[EventTuple]:
+def _dag_batch(run_id: str) -> list[EventRow]:
     return [
         ev(run_id, 1, "dag_created", {
             "nodes": [{"id": "planning", "label": "Plan", "node_type": "planning"},
@@ -496,5 +496,5 @@ def test_exported_names_are_frozen() -> None:
     """isolane.tracking exports exactly its documented surface."""
     assert sorted(isolane.tracking.__all__) == sorted([
         "ENV_URL", "MIN_PREFIX", "UNFINISHED_STATUSES", "DagEdgeRow", "DagNodeRow",
-        "DiagnosticRow", "EventTuple", "FileRow", "LlmCallRow", "RunRow", "Store",
+        "DiagnosticRow", "EventRow", "FileRow", "LlmCallRow", "RunRow", "Store",
         "display_url", "resolve_url"])

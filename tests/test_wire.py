@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from isolane.backends.channel import FrameReader
 from isolane.errors import InvalidEvent
-from isolane.executor.channel import FrameReader
 from isolane.schemas import (
     EVENT_TYPES,
     PAYLOADS,
@@ -187,7 +187,7 @@ def test_reader_never_raises_on_random_bytes(data: bytes) -> None:
 def test_emitter_sends_a_lone_event_at_once_and_batches_a_burst(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """After a quiet spell an event is sent without waiting out the linger (here 30 s); the
     events that follow it at once travel together in the next frame."""
-    from isolane.executor.emitter import Emitter
+    from isolane.worker.emitter import Emitter
 
     read_fd, write_fd = os.pipe()
     emitter = Emitter("r", pipe_fd=write_fd, spool_path=tmp_path / "spool.jsonl",

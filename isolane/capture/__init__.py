@@ -13,12 +13,32 @@ Channels (one module each): :mod:`~isolane.capture.iostream` (AG2's structured o
 (AG2 event -> isolane event mapping), :mod:`~isolane.capture.session` (installs them all).
 """
 
-from isolane.capture.code import CapturingCodeExecutor
-from isolane.capture.iostream import CaptureIOStream
-from isolane.capture.llm_logger import CaptureLogger
-from isolane.capture.pricing import COST_SOURCES, CostTotals, PriceBook, Quote
-from isolane.capture.session import CaptureSession, capture_ag2
-from isolane.capture.sink import Sink
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from isolane._lazy import exports
+
+__getattr__, __dir__ = exports(__name__, {
+    "CapturingCodeExecutor": "isolane.capture.code",
+    "CaptureIOStream": "isolane.capture.iostream",
+    "CaptureLogger": "isolane.capture.llm_logger",
+    "COST_SOURCES": "isolane.capture.pricing",
+    "CostTotals": "isolane.capture.pricing",
+    "PriceBook": "isolane.capture.pricing",
+    "Quote": "isolane.capture.pricing",
+    "CaptureSession": "isolane.capture.session",
+    "capture_ag2": "isolane.capture.session",
+    "Sink": "isolane.capture.sink",
+})
+
+if TYPE_CHECKING:
+    from isolane.capture.code import CapturingCodeExecutor
+    from isolane.capture.iostream import CaptureIOStream
+    from isolane.capture.llm_logger import CaptureLogger
+    from isolane.capture.pricing import COST_SOURCES, CostTotals, PriceBook, Quote
+    from isolane.capture.session import CaptureSession, capture_ag2
+    from isolane.capture.sink import Sink
 
 __all__ = [
     "COST_SOURCES",

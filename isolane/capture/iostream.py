@@ -85,7 +85,7 @@ class CaptureIOStream:
         """Record the request, then let the previous stream answer it (not under any lock).
 
         With :attr:`human` set, the question goes there instead (see
-        :mod:`isolane.executor.human`).
+        :mod:`isolane.worker.human`).
         """
         if not self.closed and self.human is not None:
             self._on_activity()

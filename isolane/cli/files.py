@@ -21,7 +21,7 @@ from rich.text import Text
 from isolane.cli.console import out
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
 from isolane.cli.render import format_time, short_id
-from isolane.tracking.blobs import BlobStore
+from isolane.schemas.blobs import BlobStore
 from isolane.tracking.workspace import (
     WorkspaceFile,
     file_versions,

@@ -81,7 +81,7 @@ def _is_offline_endpoint(config: Mapping[str, Any]) -> bool:
 @contextmanager
 def _offline_endpoint(wf: WorkflowDef) -> Iterator[dict[str, str]]:
     """A FakeLLM serving ``wf``'s offline script until the block ends; yields the worker env."""
-    from isolane.testing import FakeLLM
+    from isolane.offline.server import FakeLLM
     from isolane.workflows import OFFLINE_API_KEY, OFFLINE_URL_ENV, offline_script_for
 
     script = offline_script_for(wf)

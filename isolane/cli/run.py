@@ -25,13 +25,13 @@ import typer
 from rich.live import Live
 from rich.text import Text
 
+from isolane.backends.registry import BACKENDS
 from isolane.cli.codes import EXIT_CODES_HELP, exit_code_for
 from isolane.cli.console import CliApp, err, out
 from isolane.cli.live import RunView
 from isolane.cli.llm import BaseUrlOption, LlmOption, ModelOption, llm_for_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, parse_config
 from isolane.cli.render import error_text, event_line, format_duration, short
-from isolane.executor.backend import BACKENDS
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
 from isolane.schemas.envelope import Event
 from isolane.tracking.urls import resolve_url

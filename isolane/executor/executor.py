@@ -31,11 +31,12 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from isolane import settings
+from isolane.backends.environment import DEFAULT_ENV_ALLOW, worker_environment
+from isolane.backends.interface import WorkerBackend
+from isolane.backends.registry import create_backend
 from isolane.errors import ConfigError, IsolaneError, RunStateError
 from isolane.executor import human
-from isolane.executor.backend import WorkerBackend, create_backend
 from isolane.executor.hub import Hub
-from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import LIVENESS_INTERVAL, owner_alive, owner_stamp
 from isolane.executor.racing import Race, RaceOutcome, start_race
@@ -43,7 +44,6 @@ from isolane.executor.recovery import (
     RecoveryReport,
     recover_runs,
 )
-from isolane.executor.redaction import secret_values
 from isolane.executor.run import (
     _STORED_OPTIONS,
     RESUMABLE_STATUSES,
@@ -52,11 +52,13 @@ from isolane.executor.run import (
     RunHandle,
     RunSpec,
 )
-from isolane.executor.spool import import_spool, spool_path
-from isolane.executor.supervisor import DEFAULT_ENV_ALLOW, worker_environment
-from isolane.executor.worker import WorkerSpec
+from isolane.executor.spool import import_spool
 from isolane.executor.writer import StoreWriter, WriteItem
-from isolane.tracking.blobs import DEFAULT_MAX_BLOB_BYTES
+from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
+from isolane.schemas.limits import Limits
+from isolane.schemas.redaction import secret_values
+from isolane.schemas.spec import HUMAN_RESUME_KEY, WorkerSpec
+from isolane.schemas.spool import spool_path
 from isolane.tracking.branching import create_branch, plan_branch
 from isolane.tracking.compare import Comparison, compare_runs
 from isolane.tracking.state import current_state
@@ -74,7 +76,7 @@ class Executor:
     Use as ``async with Executor(...) as ex``. ``db_url`` defaults to ``ISOLANE_DB_URL`` or a SQLite
     file under ``home`` (default ``./.isolane``). More runs than ``max_workers`` queue.
     ``backend`` names where workers run (``"local"``, ``"ray"``: see
-    :data:`~isolane.executor.backend.BACKENDS`; default ``ISOLANE_BACKEND`` or ``"local"``), with
+    :data:`~isolane.backends.registry.BACKENDS`; default ``ISOLANE_BACKEND`` or ``"local"``), with
     ``backend_options`` for it; or it is a ready :class:`WorkerBackend`.
     """
 
@@ -360,7 +362,7 @@ class Executor:
         row = self.store.get_run(run_id)
         import_spool(self.store, row.id, spool_path(row.work_dir))
         state = current_state(self.store, row.id)
-        state.update(human.resume_state(self.store.events(row.id, types=human.EVENT_TYPES)))
+        state[HUMAN_RESUME_KEY] = human.recorded_answers(self.store.events(row.id, types=human.EVENT_TYPES))
         if previous is not None:
             workflow = previous.workflow
             worker_env = dict(previous.env)

@@ -27,13 +27,12 @@ from collections.abc import Sequence
 import anyio
 import orjson
 
-from isolane.schemas.envelope import SCHEMA_VERSION, Event, event_from_row
-from isolane.tracking.store import EventTuple
+from isolane.schemas.envelope import SCHEMA_VERSION, Event, EventRow, event_from_row
 
 __all__ = ["Batch", "Hub", "Subscription", "encode_lines"]
 
 
-def encode_lines(rows: Sequence[EventTuple]) -> list[str]:
+def encode_lines(rows: Sequence[EventRow]) -> list[str]:
     """Each stored row's envelope as JSON text, one string per row, without parsing ``data``.
 
     The text is what :meth:`Event.to_json` gives for the row's event: the same keys in the same
@@ -53,7 +52,7 @@ class Batch:
 
     __slots__ = ("_events", "_lines", "rows")
 
-    def __init__(self, rows: Sequence[EventTuple]) -> None:
+    def __init__(self, rows: Sequence[EventRow]) -> None:
         self.rows = rows
         self._events: Sequence[Event] | None = None
         self._lines: list[str] | None = None
@@ -160,7 +159,7 @@ class Hub:
     def wants(self, run_id: str) -> bool:
         return run_id in self._subs
 
-    def publish(self, run_id: str, rows: Sequence[EventTuple]) -> None:
+    def publish(self, run_id: str, rows: Sequence[EventRow]) -> None:
         """Hand ``rows`` (committed, of run ``run_id``, in ``seq`` order, as stored) to every
         subscriber of the run, as one batch. Nothing is decoded or encoded here; ``rows`` is
         shared from now on and must not change."""

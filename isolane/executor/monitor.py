@@ -10,7 +10,7 @@
 
 All of it runs in one task group per run, inside the executor's task group. The reader is the only
 task that takes frames, so they are persisted in the order the worker wrote them. The handle comes
-from a worker backend (:mod:`isolane.executor.backend`): the local one waits on the event pipe and
+from a worker backend (:mod:`isolane.backends.interface`): the local one waits on the event pipe and
 the process sentinel (a SIGKILLed worker is noticed within milliseconds), the Ray one on the
 actor's streaming generator. Either way the monitor decodes and validates every frame itself.
 
@@ -34,16 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import orjson
 
+from isolane.backends.channel import ReadResult
+from isolane.backends.interface import WorkerExit, WorkerHandle
 from isolane.errors import describe_exit
-from isolane.executor.backend import WorkerExit, WorkerHandle
-from isolane.executor.channel import ReadResult
-from isolane.executor.enforcement import crash_hint, limit_crash
-from isolane.executor.limits import Limits
-from isolane.executor.writer import DiagnosticRow, EventRow, StoreWriter, WriteItem
-from isolane.schemas.envelope import WireEvent, decode_frame
+from isolane.executor.writer import StoreWriter, WriteItem
+from isolane.schemas.envelope import EventRow, WireEvent, decode_frame
+from isolane.schemas.limits import Limits, crash_hint, limit_crash
+from isolane.schemas.outcome import Verdict, last_terminal, verdict
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
+from isolane.tracking.rows import DiagnosticRow
 
 __all__ = ["RunMonitor", "RunResult"]
 
@@ -65,6 +65,12 @@ class RunResult:
     last_seq: int = 0
     events: int = 0
     invalid: int = 0
+
+    @classmethod
+    def of(cls, reported: Verdict, *, exit_code: int | None, **counts: Any) -> RunResult:
+        """The result a worker's own terminal event reports (see :mod:`isolane.schemas.outcome`)."""
+        return cls(reported.status, exit_code, result=reported.result, error=reported.error,
+                   error_type=reported.error_type, traceback=reported.traceback, **counts)
 
     def run_update(self) -> dict[str, Any]:
         return {
@@ -184,13 +190,13 @@ class RunMonitor:
         self._last_frame = time.monotonic()
         run_id = self.run_id
         rows: list[EventRow] = []
-        diagnostics: list[DiagnosticRow] = [
-            (run_id, now, "invalid_event", p.reason, p.excerpt) for p in result.problems
-        ]
+        diagnostics = [DiagnosticRow(run_id, now, "invalid_event", p.reason, p.excerpt)
+                       for p in result.problems]
         for frame in result.frames:
             decoded = decode_frame(frame, run_id)
             for problem in decoded.problems:
-                diagnostics.append((run_id, now, "invalid_event", problem.reason, problem.excerpt))
+                diagnostics.append(DiagnosticRow(run_id, now, "invalid_event", problem.reason,
+                                                 problem.excerpt))
             events = decoded.events
             if not events:
                 continue
@@ -200,12 +206,9 @@ class RunMonitor:
             if events:
                 self._expected = events[-1].seq + 1
                 # decode_frame checked that every payload is UTF-8.
-                rows.extend([(run_id, e.seq, e.ts, e.type, e.node_id, bytes(e.data).decode())
-                             for e in events])
+                rows.extend([e.row() for e in events])
                 if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
-                    terminal = [e for e in events if e.type in TERMINAL_EVENT_TYPES]
-                    if terminal:
-                        self._terminal = terminal[-1]
+                    self._terminal = last_terminal(events) or self._terminal
         self._count += len(rows)
         if diagnostics and self._invalid + len(diagnostics) > self.max_invalid:
             diagnostics = await self._flood(diagnostics, now)
@@ -223,7 +226,7 @@ class RunMonitor:
         if self._stop is None:
             message = (f"the worker sent more than {self.max_invalid} invalid frames; the run was "
                        "stopped (a broken or hostile workflow writing into its event pipe?)")
-            kept.append((self.run_id, now, "invalid_event_flood", message, ""))
+            kept.append(DiagnosticRow(self.run_id, now, "invalid_event_flood", message))
             self._stop = _Stop("failed", message, "InvalidEvent")
             killed = await self.worker.kill_tree()
             log.warning("run %s: %s; killed %d processes", self.run_id, message, killed)
@@ -237,12 +240,12 @@ class RunMonitor:
         for event in events:
             seq = event.seq
             if seq < expected:
-                diagnostics.append((self.run_id, now, "seq_duplicate",
-                                    f"seq {seq} arrived again (expected {expected})", ""))
+                diagnostics.append(DiagnosticRow(self.run_id, now, "seq_duplicate",
+                                                 f"seq {seq} arrived again (expected {expected})"))
                 continue
             if seq > expected:
-                diagnostics.append((self.run_id, now, "seq_gap",
-                                    f"seq jumped from {expected - 1} to {seq}", ""))
+                diagnostics.append(DiagnosticRow(self.run_id, now, "seq_gap",
+                                                 f"seq jumped from {expected - 1} to {seq}"))
             kept.append(event)
             expected = seq + 1
         return kept
@@ -253,20 +256,12 @@ class RunMonitor:
         exit_code = exit.exit_code
         base: dict[str, Any] = {"exit_code": exit_code, "last_seq": self._expected - 1,
                                 "events": self._count, "invalid": self._invalid}
-        terminal = self._terminal
-        data: dict[str, Any] = orjson.loads(bytes(terminal.data)) if terminal is not None else {}
         if self._stop is not None:
             return RunResult(self._stop.reason, error=self._stop.message,
                              error_type=self._stop.error_type or self._stop.reason,
                              **base)
-        if terminal is not None and terminal.type == "run_completed":
-            return RunResult("completed", result=data.get("result"), **base)
-        if terminal is not None and terminal.type == "run_failed":
-            return RunResult("failed", error=data.get("error"), error_type=data.get("error_type"),
-                             traceback=data.get("traceback"), **base)
-        if terminal is not None and terminal.type == "run_cancelled":
-            return RunResult("cancelled", error=data.get("reason"), error_type="cancelled",
-                             **base)
+        if self._terminal is not None:
+            return RunResult.of(verdict(self._terminal), **base)
         limit = limit_crash(exit_code, self.limits)
         if limit is not None:
             return RunResult("failed", error=limit, error_type="LimitExceeded",

@@ -25,8 +25,8 @@ from typing import Any, Final
 import psutil
 
 from isolane import settings
-from isolane.executor.proctree import process_alive
 from isolane.tracking.rows import RunRow
+from isolane.worker.proctree import process_alive
 
 __all__ = ["HOST_ENV", "LIVENESS_INTERVAL", "STALE_AFTER", "host_id", "owner_alive", "owner_stamp"]
 

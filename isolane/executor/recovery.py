@@ -29,16 +29,17 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from isolane.executor.backend import WorkerHandle
+from isolane.backends.interface import WorkerHandle
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import owner_alive, owner_stamp
-from isolane.executor.proctree import kill_process_tree, process_alive
 from isolane.executor.run import Outcome, RunHandle, RunSpec
-from isolane.executor.spool import SpoolTail, import_spool, spool_path
+from isolane.executor.spool import import_spool
 from isolane.executor.writer import StoreWriter, WriteItem
 from isolane.schemas.envelope import WireEvent
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
+from isolane.schemas.spool import SpoolTail, spool_path
 from isolane.tracking.rows import RunRow
+from isolane.worker.proctree import kill_process_tree, process_alive
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup

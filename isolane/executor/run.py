@@ -17,10 +17,10 @@ import anyio.to_thread
 
 from isolane.errors import ConfigError, WorkflowError
 from isolane.executor import human
-from isolane.executor.limits import Limits
 from isolane.executor.monitor import RunMonitor
-from isolane.executor.redaction import secret_values
 from isolane.schemas.envelope import Event
+from isolane.schemas.limits import Limits
+from isolane.schemas.redaction import secret_values
 from isolane.workflow import WorkflowFn
 
 if TYPE_CHECKING:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +29,13 @@ from sqlalchemy.exc import DBAPIError
 
 from isolane.errors import StoreUnavailable
 from isolane.executor.hub import Hub
+from isolane.schemas.envelope import EventRow
+from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.store import Store
 
 __all__ = ["StoreWriter", "WriteItem"]
 
 log = logging.getLogger(__name__)
-
-EventRow = tuple[str, int, float, str, str | None, str]
-DiagnosticRow = tuple[str | None, float, str, str, str]
 
 
 @dataclass(slots=True)
@@ -62,7 +60,6 @@ class StoreWriter:
         max_batch_rows: int = 10_000,
         max_pending_items: int = 4,
         retry_max_delay: float = 5.0,
-        on_outage_end: Callable[[float, str], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -71,8 +68,6 @@ class StoreWriter:
         self._send: MemoryObjectSendStream[WriteItem]
         self._recv: MemoryObjectReceiveStream[WriteItem]
         self._send, self._recv = anyio.create_memory_object_stream[WriteItem](max_pending_items)
-        self.rows_written = 0
-        self.batches = 0
 
     async def put(self, item: WriteItem) -> None:
         """Queue ``item``; waits while the writer is behind (back-pressure)."""
@@ -139,14 +134,12 @@ class StoreWriter:
             runs: set[str | None] = set()
             runs.update(row[0] for row in events)
             runs.update(updates)
-            runs.update(d[0] for d in diagnostics)
+            runs.update(d.run_id for d in diagnostics)
             runs = runs or {None}
             await anyio.to_thread.run_sync(lambda: self.store.write_batch(diagnostics=[
-                (run_id, time.time(), "store_outage",
-                 f"store unavailable for {seconds:.1f} s; writes retried: {last_error}", "")
+                DiagnosticRow(run_id, time.time(), "store_outage",
+                              f"store unavailable for {seconds:.1f} s; writes retried: {last_error}")
                 for run_id in runs]))
-        self.rows_written += len(events)
-        self.batches += 1
         for item in batch:
             if item.run_id is not None:
                 # The rows as stored (data still JSON text): readers build what they need, once.

@@ -29,7 +29,7 @@ parent calls :func:`decode_frame`, and readers of stored rows call :func:`event_
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -45,11 +45,11 @@ __all__ = [
     "BufferedEvent",
     "DecodedFrame",
     "Event",
+    "EventRow",
     "WireEvent",
     "decode_frame",
     "encode_batch",
     "event_from_row",
-    "events_from_rows",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -62,6 +62,9 @@ _PAYLOAD_LIST_DECODERS: Final = {name: msgspec.json.Decoder(list[cls]) for name,
 
 
 # -- encoding (worker side) ------------------------------------------------------------------------
+
+#: One event as the store keeps it: ``(run_id, seq, ts, type, node_id, data as JSON text)``.
+EventRow = tuple[str, int, float, str, str | None, str]
 
 #: One buffered event as the worker's emitter holds it: ``(seq, ts, type, node_id, data)``.
 BufferedEvent = tuple[int, float, str, str | None, dict[str, Any]]
@@ -106,6 +109,11 @@ class WireEvent(msgspec.Struct, frozen=True):
     def data_json(self) -> str:
         """The payload as JSON text, exactly as the worker wrote it."""
         return bytes(self.data).decode("utf-8")
+
+    def row(self) -> EventRow:
+        """The event as the store keeps it (``data`` as the worker's JSON text, unparsed)."""
+        return (self.run_id, self.seq, self.ts, self.type, self.node_id,
+                bytes(self.data).decode("utf-8"))
 
 
 _MAX_SEQ: Final = 2**63
@@ -258,8 +266,3 @@ def event_from_row(
     """Build an :class:`Event` from a stored row (``data`` as JSON text or already decoded)."""
     payload = data if isinstance(data, dict) else orjson.loads(data)
     return Event(run_id=run_id, seq=seq, ts=ts, type=type_, node_id=node_id, data=payload)
-
-
-def events_from_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
-    """Many :func:`event_from_row` at once (rows as ``(run_id, seq, ts, type, node_id, data)``)."""
-    return [event_from_row(*row) for row in rows]

@@ -16,6 +16,10 @@ from isolane.errors import InvalidEvent
 
 __all__ = [
     "EVENT_TYPES",
+    "HIDDEN_ANSWER",
+    "HUMAN_EVENT_TYPES",
+    "HUMAN_REQUEST",
+    "HUMAN_RESPONSE",
     "PAYLOADS",
     "TERMINAL_EVENT_TYPES",
     "AgentMessage",
@@ -296,6 +300,12 @@ PAYLOADS: Final[dict[str, type[Payload]]] = {
 
 EVENT_TYPES: Final = frozenset(PAYLOADS)
 TERMINAL_EVENT_TYPES: Final = frozenset({"run_completed", "run_failed", "run_cancelled"})
+HUMAN_REQUEST: Final = "human_input_request"
+HUMAN_RESPONSE: Final = "human_input_response"
+#: The event types that carry human-input questions and answers.
+HUMAN_EVENT_TYPES: Final = (HUMAN_REQUEST, HUMAN_RESPONSE)
+#: What a password answer (or its default) is recorded as: its text never enters the log.
+HIDDEN_ANSWER: Final = "***"
 
 _PAYLOAD_DECODERS: Final = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOADS.items()}
 

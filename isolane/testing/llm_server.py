@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from isolane.testing._fake import FakeLLM, ModelUsage, Served
-from isolane.testing._script import Script
+from isolane.offline.script import Script
+from isolane.offline.server import FakeLLM, ModelUsage, Served
 
 __all__ = ["FakeLLM", "ModelUsage", "Served", "main"]
 

@@ -1,6 +1,6 @@
 """What differs between database backends, one :class:`Backend` per dialect, chosen by name.
 
-:data:`BACKENDS` maps a SQLAlchemy dialect name to the few things that differ: engine options,
+:data:`DIALECTS` maps a SQLAlchemy dialect name to the few things that differ: engine options,
 connection set-up, the hot-path event insert, the "insert, ignore duplicates" statement and the
 lock that serializes migrations. Everything else in :mod:`isolane.tracking` is portable Core.
 
@@ -29,13 +29,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
 from isolane.errors import ConfigError, StoreUnavailable
+from isolane.schemas.envelope import EventRow
 
-__all__ = ["BACKENDS", "WRITE_OPTION", "Backend", "EventTuple"]
+__all__ = ["DIALECTS", "WRITE_OPTION", "Backend"]
 
 logger = logging.getLogger(__name__)
 
-#: One event as the store takes it: ``(run_id, seq, ts, type, node_id, data_json_text)``.
-EventTuple = tuple[str, int, float, str, str | None, str]
 
 #: Execution option marking a connection that will write (SQLite then begins ``IMMEDIATE``).
 WRITE_OPTION: Final = "isolane_write"
@@ -60,7 +59,7 @@ class Backend:
     #: Installs event listeners on a new engine.
     prepare: Callable[[Engine], None]
     #: Inserts events, ignoring ``(run_id, seq)`` duplicates; returns how many rows were new.
-    insert_events: Callable[[Connection, Sequence[EventTuple]], int]
+    insert_events: Callable[[Connection, Sequence[EventRow]], int]
     #: ``INSERT`` into a table that skips rows conflicting on the given unique columns.
     insert_ignore: Callable[[Table, Sequence[str]], Insert]
     #: Takes the migration lock inside the current transaction.
@@ -120,7 +119,7 @@ def _sqlite_prepare(engine: Engine) -> None:
     event.listen(engine, "begin", _sqlite_begin)
 
 
-def _sqlite_insert_events(conn: Connection, events: Sequence[EventTuple]) -> int:
+def _sqlite_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
     # The driver cursor directly: no per-row work in SQLAlchemy on the hot path.
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -183,7 +182,7 @@ def _pg_prepare(engine: Engine) -> None:
     """Nothing to install: psycopg 3 begins transactions the PEP 249 way."""
 
 
-def _pg_insert_events(conn: Connection, events: Sequence[EventTuple]) -> int:
+def _pg_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
     columns = tuple(list(column) for column in zip(*events, strict=True))
     result = conn.exec_driver_sql(_PG_INSERT_EVENTS, columns)
     return int(result.rowcount)
@@ -210,4 +209,4 @@ POSTGRESQL: Final = Backend(
 )
 
 #: Every supported backend by dialect name.
-BACKENDS: Final[dict[str, Backend]] = {backend.name: backend for backend in (SQLITE, POSTGRESQL)}
+DIALECTS: Final[dict[str, Backend]] = {backend.name: backend for backend in (SQLITE, POSTGRESQL)}

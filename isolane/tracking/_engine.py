@@ -2,7 +2,7 @@
 
 ::
 
-    url ─resolve_url─▶ URL ─BACKENDS[name]─▶ Backend
+    url ─resolve_url─▶ URL ─DIALECTS[name]─▶ Backend
         ─create_location─▶ (SQLite: the file's directory)
         ─create_engine + Backend.prepare─▶ Engine
         ─write transaction + Backend.lock_migrations─▶ Alembic upgrade to head ─▶ commit
@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from isolane.errors import StoreUnavailable
-from isolane.tracking._dialects import BACKENDS, WRITE_OPTION, Backend
+from isolane.tracking._dialects import DIALECTS, WRITE_OPTION, Backend
 from isolane.tracking._migrate import upgrade
 from isolane.tracking.urls import ENV_URL, display_url, resolve_url
 
@@ -55,7 +55,7 @@ def _reason(exc: DBAPIError, url: URL) -> str:
 def open_engine(url: str | URL | None, *, home: Path | str | None) -> tuple[Engine, Backend]:
     """Resolve ``url`` (see :func:`resolve_url`), connect, and migrate the database to head."""
     target = resolve_url(url, home=home)
-    backend = BACKENDS[target.get_backend_name()]
+    backend = DIALECTS[target.get_backend_name()]
     backend.create_location(target)
     engine = create_engine(target, json_serializer=_json_dumps, json_deserializer=_json_loads,
                            **backend.engine_options(target))

@@ -33,6 +33,7 @@ from msgspec import Struct
 from sqlalchemy import Connection, Table, bindparam, exists, func, select, update
 
 from isolane.errors import InvalidEvent
+from isolane.schemas.envelope import EventRow
 from isolane.schemas.payloads import (
     DagCreated,
     DagNodeAdded,
@@ -43,7 +44,7 @@ from isolane.schemas.payloads import (
     PhaseChange,
     validate_payload,
 )
-from isolane.tracking._dialects import Backend, EventTuple
+from isolane.tracking._dialects import Backend
 from isolane.tracking.models import (
     EDGES_TABLE,
     EVENTS_TABLE,
@@ -116,7 +117,7 @@ class ProjectionContext:
     _nodes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _dirty: set[tuple[str, str]] = field(default_factory=set)
 
-    def is_stale(self, event: EventTuple) -> bool:
+    def is_stale(self, event: EventRow) -> bool:
         """Whether ``event`` fills a gap below what the run had already stored."""
         return event[1] <= self.stored_before.get(event[0], 0)
 
@@ -166,7 +167,7 @@ class ProjectionContext:
         self._next_position[run_id] = start + count
         return start
 
-    def superseded(self, event: EventTuple, *, same_node: bool) -> bool:
+    def superseded(self, event: EventRow, *, same_node: bool) -> bool:
         """Whether a later event of the same type (and node) is stored: only asked when stale."""
         run_id, seq, _, type_, node_id, _ = event
         params = {"run_id": run_id, "type": type_, "seq": seq}
@@ -181,7 +182,7 @@ class Projection(Generic[P]):
     """How one event type changes derived tables: decode to ``payload``, then ``apply``."""
 
     payload: type[P]
-    apply: Callable[[ProjectionContext, EventTuple, P], None]
+    apply: Callable[[ProjectionContext, EventRow, P], None]
     #: Whether the event must name a DAG node (``node_id`` in the envelope).
     needs_node: bool = False
 
@@ -194,7 +195,7 @@ def _insert_edges(ctx: ProjectionContext, rows: list[dict[str, Any]]) -> None:
         ctx.conn.execute(ctx.backend.insert_ignore(EDGES_TABLE, _EDGE_KEY), rows)
 
 
-def _dag_created(ctx: ProjectionContext, event: EventTuple, data: DagCreated) -> None:
+def _dag_created(ctx: ProjectionContext, event: EventRow, data: DagCreated) -> None:
     run_id = event[0]
     if data.nodes:
         first = ctx.take_positions(run_id, len(data.nodes))
@@ -207,7 +208,7 @@ def _dag_created(ctx: ProjectionContext, event: EventTuple, data: DagCreated) ->
                          "kind": e.kind, "condition": e.condition} for e in data.edges])
 
 
-def _dag_node_added(ctx: ProjectionContext, event: EventTuple, data: DagNodeAdded) -> None:
+def _dag_node_added(ctx: ProjectionContext, event: EventRow, data: DagNodeAdded) -> None:
     run_id, node_id = event[0], event[4]
     assert node_id is not None
     shape = {"label": data.label, "node_type": data.node_type,
@@ -228,7 +229,7 @@ def _dag_node_added(ctx: ProjectionContext, event: EventTuple, data: DagNodeAdde
                       "condition": None} for target in data.before])
 
 
-def _dag_node_update(ctx: ProjectionContext, event: EventTuple, data: DagNodeUpdate) -> None:
+def _dag_node_update(ctx: ProjectionContext, event: EventRow, data: DagNodeUpdate) -> None:
     run_id, _, ts, _, node_id, _ = event
     assert node_id is not None
     # An update for an undeclared node still shows up in the DAG rather than vanishing.
@@ -250,7 +251,7 @@ def _dag_node_update(ctx: ProjectionContext, event: EventTuple, data: DagNodeUpd
 # -- run -------------------------------------------------------------------------------------------
 
 
-def _phase_change(ctx: ProjectionContext, event: EventTuple, data: PhaseChange) -> None:
+def _phase_change(ctx: ProjectionContext, event: EventRow, data: PhaseChange) -> None:
     if ctx.is_stale(event) and ctx.superseded(event, same_node=False):
         return
     ctx.conn.execute(_SET_PHASE, {"run_id": event[0], "phase": data.phase})
@@ -259,7 +260,7 @@ def _phase_change(ctx: ProjectionContext, event: EventTuple, data: PhaseChange) 
 # -- append-only -----------------------------------------------------------------------------------
 
 
-def _llm_call(ctx: ProjectionContext, event: EventTuple, data: LlmCall) -> None:
+def _llm_call(ctx: ProjectionContext, event: EventRow, data: LlmCall) -> None:
     run_id, seq, ts, _, node_id, _ = event
     ctx.append(LLM_CALLS_TABLE, {
         "run_id": run_id, "seq": seq, "node_id": node_id, "agent": data.agent,
@@ -270,7 +271,7 @@ def _llm_call(ctx: ProjectionContext, event: EventTuple, data: LlmCall) -> None:
         "cached": data.cached, "ts": ts})
 
 
-def _file_event(ctx: ProjectionContext, event: EventTuple, data: FileEvent) -> None:
+def _file_event(ctx: ProjectionContext, event: EventRow, data: FileEvent) -> None:
     run_id, seq, ts, type_, node_id, _ = event
     ctx.append(FILES_TABLE, {
         "run_id": run_id, "seq": seq, "path": data.path, "sha256": data.sha256,
@@ -278,7 +279,7 @@ def _file_event(ctx: ProjectionContext, event: EventTuple, data: FileEvent) -> N
         "agent": data.agent, "kind": type_.removeprefix("file_"), "ts": ts})
 
 
-def _file_deleted(ctx: ProjectionContext, event: EventTuple, data: FileDeleted) -> None:
+def _file_deleted(ctx: ProjectionContext, event: EventRow, data: FileDeleted) -> None:
     run_id, seq, ts, _, node_id, _ = event
     ctx.append(FILES_TABLE, {
         "run_id": run_id, "seq": seq, "path": data.path, "sha256": "", "size": 0,
@@ -299,8 +300,8 @@ PROJECTIONS: Final[dict[str, Projection[Any]]] = {
 }
 
 
-def to_project(conn: Connection, events: Sequence[EventTuple],
-               stored_before: Mapping[str, int]) -> list[EventTuple]:
+def to_project(conn: Connection, events: Sequence[EventRow],
+               stored_before: Mapping[str, int]) -> list[EventRow]:
     """The events of a batch to project: those with a projection that the insert will add.
 
     Call before inserting the batch. Returns the first occurrence of each ``(run_id, seq)``, in
@@ -315,7 +316,7 @@ def to_project(conn: Connection, events: Sequence[EventTuple],
     stored = {(run_id, seq) for run_id, seqs in maybe.items() for seq in conn.execute(
         select(EVENTS_TABLE.c.seq).where(EVENTS_TABLE.c.run_id == run_id, EVENTS_TABLE.c.seq.in_(seqs))
     ).scalars()}
-    fresh: dict[tuple[str, int], EventTuple] = {}
+    fresh: dict[tuple[str, int], EventRow] = {}
     for event in candidates:
         key = (event[0], event[1])
         if key not in stored and key not in fresh:
@@ -323,7 +324,7 @@ def to_project(conn: Connection, events: Sequence[EventTuple],
     return [fresh[key] for key in sorted(fresh)]
 
 
-def apply_projections(ctx: ProjectionContext, events: Sequence[EventTuple]) -> None:
+def apply_projections(ctx: ProjectionContext, events: Sequence[EventRow]) -> None:
     """Apply the projection of each event, in the given order; bad payloads become diagnostics."""
     for event in events:
         projection = PROJECTIONS[event[3]]

@@ -3,7 +3,7 @@
 The worker saves only what it alone knows, as ``state_snapshot`` deltas; everything else (which
 nodes completed and with what result, the phase, the last ``seq``) is already in the event log
 and its projections. :func:`resume_state` puts the two together in the shape the worker's
-:class:`~isolane.executor.state.ResumeInfo` reads.
+:class:`~isolane.worker.session.ResumeInfo` reads.
 
 The parent keeps the result per run in ``session_states`` (:func:`current_state`): written
 when a run's worker ends and whenever it is rebuilt, read back as long as no event came after

@@ -40,8 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL
 
 from isolane.errors import ConfigError, RunNotFound
-from isolane.schemas.envelope import Event, event_from_row
-from isolane.tracking._dialects import Backend, EventTuple
+from isolane.schemas.envelope import Event, EventRow, event_from_row
+from isolane.tracking._dialects import Backend
 from isolane.tracking._engine import open_engine, transaction
 from isolane.tracking.models import (
     DIAGNOSTICS_TABLE,
@@ -72,7 +72,7 @@ from isolane.tracking.rows import (
 )
 from isolane.tracking.urls import display_url
 
-__all__ = ["MIN_PREFIX", "UNFINISHED_STATUSES", "EventTuple", "Store"]
+__all__ = ["MIN_PREFIX", "UNFINISHED_STATUSES", "Store"]
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class Store:
     def write_batch(
         self,
         *,
-        events: Sequence[EventTuple] = (),
+        events: Sequence[EventRow] = (),
         diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
         run_updates: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> int:
@@ -366,7 +366,7 @@ def write_in(
     conn: Connection,
     backend: Backend,
     *,
-    events: Sequence[EventTuple] = (),
+    events: Sequence[EventRow] = (),
     diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
     run_updates: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> int:
@@ -415,7 +415,7 @@ def _update_run(conn: Connection, run_id: str, fields: Mapping[str, Any]) -> Non
         raise RunNotFound(run_id)
 
 
-def _top_seq_per_run(events: Sequence[EventTuple]) -> dict[str, int]:
+def _top_seq_per_run(events: Sequence[EventRow]) -> dict[str, int]:
     if not events:
         return {}
     run_ids = set(map(itemgetter(0), events))

@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from isolane import settings
 from isolane.errors import ConfigError
-from isolane.tracking._dialects import BACKENDS
+from isolane.tracking._dialects import DIALECTS
 
 __all__ = ["DB_FILENAME", "DEFAULT_HOME", "ENV_URL", "display_url", "normalize_url", "resolve_url"]
 
@@ -67,11 +67,11 @@ def normalize_url(url: str | URL) -> URL:
                 f"cannot parse database URL {_masked_text(raw)!r}; expected {_ACCEPTED} "
                 f"(check --db / ${ENV_URL})") from None
     backend_name = _ALIASES.get(url.get_backend_name(), url.get_backend_name())
-    backend = BACKENDS.get(backend_name)
+    backend = DIALECTS.get(backend_name)
     if backend is None:
         raise ConfigError(
             f"unsupported database {url.get_backend_name()!r} in {display_url(url)}; isolane "
-            f"stores runs in {' or '.join(sorted(BACKENDS))}: {_ACCEPTED}")
+            f"stores runs in {' or '.join(sorted(DIALECTS))}: {_ACCEPTED}")
     driver = url.get_driver_name() if "+" in url.drivername else backend.driver
     if driver != backend.driver:
         raise ConfigError(

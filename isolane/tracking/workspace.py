@@ -13,7 +13,7 @@ last ``dag_node_update`` with a final status (``completed``, ``failed`` or ``can
 run again after a resume counts by its last end). For every path, take the file event with the
 highest ``seq <= S``; the path is in the workspace unless that event is a ``file_deleted``. The
 worker scans the work dir just before it emits a node's final update, so this is exactly what
-the directory held when the node ended (see :mod:`isolane.executor.files`).
+the directory held when the node ended (see :mod:`isolane.worker.files`).
 
 Paths come from events a worker sent, and a worker runs untrusted code: every path is checked to
 be a plain relative path (no ``..``, no absolute path, no empty or ``.`` component) and the
@@ -37,9 +37,9 @@ from typing import Any, Final
 import msgspec
 
 from isolane.errors import BlobError, ConfigError, PathEscape, RunStateError
+from isolane.schemas.blobs import BlobStore, check_digest
 from isolane.schemas.envelope import Event
 from isolane.schemas.payloads import FileDeleted, FileEvent
-from isolane.tracking.blobs import BlobStore, check_digest
 from isolane.tracking.rows import FileRow
 from isolane.tracking.store import Store
 
@@ -162,7 +162,7 @@ def files_at(store: Store, run_id: str, node_id: str) -> dict[str, WorkspaceFile
 def file_baseline(store: Store, run_id: str, *, upto_seq: int | None = None
                   ) -> dict[str, dict[str, Any]]:
     """What a new worker of the run starts from: each path's last version, deleted or not,
-    in the shape of :data:`isolane.executor.files.FILES_RESUME_KEY`."""
+    in the shape of :data:`isolane.worker.files.FILES_RESUME_KEY`."""
     return {path: {"version": row.version, "sha256": row.sha256, "size": row.size,
                    "deleted": row.deleted}
             for path, row in _latest(file_versions(store, run_id, upto_seq=upto_seq)).items()}

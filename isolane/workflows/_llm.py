@@ -35,7 +35,8 @@ from autogen import LLMConfig
 
 from isolane import settings
 from isolane.errors import ConfigError
-from isolane.testing import FakeLLM, Script
+from isolane.offline.script import Script
+from isolane.offline.server import FakeLLM
 
 __all__ = [
     "API_KEY_ENV",

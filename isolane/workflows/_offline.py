@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Final
 
-from isolane.testing import Rule, Script, text, tool_call
+from isolane.offline.script import Rule, Script, text, tool_call
 from isolane.workflow import WorkflowDef
 from isolane.workflows._agents import MARK_PLAN, MARK_REDO, MARK_STEP, ROLES
 

@@ -38,7 +38,7 @@ from autogen import Agent, ConversableAgent, GroupChat, GroupChatManager
 from autogen.coding import MarkdownCodeExtractor
 
 from isolane.errors import ConfigError, IsolaneError
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 from isolane.workflows._agents import Team
 
 __all__ = [

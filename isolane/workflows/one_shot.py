@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 from isolane.workflow import DagTemplate, TemplateNode, workflow
 from isolane.workflows._agents import MARK_REDO, MARK_STEP, open_team, quote_output
 from isolane.workflows._llm import open_llm

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from isolane.executor.context import RunContext
+from isolane.worker.context import RunContext
 from isolane.workflow import DagTemplate, TemplateEdge, TemplateNode, workflow
 from isolane.workflows._agents import (
     EXECUTOR,

@@ -22,20 +22,17 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from isolane.schemas.envelope import MAX_FRAME_BYTES, BufferedEvent, encode_batch
+from isolane.schemas.framing import FRAME_HEADER
 
-__all__ = ["FRAME_HEADER", "Emitter", "EmitterClosed"]
+__all__ = ["Emitter", "EmitterClosed"]
 
 log = logging.getLogger(__name__)
-
-#: Frames on the event pipe: a 4-byte unsigned big-endian length, then that many bytes of JSON.
-FRAME_HEADER: Final = struct.Struct("!I")
 
 #: A single event larger than this is replaced by an ``error`` event that says so.
 _MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2

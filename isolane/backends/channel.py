@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from isolane.errors import InvalidEvent
-from isolane.executor.emitter import FRAME_HEADER
 from isolane.schemas.envelope import MAX_FRAME_BYTES
+from isolane.schemas.framing import FRAME_HEADER
 
 __all__ = ["PIPE_CAPACITY", "FrameReader", "ReadResult"]
 

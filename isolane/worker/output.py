@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from isolane.executor.context import RunContext
-    from isolane.executor.emitter import Emitter
+    from isolane.worker.context import RunContext
+    from isolane.worker.emitter import Emitter
 
 __all__ = ["OutputPump", "pump_std_streams"]
 

@@ -2,9 +2,7 @@
 
 ::
 
-    Executor ──create_backend(name)──▶ BACKENDS[name](...) ──▶ WorkerBackend
-                                          "local": multiprocess forkserver on this machine
-                                          "ray":   one Ray async actor per run (lazy import)
+    Executor ──create_backend(name)──▶ BACKENDS[name](...) ──▶ WorkerBackend   (registry.py)
     WorkerBackend.launch(spec) ──▶ WorkerHandle
         frames()         worker → parent: batches of raw frames (bytes only), in write order
         wait()           how the worker ended: exit code and, when the backend knows it, a cause
@@ -20,18 +18,15 @@ backend never interprets what a worker sent), and decides the run's status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
-
-from isolane.errors import ConfigError
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from isolane.executor.channel import ReadResult
-    from isolane.executor.worker import WorkerSpec
+    from isolane.backends.channel import ReadResult
+    from isolane.schemas.spec import WorkerSpec
 
-__all__ = ["BACKENDS", "BackendFactory", "WorkerBackend", "WorkerExit", "WorkerHandle",
-           "create_backend"]
+__all__ = ["WorkerBackend", "WorkerExit", "WorkerHandle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +47,7 @@ class WorkerHandle(Protocol):
     Contract (the backend suite in ``tests/test_backends.py`` pins it down):
 
     - ``frames()`` yields the worker's frames in the order it wrote them, batched, each batch a
-      :class:`~isolane.executor.channel.ReadResult`; it may be iterated once. It ends at the end
+      :class:`~isolane.backends.channel.ReadResult`; it may be iterated once. It ends at the end
       of the stream, or once the worker has exited (``wait()`` returned) and nothing it wrote is
       left to deliver.
     - ``wait()`` may be awaited by several tasks; it returns when the process has ended (a
@@ -91,37 +86,3 @@ class WorkerBackend(Protocol):
     def start(self) -> None: ...
     async def launch(self, spec: WorkerSpec) -> WorkerHandle: ...
     def close(self) -> None: ...
-
-
-#: A backend factory takes keyword options only (``start_method``, ``env_allow``, its own).
-BackendFactory = Callable[..., WorkerBackend]
-
-
-def _local(**options: Any) -> WorkerBackend:
-    from isolane.executor.local_backend import LocalBackend
-
-    return LocalBackend(**options)
-
-
-def _ray(**options: Any) -> WorkerBackend:
-    try:
-        from isolane.executor.ray_backend import RayBackend
-    except ImportError as exc:
-        raise ConfigError(f"the ray backend needs Ray ({exc}); install it with "
-                          "`pip install 'isolane[ray]'`") from exc
-    return RayBackend(**options)
-
-
-#: Backends by name; the Ray module is imported only when its backend is created.
-BACKENDS: Final[Mapping[str, BackendFactory]] = {"local": _local, "ray": _ray}
-
-
-def create_backend(name: str, *, start_method: str | None = None,
-                   env_allow: Iterable[str] | None = None, **options: Any) -> WorkerBackend:
-    """The backend called ``name`` (see :data:`BACKENDS`), built with ``options``."""
-    factory = BACKENDS.get(name)
-    if factory is None:
-        raise ConfigError(f"unknown worker backend {name!r}; use one of {', '.join(sorted(BACKENDS))}")
-    if env_allow is not None:
-        options["env_allow"] = env_allow
-    return factory(start_method=start_method, **options)

@@ -5,7 +5,7 @@
     ctx.node(...) ends ──on_node_end──▶ FileScanner.scan(node)  ┐   before the node's final
     capture: code_execution / tool_result ──observe──▶ scan()   ├─▶ dag_node_update, so the files
     run ends (completed, failed, cancelled) ──────────▶ scan()  ┘   belong to the node
-        │ walk work_dir (links skipped, never followed: isolane.executor.paths)
+        │ walk work_dir (links skipped, never followed: isolane.schemas.paths)
         │ lstat each file: (mtime, ctime, size, inode) unchanged since the last scan → skip
         │ else open (no link followed) and read once: SHA-256 + copy into the blob store
         └─▶ emit file_created / file_modified (new content) · file_deleted (path gone)
@@ -42,20 +42,17 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 import msgspec
 
 from isolane.errors import PathEscape
-from isolane.executor.paths import open_inside, walk_files
+from isolane.schemas.blobs import BlobStore, hash_fd
+from isolane.schemas.paths import open_inside, walk_files
 from isolane.schemas.payloads import FileDeleted, FileEvent
-from isolane.tracking.blobs import BlobStore, hash_fd
 
 if TYPE_CHECKING:
-    from isolane.executor.context import NodeEnd, RunContext
+    from isolane.worker.context import NodeEnd, RunContext
 
-__all__ = ["FILES_RESUME_KEY", "Emit", "FileScanner", "ScanResult", "final_scan", "track_files"]
+__all__ = ["Emit", "FileScanner", "ScanResult", "final_scan", "track_files"]
 
 log = logging.getLogger(__name__)
 
-#: Key of the resume state holding the files a worker starts with:
-#: ``{path: {"version": int, "sha256": str, "size": int, "deleted": bool}}``.
-FILES_RESUME_KEY: Final = "files"
 
 #: A file modified this close to a scan's start is hashed again at the next scan (the kernel's
 #: file timestamps lag the wall clock by up to a tick, 1–10 ms; the margin is generous).

@@ -2,7 +2,7 @@
 
 ::
 
-    LocalBackend.launch(spec) ──Supervisor.spawn (thread)──▶ WorkerProcess ──▶ LocalWorker
+    LocalBackend.launch(spec) ──Launcher.spawn (thread)──▶ WorkerProcess ──▶ LocalWorker
     LocalWorker.frames():  event pipe fd ──wait_readable──▶ FrameReader.read_available() ──▶ batch
     LocalWorker.wait():    process sentinel ──wait_readable──▶ WorkerExit (and wakes frames())
 
@@ -19,21 +19,21 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from isolane.executor.backend import WorkerExit
-from isolane.executor.channel import FrameReader, ReadResult
-from isolane.executor.supervisor import (
-    DEFAULT_ENV_ALLOW,
+from isolane.backends.channel import FrameReader, ReadResult
+from isolane.backends.environment import DEFAULT_ENV_ALLOW
+from isolane.backends.interface import WorkerExit
+from isolane.backends.local.launcher import (
     DEFAULT_PRELOAD,
-    Supervisor,
+    Launcher,
     WorkerProcess,
 )
-from isolane.executor.worker import WorkerSpec
+from isolane.schemas.spec import WorkerSpec
 
 __all__ = ["LocalBackend", "LocalWorker"]
 
 
 class LocalWorker:
-    """A :class:`~isolane.executor.backend.WorkerHandle` on a local :class:`WorkerProcess`."""
+    """A :class:`~isolane.backends.interface.WorkerHandle` on a local :class:`WorkerProcess`."""
 
     location = "local"
 
@@ -118,13 +118,13 @@ class LocalBackend:
     def __init__(self, *, start_method: str | None = None,
                  env_allow: Iterable[str] = DEFAULT_ENV_ALLOW,
                  preload: Iterable[str] = DEFAULT_PRELOAD) -> None:
-        self.supervisor = Supervisor(start_method=start_method, env_allow=env_allow, preload=preload)
+        self.launcher = Launcher(start_method=start_method, env_allow=env_allow, preload=preload)
 
     def start(self) -> None:
-        self.supervisor.start()
+        self.launcher.start()
 
     async def launch(self, spec: WorkerSpec) -> LocalWorker:
-        process = await anyio.to_thread.run_sync(self.supervisor.spawn, spec)
+        process = await anyio.to_thread.run_sync(self.launcher.spawn, spec)
         return LocalWorker(process)
 
     def close(self) -> None:

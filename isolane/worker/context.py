@@ -2,7 +2,7 @@
 
 The context is the workflow's only tracking surface: ``emit`` for its own events, ``phase`` and
 ``node`` for the DAG, and the paths it may write to. Framework capture (AG2) emits through the
-same :class:`~isolane.executor.emitter.Emitter`, attributed to the node that is current.
+same :class:`~isolane.worker.emitter.Emitter`, attributed to the node that is current.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isolane.executor.emitter import Emitter
-from isolane.executor.human import HumanChannel
-from isolane.executor.state import ResumeInfo, SessionState
+from isolane.worker.emitter import Emitter
+from isolane.worker.human import HumanChannel
+from isolane.worker.session import ResumeInfo, SessionState
 
 if TYPE_CHECKING:
-    from isolane.executor.files import FileScanner
+    from isolane.worker.files import FileScanner
 
 __all__ = ["NodeEnd", "RunContext"]
 
@@ -87,7 +87,7 @@ class RunContext:
         # AG2 runs some tools on bare threads that do not inherit contextvars: they fall back
         # to the node most recently entered anywhere in the process.
         self._last_entered: list[str] = []
-        #: Questions to a person (see :mod:`isolane.executor.human`); ``ask``/``approve`` use it.
+        #: Questions to a person (see :mod:`isolane.worker.human`); ``ask``/``approve`` use it.
         self.human = HumanChannel(self.emit_event, current_node=lambda: self.current_node,
                                   flush=emitter.flush)
         #: Called before each node's ``completed``/``failed``/``cancelled`` update (file tracking).
@@ -173,7 +173,7 @@ class RunContext:
         """Ask a person (``human_input_request``) and wait for the text they answer.
 
         ``timeout`` defaults to ``RunSpec(human_timeout=...)``; when it passes, ``default`` is
-        returned if given, else :class:`~isolane.executor.human.HumanInputTimeout` is raised.
+        returned if given, else :class:`~isolane.worker.human.HumanInputTimeout` is raised.
         """
         return self.human.ask(prompt, timeout=timeout, default=default)
 

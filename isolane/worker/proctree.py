@@ -8,7 +8,7 @@
                               v2 tree delegating ``pids``): pids.max as a kernel backstop, and
                               the list of every process of the run however it detached
 
-The limits watcher (:mod:`isolane.executor.enforcement`) and the supervisor's ``kill_tree`` use these;
+The limits watcher (:mod:`isolane.worker.enforcement`) and the launcher's ``kill_tree`` use these;
 both are Linux-only and degrade to nothing elsewhere (no descendants, no cgroup).
 """
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from isolane.errors import ConfigError
 
 if TYPE_CHECKING:
-    from isolane.testing._fake import FakeLLM
+    from isolane.offline.server import FakeLLM
 
 __all__ = ["FakeLLMServer"]
 

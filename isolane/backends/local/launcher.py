@@ -1,11 +1,11 @@
-"""Starting worker processes, and ending them with everything they started.
+"""Launching worker processes from a preloaded forkserver, and ending them with all they started.
 
 ::
 
-    Supervisor.start()  → a multiprocess forkserver, started with a scrubbed environment and
+    Launcher.start()  → a multiprocess forkserver, started with a scrubbed environment and
                           ``autogen``, ``openai`` and the worker module preloaded (spawn where the
                           platform has no forkserver)
-    Supervisor.spawn()  → WorkerProcess: the process, the read end of its event pipe (raw fd),
+    Launcher.spawn()  → WorkerProcess: the process, the read end of its event pipe (raw fd),
                           the write end of its control pipe, its pid and create time
     WorkerProcess.kill_tree() → SIGKILL to the worker's process group and to every descendant
 
@@ -31,53 +31,23 @@ import psutil
 from multiprocess import context as mp_context
 from multiprocess import forkserver, popen_forkserver, spawn, util
 
+from isolane.backends.environment import DEFAULT_ENV_ALLOW, worker_environment
 from isolane.errors import ConfigError
-from isolane.executor.proctree import (
+from isolane.schemas.spec import WorkerSpec
+from isolane.worker.entry import worker_main
+from isolane.worker.proctree import (
     ProcessCgroup,
     kill_process_tree,
     process_alive,
     remove_stale_cgroups,
 )
-from isolane.executor.worker import WorkerSpec, worker_main
 
-__all__ = ["DEFAULT_ENV_ALLOW", "DEFAULT_PRELOAD", "ENV_DENY", "Supervisor", "WorkerProcess",
-           "portable_spec", "worker_environment"]
+__all__ = ["DEFAULT_PRELOAD", "Launcher", "WorkerProcess", "portable_spec"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRELOAD: Final = ("autogen", "openai", "isolane.executor.worker", "isolane.capture",
+DEFAULT_PRELOAD: Final = ("autogen", "openai", "isolane.worker.entry", "isolane.capture",
                           "isolane.workflows")
-
-#: Environment variables a worker inherits from the parent; everything else is dropped.
-DEFAULT_ENV_ALLOW: Final = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR",
-    "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
-    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "AUTOGEN_USE_DOCKER",
-})
-_ENV_ALLOW_PREFIXES: Final = ("LC_",)
-#: Never given to a worker, whatever the allow-list says: only the parent talks to the store.
-ENV_DENY: Final = frozenset({"ISOLANE_DB_URL", "ISOLANE_TEST_PG_URL", "DATABASE_URL", "PGPASSWORD",
-                             "PGPASSFILE", "PGSERVICEFILE"})
-
-
-def worker_environment(
-    extra: Mapping[str, str] | None = None,
-    *,
-    allow: Iterable[str] = DEFAULT_ENV_ALLOW,
-    base: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The environment a worker gets: the allow-listed part of ``base`` plus ``extra``."""
-    source = os.environ if base is None else base
-    allowed = set(allow) - ENV_DENY
-    env = {k: v for k, v in source.items() if k in allowed or k.startswith(_ENV_ALLOW_PREFIXES)}
-    denied = sorted(ENV_DENY.intersection(extra or {}))
-    if denied:
-        raise ConfigError(f"{', '.join(denied)} cannot be given to a worker: workers never receive "
-                          "the store's URL or credentials (only the parent writes the store)")
-    env.update(extra or {})
-    return env
-
 
 _environ_lock = threading.Lock()
 
@@ -109,7 +79,7 @@ class _ForkServerPopen(popen_forkserver.Popen):  # type: ignore[misc]
 
 
 def _noop() -> None:
-    """The target of :meth:`Supervisor.warm`'s probe."""
+    """The target of :meth:`Launcher.warm`'s probe."""
 
 
 class _ForkServerWorker(mp_context.ForkServerProcess):  # type: ignore[misc]
@@ -195,8 +165,8 @@ def portable_spec(spec: WorkerSpec) -> WorkerSpec:
                    workflow_pickle=dill.dumps(spec.workflow, recurse=True))
 
 
-class Supervisor:
-    """Starts workers from a preloaded forkserver (or spawn) and knows how to end them."""
+class Launcher:
+    """Starts workers from a preloaded forkserver (or spawn); :class:`WorkerProcess` ends them."""
 
     def __init__(
         self,

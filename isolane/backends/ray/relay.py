@@ -8,7 +8,7 @@
     start(spec, shared, workspace) ────────────▶ shared: the parent's paths, as they are
                                                  ship: paths under this node's own directory,
                                                  the workspace written from shipped blobs
-                                                 Supervisor.spawn ─▶ worker_main (a child)
+                                                 Launcher.spawn ─▶ worker_main (a child)
     stream(None)  ◀── D + raw event-pipe bytes ─ the first attach: the pipe, relayed as read
     stream(seq)   ◀── L + spool lines after seq  a re-attach: the worker's spool on this node
                   ◀── B + sha256 + blob bytes ── ship: files the worker stored, from its outbox
@@ -52,11 +52,11 @@ from typing import Any, Final
 import orjson
 import ray
 
+from isolane.backends.local.launcher import Launcher, WorkerProcess
 from isolane.errors import BlobError
-from isolane.executor.spool import read_spool, spool_offset_after
-from isolane.executor.supervisor import Supervisor, WorkerProcess
-from isolane.executor.worker import WorkerSpec
-from isolane.tracking.blobs import BlobStore
+from isolane.schemas.blobs import BlobStore
+from isolane.schemas.spec import WorkerSpec
+from isolane.schemas.spool import read_spool, split_complete, spool_offset_after
 from isolane.tracking.workspace import WorkspaceFile, write_workspace
 
 __all__ = ["BLOB", "DATA", "EXIT", "LINES", "TOKEN_FILE", "RunRelay"]
@@ -83,7 +83,7 @@ class RunRelay:
 
     def __init__(self, start_method: str | None, env_allow: list[str], preload: list[str], *,
                  orphan_grace: float | None = None, idle_timeout: float | None = None) -> None:
-        self._supervisor = Supervisor(start_method=start_method, env_allow=env_allow, preload=preload,
+        self._launcher = Launcher(start_method=start_method, env_allow=env_allow, preload=preload,
                                       sweep_cgroups=False)
         self._orphan_grace = orphan_grace
         self._idle_timeout = idle_timeout
@@ -105,7 +105,7 @@ class RunRelay:
     async def warm(self) -> str:
         """Start the forkserver and finish its preload; returns this node's id."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._supervisor.warm)
+        await loop.run_in_executor(None, self._launcher.warm)
         if self._idle_timeout and self._worker is None and self._idle is None:
             self._idle = loop.call_later(self._idle_timeout, self._expire_idle)
         return str(ray.get_runtime_context().get_node_id())
@@ -139,7 +139,7 @@ class RunRelay:
             self._spool_start = self._spool.stat().st_size  # earlier attempts' lines stay behind
         except FileNotFoundError:
             self._spool_start = 0
-        worker = await loop.run_in_executor(None, self._supervisor.spawn, spec)
+        worker = await loop.run_in_executor(None, self._launcher.spawn, spec)
         self._worker = worker
         self._exited = asyncio.Event()
         loop.add_reader(worker.sentinel, self._on_exit)
@@ -295,9 +295,7 @@ class RunRelay:
                 done = exited.is_set()  # before the read: a read after the exit sees everything
                 chunk = read_spool(spool, offset, _MAX_ITEM)
                 offset += len(chunk)
-                data = partial + chunk
-                cut = data.rfind(b"\n") + 1
-                lines, partial = data[:cut], data[cut:]
+                lines, partial = split_complete(partial + chunk)
                 for blob in self._take_blobs():
                     yield blob
                 if lines:

@@ -1,19 +1,24 @@
-"""Resource limits of a run: the :class:`Limits` value, validated when built.
+"""Resource limits of a run: the :class:`Limits` value, validated when built, and how the parent
+explains a worker the kernel ended at a limit (:func:`limit_crash`, :func:`crash_hint`).
 
-A run carries its limits in ``RunSpec(limits=...)``; how a worker enforces them and how the parent
-explains a worker a limit ended live in :mod:`isolane.executor.enforcement`.
+A run carries its limits in ``RunSpec(limits=...)``; the worker enforces them
+(:mod:`isolane.worker.enforcement`).
 """
 
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from isolane.errors import ConfigError
 
-__all__ = ["Limits"]
+__all__ = ["CPU_GRACE", "Limits", "crash_hint", "limit_crash"]
+
+#: Seconds between the soft CPU limit (SIGXCPU, reported as a failure) and the hard one (SIGKILL).
+CPU_GRACE: Final = 10
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -29,7 +34,7 @@ class Limits:
       tree's total watched);
     * ``open_files`` – file descriptors per process (RLIMIT_NOFILE);
     * ``processes`` – processes in the run, the worker included (counted, see
-      :mod:`isolane.executor.enforcement`);
+      :mod:`isolane.worker.enforcement`);
     * ``output_mb`` – bytes the run may write to stdout and stderr together.
     """
 
@@ -101,3 +106,28 @@ def _check_number(name: str, value: object, minimum: float) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum:g}, or None for no limit; got {value}")
 
+
+# -- the parent's explanation of a worker the kernel ended -----------------------------------------
+
+
+def limit_crash(exit_code: int | None, limits: Limits | None) -> str | None:
+    """The message naming the limit when ``exit_code`` proves one ended the worker, else ``None``."""
+    if limits is None or exit_code is None:
+        return None
+    if exit_code == -signal.SIGXCPU and limits.cpu_seconds:
+        return (f"LimitExceeded: CPU time limit of {limits.cpu_seconds:g} s reached (the kernel "
+                "ended the worker with SIGXCPU); if the run needs more, raise it with "
+                "RunSpec(limits=Limits(cpu_seconds=...))")
+    return None
+
+
+def crash_hint(exit_code: int | None, limits: Limits | None) -> str:
+    """Limits that may explain a crash with ``exit_code`` (text to append, or ``""``)."""
+    if limits is None or exit_code is None:
+        return ""
+    hints = []
+    if exit_code == -signal.SIGKILL and limits.cpu_seconds:
+        hints.append(f"the hard CPU limit ({limits.cpu_seconds + CPU_GRACE:g} s)")
+    if exit_code in (-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT) and limits.memory_mb:
+        hints.append(f"the memory limit ({limits.memory_mb} MB, a native allocation failed)")
+    return f"; possibly {' or '.join(hints)}" if hints else ""

@@ -1,8 +1,8 @@
 """The Ray backend's worker handle: a run's worker as the parent reaches it through its relay.
 
-:class:`RayWorker` is the :class:`~isolane.executor.backend.WorkerHandle` that
-:class:`~isolane.executor.ray_backend.RayBackend` hands the monitor. It iterates the relay's
-streaming generator (items tagged as in :mod:`isolane.executor.ray_relay`: pipe bytes, spool
+:class:`RayWorker` is the :class:`~isolane.backends.interface.WorkerHandle` that
+:class:`~isolane.backends.ray.backend.RayBackend` hands the monitor. It iterates the relay's
+streaming generator (items tagged as in :mod:`isolane.backends.ray.relay`: pipe bytes, spool
 lines, blobs, the exit status), splits and size-checks frames as for a local worker, stores
 shipped blobs under their verified hash, and maps a lost actor or node to a ``crashed`` cause
 that names the node. Cancel and human answers are actor calls; ``kill_tree`` kills the worker's
@@ -23,12 +23,12 @@ import orjson
 import ray
 import ray.exceptions
 
+from isolane.backends.channel import FrameReader, ReadResult
+from isolane.backends.interface import WorkerExit
+from isolane.backends.ray.relay import BLOB, DATA, EXIT, LINES
 from isolane.errors import InvalidEvent
-from isolane.executor.backend import WorkerExit
-from isolane.executor.channel import FrameReader, ReadResult
-from isolane.executor.ray_relay import BLOB, DATA, EXIT, LINES
-from isolane.schemas.envelope import MAX_FRAME_BYTES
-from isolane.tracking.blobs import BlobStore
+from isolane.schemas.blobs import BlobStore
+from isolane.schemas.spool import spool_lines
 
 __all__ = ["Placement", "RayWorker"]
 
@@ -59,7 +59,7 @@ class Placement:
 
 
 class RayWorker:
-    """A :class:`~isolane.executor.backend.WorkerHandle` on a worker relayed by a Ray actor.
+    """A :class:`~isolane.backends.interface.WorkerHandle` on a worker relayed by a Ray actor.
 
     ``since_seq`` set: a re-attached handle, streaming the relay's spool after that sequence
     number. ``blob_dir`` set: the worker's files live on its node; the blobs the relay ships
@@ -122,7 +122,8 @@ class RayWorker:
                     if tag == DATA:
                         result = reader.feed(body)
                     elif tag == LINES:
-                        result = _spool_lines(body)
+                        frames, problems = spool_lines(body)
+                        result = ReadResult(frames, problems)
                     elif tag == BLOB:
                         result = await self._store_blob(body)
                     elif tag == EXIT:
@@ -214,21 +215,6 @@ class RayWorker:
 
     async def aclose(self) -> None:
         await self._release()
-
-
-def _spool_lines(body: bytes) -> ReadResult:
-    """Frames from spool lines (one frame per line), with the pipe's size limit."""
-    result = ReadResult()
-    for line in body.split(b"\n"):
-        if not line:
-            continue
-        if len(line) > MAX_FRAME_BYTES:
-            result.problems.append(InvalidEvent(
-                f"a spool line of {len(line)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit",
-                excerpt=line[:200]))
-        else:
-            result.frames.append(line)
-    return result
 
 
 def _node_alive(node_id: str) -> bool | None:

@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from isolane.errors import ConfigError
-from isolane.testing._http import FakeLLMServer
-from isolane.testing._script import (
+from isolane.offline._http import FakeLLMServer
+from isolane.offline.script import (
     ChatRequest,
     Reply,
     Rule,

@@ -1,13 +1,13 @@
-"""Enforcing a run's :class:`~isolane.executor.limits.Limits`: in the worker (:class:`LimitEnforcer`),
-and in the parent, naming the limit when the kernel ended a worker (:func:`limit_crash`,
-:func:`crash_hint`).
+"""Enforcing a run's :class:`~isolane.schemas.limits.Limits` in the worker (:class:`LimitEnforcer`);
+the parent names the limit when the kernel ended a worker with
+:func:`~isolane.schemas.limits.limit_crash` and :func:`~isolane.schemas.limits.crash_hint`.
 
 ::
 
     parent                                              worker (before any workflow code runs)
     ──────                                              ──────────────────────────────────────
     RunSpec(limits=Limits(...))                         LimitEnforcer.apply()
-      └─ Supervisor.spawn: ProcessCgroup.create()         join the run's pids cgroup (if any)
+      └─ Launcher.spawn: ProcessCgroup.create()         join the run's pids cgroup (if any)
            pids.max = processes + task allowance          setrlimit DATA (memory), CPU (soft:
            (only where cgroups are writable)                SIGXCPU, hard: SIGKILL), NOFILE
                                                         LimitEnforcer.start()   watcher thread, every 100 ms
@@ -19,14 +19,14 @@ and in the parent, naming the limit when the kernel ended a worker (:func:`limit
                                                         breach: kill every descendant, SIGXCPU to itself
                                                           → _LimitBreach raised in the workflow's thread
                                                           → run_failed {error_type: "LimitExceeded", limit}
-    RunMonitor._conclude: limit_crash()/crash_hint() name the limit when the kernel ended the worker
+    RunMonitor (parent): limit_crash()/crash_hint() name the limit when the kernel ended the worker
     (SIGXCPU past the soft CPU limit; SIGKILL at the hard one)
 
 RLIMIT_NPROC is not used: it counts every process of the *user* (all runs, the parent, the user's
 shell), and root ignores it. Processes are counted per run instead, by walking the worker's
 descendants (the worker is a child subreaper, so detached ones stay in its tree); a pids cgroup,
 where one can be created, adds a kernel-enforced backstop that a fork bomb cannot outrun. Both
-live in :mod:`isolane.executor.proctree`.
+live in :mod:`isolane.worker.proctree`.
 """
 
 from __future__ import annotations
@@ -47,21 +47,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from isolane.executor.limits import Limits
-from isolane.executor.proctree import ProcessCgroup, descendants, is_zombie, tree_usage
+from isolane.schemas.limits import CPU_GRACE, Limits
+from isolane.worker.proctree import ProcessCgroup, descendants, is_zombie, tree_usage
 
 if TYPE_CHECKING:
-    from isolane.executor.emitter import Emitter
+    from isolane.worker.emitter import Emitter
 
-__all__ = ["Breach", "LimitEnforcer", "crash_hint", "limit_crash"]
+__all__ = ["Breach", "LimitEnforcer"]
 
 log = logging.getLogger(__name__)
 
 _MIB: Final = 1024 * 1024
 #: Extra memory above ``memory_mb`` (RLIMIT_DATA hard limit) so the worker can report the breach.
 _MEMORY_HEADROOM: Final = 64 * _MIB
-#: Seconds between the soft CPU limit (SIGXCPU, reported as a failure) and the hard one (SIGKILL).
-_CPU_GRACE: Final = 10
 _WATCH_INTERVAL: Final = 0.1
 _STUCK_GRACE: Final = 5.0
 
@@ -147,7 +145,7 @@ class LimitEnforcer:
             _set_rlimit(resource.RLIMIT_DATA, soft, soft + _MEMORY_HEADROOM)
         if limits.cpu_seconds:
             soft = math.ceil(limits.cpu_seconds)
-            _set_rlimit(resource.RLIMIT_CPU, soft, soft + _CPU_GRACE)
+            _set_rlimit(resource.RLIMIT_CPU, soft, soft + CPU_GRACE)
         if limits.open_files:
             _set_rlimit(resource.RLIMIT_NOFILE, limits.open_files, limits.open_files)
         signal.signal(signal.SIGXCPU, self._on_limit_signal)
@@ -346,29 +344,3 @@ def _in_chain(exc: BaseException, test: Callable[[BaseException], bool]) -> bool
         current = current.__cause__ or current.__context__
         seen += 1
     return False
-
-
-# -- the parent's explanation of a worker the kernel ended -----------------------------------------
-
-
-def limit_crash(exit_code: int | None, limits: Limits | None) -> str | None:
-    """The message naming the limit when ``exit_code`` proves one ended the worker, else ``None``."""
-    if limits is None or exit_code is None:
-        return None
-    if exit_code == -signal.SIGXCPU and limits.cpu_seconds:
-        return (f"LimitExceeded: CPU time limit of {limits.cpu_seconds:g} s reached (the kernel "
-                "ended the worker with SIGXCPU); if the run needs more, raise it with "
-                "RunSpec(limits=Limits(cpu_seconds=...))")
-    return None
-
-
-def crash_hint(exit_code: int | None, limits: Limits | None) -> str:
-    """Limits that may explain a crash with ``exit_code`` (text to append, or ``""``)."""
-    if limits is None or exit_code is None:
-        return ""
-    hints = []
-    if exit_code == -signal.SIGKILL and limits.cpu_seconds:
-        hints.append(f"the hard CPU limit ({limits.cpu_seconds + _CPU_GRACE:g} s)")
-    if exit_code in (-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT) and limits.memory_mb:
-        hints.append(f"the memory limit ({limits.memory_mb} MB, a native allocation failed)")
-    return f"; possibly {' or '.join(hints)}" if hints else ""

@@ -4,10 +4,10 @@
 
     parent (Executor, RunMonitor)                     Ray node (any)
     ────────────────────────────────                  ───────────────────────────────────────────
-    RayBackend.launch(spec)                           RunRelay (isolane.executor.ray_relay;
+    RayBackend.launch(spec)                           RunRelay (isolane.backends.ray.relay;
       a warm relay from the pool, or a new one          detached, named isolane-relay-<hex>,
       probe: shared filesystem? (token file)            max_restarts=0, max_task_retries=0)
-      start(spec, shared, workspace) ─────────────▶     Supervisor.spawn ─▶ worker_main (its child)
+      start(spec, shared, workspace) ─────────────▶     Launcher.spawn ─▶ worker_main (its child)
     RayWorker.frames() (ray_worker) ◀── generator ──  D pipe bytes · L spool lines · B blobs · X exit
       FrameReader / decode_frame / blob hash check
     request_cancel · send_control ── actor calls ───▶  control pipe ({"op": "cancel"|"answer"})
@@ -17,7 +17,7 @@
 
 The relay never runs the workflow in its own process (``worker_main`` calls ``setsid``, rewires
 fds 1/2 and clears the environment): it starts isolane's worker as a child with the same
-:class:`~isolane.executor.supervisor.Supervisor` the local backend uses. Items of the stream are
+:class:`~isolane.backends.local.launcher.Launcher` the local backend uses. Items of the stream are
 ``bytes`` only; the parent splits and validates frames exactly as for a local worker, checks each
 shipped blob against its hash, and never interprets anything else a worker produced.
 
@@ -46,17 +46,16 @@ import ray
 import ray.exceptions
 
 from isolane import settings
-from isolane.errors import BlobError, ConfigError
-from isolane.executor.files import FILES_RESUME_KEY
-from isolane.executor.ray_relay import TOKEN_FILE, RunRelay
-from isolane.executor.ray_worker import Placement, RayWorker
-from isolane.executor.supervisor import (
-    DEFAULT_ENV_ALLOW,
+from isolane.backends.environment import DEFAULT_ENV_ALLOW
+from isolane.backends.local.launcher import (
     DEFAULT_PRELOAD,
     portable_spec,
 )
-from isolane.executor.worker import WorkerSpec
-from isolane.tracking.blobs import BlobStore
+from isolane.backends.ray.handle import Placement, RayWorker
+from isolane.backends.ray.relay import TOKEN_FILE, RunRelay
+from isolane.errors import BlobError, ConfigError
+from isolane.schemas.blobs import BlobStore
+from isolane.schemas.spec import FILES_RESUME_KEY, WorkerSpec
 
 __all__ = ["ADDRESS_ENV", "RayBackend", "RayWorker"]
 

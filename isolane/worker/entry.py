@@ -29,73 +29,33 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 import psutil
 
-from isolane.executor.context import RunContext
-from isolane.executor.emitter import Emitter
-from isolane.executor.enforcement import LimitEnforcer
-from isolane.executor.files import FILES_RESUME_KEY, final_scan, track_files
-from isolane.executor.human import HUMAN_RESUME_KEY
-from isolane.executor.limits import Limits
-from isolane.executor.output import OutputPump, pump_std_streams
-from isolane.executor.redaction import Redactor
-from isolane.executor.state import ResumeInfo
-from isolane.tracking.blobs import DEFAULT_MAX_BLOB_BYTES
+from isolane.schemas.redaction import Redactor
+from isolane.schemas.spec import (
+    EXIT_CODES,
+    FILES_RESUME_KEY,
+    HUMAN_RESUME_KEY,
+    WorkerSpec,
+)
+from isolane.worker.context import RunContext
+from isolane.worker.emitter import Emitter
+from isolane.worker.enforcement import LimitEnforcer
+from isolane.worker.files import final_scan, track_files
+from isolane.worker.output import OutputPump, pump_std_streams
+from isolane.worker.session import ResumeInfo
 from isolane.workflow import WorkflowFn, resolve_workflow
 
-__all__ = ["EXIT_CODES", "WorkerSpec", "worker_main"]
+__all__ = ["worker_main"]
 
 log = logging.getLogger(__name__)
 
-#: Exit codes a worker uses after reporting its outcome; any other exit is a crash.
-EXIT_CODES: Final = {"completed": 0, "failed": 1, "cancelled": 2}
-
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_SET_PDEATHSIG: Final = 1
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """Everything a worker needs, sent parent → worker (pickled; this direction is trusted)."""
-
-    run_id: str
-    workflow: str | WorkflowFn
-    task: str
-    config: dict[str, Any]
-    work_dir: str
-    spool_path: str
-    env: dict[str, str]
-    attempt: int = 1
-    start_seq: int = 0
-    flush_interval: float = 0.02
-    flush_events: int = 2000
-    max_buffer_events: int = 50_000
-    heartbeat_interval: float = 5.0
-    capture_output: bool = True
-    sys_path: tuple[str, ...] = ()
-    #: A callable workflow, pickled by value with the globals it uses (set by the supervisor).
-    workflow_pickle: bytes | None = None
-    snapshot_interval: float | None = 30.0
-    #: Set when resuming: completed nodes and results, folded state, phase, known DAG nodes.
-    resume: dict[str, Any] | None = field(default=None)
-    #: Seconds a human-input question waits by default (None: until answered).
-    human_timeout: float | None = None
-    #: Resource limits (None: none) and the pids cgroup the parent made for the run, if any.
-    limits: Limits | None = None
-    cgroup: str | None = None
-    #: Secret values redacted from every event, besides API keys and bearer tokens.
-    secrets: tuple[str, ...] = ()
-    #: Where file contents go (``<home>/blobs``; None: hashes only) and the largest one stored.
-    blob_dir: str | None = None
-    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
-    #: SIGKILL the worker when its parent process dies (set by remote backends, whose relay
-    #: actor is the parent's stand-in: no orphan keeps writing a spool a resume also writes).
-    die_with_parent: bool = False
 
 
 class _CancelRequested(BaseException):
