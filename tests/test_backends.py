@@ -23,7 +23,7 @@ import pytest
 
 import isolane
 from isolane import Executor, RunSpec
-from isolane.backends.interface import (
+from isolane.backends import (
     BACKENDS,
     WorkerBackend,
     WorkerHandle,

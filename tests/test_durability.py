@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import RunStateError
-from isolane.executor.spool import spool_offset_after
+from isolane.schemas.spool import spool_offset_after
 from isolane.schemas import encode_batch
 from isolane.tracking.state import resume_state
 

@@ -13,6 +13,9 @@
                                     unparsed                                    (the WebSocket)
                     Batch.events()  Event objects (``data`` parsed)   (Subscription.take, RunHandle)
 
+:func:`replay_then_live` is how a reader follows a run: stored pages, then these batches, with
+no gap and no duplicate at the seam.
+
 A subscriber only ever sees committed events. A slow subscriber never grows memory past its bound
 and never slows the run: it is marked ``lagged`` and re-reads what it missed from the store, so
 the stream it yields has no gap and no duplicate. Publishing costs the writer no parsing and no
@@ -21,15 +24,27 @@ encoding: a run nobody reads as text never encodes, one nobody reads from Python
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
+from operator import itemgetter
+from typing import TYPE_CHECKING, Final
 
 import anyio
+import anyio.to_thread
 import orjson
 
 from isolane.schemas.envelope import SCHEMA_VERSION, Event, EventRow, event_from_row
 
-__all__ = ["Batch", "Hub", "Subscription", "encode_lines"]
+if TYPE_CHECKING:
+    from isolane.tracking.store import Store
+
+__all__ = ["READ_PAGE", "Batch", "Hub", "Subscription", "encode_lines", "replay_then_live"]
+
+#: Stored events read per store query while replaying.
+READ_PAGE: Final = 2000
+_seq: Final = itemgetter(1)  # of a stored row
 
 
 def encode_lines(rows: Sequence[EventRow]) -> list[str]:
@@ -50,12 +65,27 @@ class Batch:
     """Events of one run committed together, in ``seq`` order, as stored rows; shared, never
     mutated (nor may the publisher change ``rows`` afterwards)."""
 
-    __slots__ = ("_events", "_lines", "rows")
+    __slots__ = ("_base", "_events", "_lines", "_start", "rows")
 
     def __init__(self, rows: Sequence[EventRow]) -> None:
         self.rows = rows
         self._events: Sequence[Event] | None = None
         self._lines: list[str] | None = None
+        self._base: Batch | None = None  # a tail of another batch shares its views
+        self._start = 0
+
+    def after(self, seq: int) -> Batch | None:
+        """The part of the batch with ``seq`` greater than ``seq`` (``None`` if nothing is);
+        a part shares the whole batch's decoded events and encoded lines."""
+        rows = self.rows
+        if not rows or rows[-1][1] <= seq:
+            return None
+        if rows[0][1] > seq:
+            return self
+        start = bisect_right(rows, seq, key=_seq)
+        tail = Batch(rows[start:])
+        tail._base, tail._start = self, start
+        return tail
 
     @classmethod
     def of_events(cls, events: Sequence[Event]) -> Batch:
@@ -73,7 +103,8 @@ class Batch:
         Shared by every caller, like the events themselves: never change it or their ``data``.
         """
         if self._events is None:
-            self._events = [event_from_row(*row) for row in self.rows]
+            self._events = (self._base.events()[self._start:] if self._base is not None
+                            else [event_from_row(*row) for row in self.rows])
         return self._events
 
     def lines(self) -> list[str]:
@@ -83,7 +114,8 @@ class Batch:
         The list is shared by every caller: slice it, never change it.
         """
         if self._lines is None:
-            self._lines = encode_lines(self.rows)
+            self._lines = (self._base.lines()[self._start:] if self._base is not None
+                           else encode_lines(self.rows))
         return self._lines
 
 
@@ -156,9 +188,6 @@ class Hub:
             if not subs:
                 del self._subs[sub.run_id]
 
-    def wants(self, run_id: str) -> bool:
-        return run_id in self._subs
-
     def publish(self, run_id: str, rows: Sequence[EventRow]) -> None:
         """Hand ``rows`` (committed, of run ``run_id``, in ``seq`` order, as stored) to every
         subscriber of the run, as one batch. Nothing is decoded or encoded here; ``rows`` is
@@ -174,3 +203,50 @@ class Hub:
         """Wake a run's readers without events (the run ended)."""
         for sub in self._subs.get(run_id, ()):
             sub.wake()
+
+
+async def replay_then_live(store: Store, hub: Hub, run_id: str, since: int = 0, *,
+                           ended: Callable[[], bool] | None,
+                           page_size: Callable[[], int] = lambda: READ_PAGE) -> AsyncIterator[Batch]:
+    """Every event of ``run_id`` after ``since``, in ``seq`` order, with no gap and no duplicate:
+    stored pages first, then live batches as they commit, until ``ended()`` says the run has
+    ended and everything was yielded (``ended=None``: the stored events only).
+
+    The one replay-then-live primitive (:meth:`RunHandle.events`, the WebSocket). A reader that
+    falls behind the hub's bound is caught up from the store; ``page_size()`` bounds each store
+    read. Close it (``aclosing``) when leaving early: that ends its subscription.
+    """
+    sub = hub.subscribe(run_id)
+    last = since
+    try:
+        while True:
+            # Forget any lag BEFORE reading the store: what is published from now on is queued,
+            # what was committed before is in the page (the overlap is skipped by seq).
+            # Resetting after the read would drop events committed in between.
+            sub.reset()
+            done = ended is None or ended()  # before the read: a page read after the end is all
+            limit = page_size()
+            page = await anyio.to_thread.run_sync(
+                partial(store.events, run_id, after_seq=last, limit=limit))
+            if page:
+                last = page[-1].seq
+                yield Batch.of_events(page)
+            if len(page) == limit:
+                continue
+            if done:
+                return
+            assert ended is not None
+            while not sub.lagged:
+                done = ended()
+                for batch in sub.take_batches():
+                    fresh = batch.after(last)
+                    if fresh is not None:
+                        last = fresh.rows[-1][1]
+                        yield fresh
+                if done:
+                    break
+                await sub.wait()
+            # Lagged, or ended: (again) from the store, which also sweeps up anything committed
+            # between the last page and the end.
+    finally:
+        hub.unsubscribe(sub)

@@ -3,8 +3,8 @@
 ::
 
     store ── human_input_request / human_input_response events ──▶ pending_requests(events)
-    Executor.answer(run, request_id, text) ── checks: the run is live here, the request is
-        pending, not answered yet ──▶ LiveRun.send_control({"op": "answer", ...}) ──▶ worker
+    Executor.answer(run, request_id, text) ── answer(): the run is live here, the request is
+        pending, not answered yet ──▶ LiveRun.send_answer ── {"op": "answer", ...} ──▶ worker
 
 The worker records the answer itself (``human_input_response``, see
 :mod:`isolane.worker.human`), so a request is pending while the log has its request and no
@@ -15,7 +15,6 @@ response for the same ``request_id``; :func:`recorded_answers` is what a resumed
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -32,7 +31,8 @@ from isolane.schemas.payloads import (
 )
 
 if TYPE_CHECKING:
-    from isolane.executor.run import RunHandle
+    from isolane.executor.live import LiveRun
+    from isolane.tracking.store import Store
 
 __all__ = [
     "EVENT_TYPES",
@@ -114,40 +114,31 @@ def check_answer(text: object) -> str:
     return text
 
 
-async def pending(handle: RunHandle) -> list[HumanRequest]:
+async def pending(store: Store, run_id: str) -> list[HumanRequest]:
     """The run's pending human-input requests, read from the store."""
-    store = handle._executor.store
-    events = await anyio.to_thread.run_sync(
-        lambda: store.events(handle.run_id, types=EVENT_TYPES))
+    events = await anyio.to_thread.run_sync(lambda: store.events(run_id, types=EVENT_TYPES))
     return pending_requests(events)
 
 
-# Answers sent but not yet recorded by the worker, per live run: a second answer is refused.
-_sent: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+async def answer(store: Store, live: LiveRun | None, run_id: str, request_id: str, text: str, *,
+                 source: str = "api") -> None:
+    """Send ``text`` as the answer to the pending request ``request_id`` of ``live``, the run
+    ``run_id`` as this parent drives it (``None``: it does not).
 
-
-async def answer(handle: RunHandle, request_id: str, text: str, *, source: str = "api") -> None:
-    """Send ``text`` as the answer to the pending request ``request_id`` of a live run."""
+    Raises :class:`RunStateError` when the run is not running here, the request is not pending,
+    or it was already answered; :class:`ConfigError` for an answer that is not text or is too
+    long.
+    """
     check_answer(text)
-    monitor = handle._monitor
-    if handle.done or monitor is None:
+    if live is None or live.done or live.monitor is None:
         raise RunStateError(
-            f"run {handle.run_id} is not running in this executor, so nothing can receive an "
+            f"run {run_id} is not running in this executor, so nothing can receive an "
             "answer; if it was interrupted while asking, resume it and the question is asked again")
-    waiting = await pending(handle)
+    waiting = await pending(store, run_id)
     if request_id not in {r.request_id for r in waiting}:
         ids = ", ".join(r.request_id for r in waiting) or "none"
         raise RunStateError(
-            f"run {handle.run_id} has no pending human-input request {request_id!r} "
+            f"run {run_id} has no pending human-input request {request_id!r} "
             f"(pending: {ids}); it may have been answered or timed out")
-    sent = _sent.setdefault(handle, set())
-    if request_id in sent:
-        raise RunStateError(f"request {request_id!r} of run {handle.run_id} was already answered")
-    try:
-        monitor.worker.send_control({"op": "answer", "request_id": request_id, "text": text,
-                                     "source": source})
-    except (OSError, ValueError) as exc:
-        raise RunStateError(
-            f"could not reach the worker of run {handle.run_id} ({exc}); it is probably ending") from exc
-    sent.add(request_id)
-    log.info("run %s: answered human-input request %s (%s)", handle.run_id, request_id, source)
+    live.send_answer(request_id, text, source=source)
+    log.info("run %s: answered human-input request %s (%s)", run_id, request_id, source)

@@ -1,23 +1,20 @@
 """A run as the parent's API hands it out: what to run (:class:`RunSpec`), how it ended
 (:class:`Outcome`), and the handle to follow, wait for, answer or cancel it (:class:`RunHandle`).
 
-The :class:`~isolane.executor.executor.Executor` creates handles; a handle calls back into it
-for the store, the live-event hub and the run's monitor.
+The :class:`~isolane.executor.executor.Executor` creates handles. A handle is a view, as
+Temporal's ``WorkflowHandle`` is: it calls the executor's public methods (events, answers) and
+its attempt's :class:`~isolane.executor.live.LiveRun` (done, wait, cancel).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 import anyio.to_thread
 
 from isolane.errors import ConfigError, WorkflowError
-from isolane.executor import human
-from isolane.executor.monitor import RunMonitor
 from isolane.schemas.envelope import Event
 from isolane.schemas.limits import Limits
 from isolane.schemas.redaction import secret_values
@@ -25,12 +22,15 @@ from isolane.workflow import WorkflowFn
 
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor
+    from isolane.executor.human import HumanRequest
+    from isolane.executor.live import LiveRun
+    from isolane.executor.monitor import RunResult
+    from isolane.tracking.rows import RunRow
 
-__all__ = ["RESUMABLE_STATUSES", "TERMINAL_STATUSES", "Outcome", "RunHandle", "RunSpec"]
+__all__ = ["RESUMABLE_STATUSES", "STORED_OPTIONS", "TERMINAL_STATUSES", "Outcome", "RunHandle", "RunSpec"]
 
 TERMINAL_STATUSES: Final = frozenset(
     {"completed", "failed", "crashed", "timed_out", "cancelled", "won", "lost"})
-_READ_PAGE: Final = 2000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +65,7 @@ class RunSpec:
         """The spec of a stored run again (resume, branch, re-attach): its ``meta["options"]``,
         plus ``fields``."""
         return cls(workflow=workflow, task=task, **fields,
-                   **{k: v for k, v in options.items() if k in _STORED_OPTIONS})
+                   **{k: v for k, v in options.items() if k in STORED_OPTIONS})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limits", Limits.coerce(self.limits))
@@ -91,7 +91,7 @@ class RunSpec:
 
 
 #: RunSpec fields kept in ``runs.meta["options"]`` so another process can resume the run.
-_STORED_OPTIONS: Final = ("limits", "timeout", "heartbeat_timeout", "cancel_grace", "capture_output",
+STORED_OPTIONS: Final = ("limits", "timeout", "heartbeat_timeout", "cancel_grace", "capture_output",
                           "max_restarts", "restart_backoff", "snapshot_interval", "human_timeout")
 #: Statuses :meth:`Executor.resume` accepts (plus unfinished runs no live parent owns).
 RESUMABLE_STATUSES: Final = frozenset({"crashed", "failed", "timed_out", "cancelled"})
@@ -109,6 +109,19 @@ class Outcome:
     traceback: str | None = None
     exit_code: int | None = None
 
+    @classmethod
+    def of(cls, run_id: str, result: RunResult) -> Outcome:
+        """How the monitor (or recovery) concluded the run ended."""
+        return cls(run_id=run_id, status=result.status, result=result.result, error=result.error,
+                   error_type=result.error_type, traceback=result.traceback,
+                   exit_code=result.exit_code)
+
+    @classmethod
+    def from_row(cls, row: RunRow) -> Outcome:
+        """How a stored run ended (no traceback: it is in its ``run_failed`` event)."""
+        return cls(run_id=row.id, status=row.status, result=row.result, error=row.error,
+                   error_type=row.error_type, exit_code=row.exit_code)
+
     @property
     def ok(self) -> bool:
         return self.status in ("completed", "won")
@@ -122,103 +135,47 @@ class Outcome:
 
 
 class RunHandle:
-    """A submitted (or stored) run."""
+    """A submitted (or stored) run: a thin view over the executor's public calls.
 
-    def __init__(self, executor: Executor, run_id: str, *, live: bool) -> None:
+    A handle returned by ``submit``/``branch``/``resume`` follows that attempt of the run; one
+    from :meth:`Executor.get <isolane.executor.executor.Executor.get>` for a run not live here
+    is a stored view (``done`` at once, ``wait`` reads the stored outcome).
+    """
+
+    def __init__(self, executor: Executor, run_id: str, live: LiveRun | None = None) -> None:
         self._executor = executor
-        self.run_id = run_id
         self._live = live
-        self._done = anyio.Event()
-        self._outcome: Outcome | None = None
-        self._monitor: RunMonitor | None = None
-        self._cancel_requested: str | None = None
-        self._queue_scope: anyio.CancelScope | None = None
-        self._kill: Callable[[], None] | None = None  # set for adopted workers (no control pipe)
-        self._resume_when_crashed = False
-        if not live:
-            self._done.set()
+        self.run_id = run_id
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._live is None or self._live.done
 
     async def wait(self) -> Outcome:
         """Wait for the run to end (its last event stored) and return its :class:`Outcome`."""
-        await self._done.wait()
-        if self._outcome is None:
-            self._outcome = await self._executor._stored_outcome(self.run_id)
-        return self._outcome
+        if self._live is not None:
+            return await self._live.wait()
+        store = self._executor.store
+        return Outcome.from_row(await anyio.to_thread.run_sync(store.get_run, self.run_id))
 
     async def cancel(self, reason: str = "cancelled by request") -> None:
         """Stop the run: a cooperative request, then its whole process tree is killed."""
-        if self._done.is_set():
-            return
-        self._cancel_requested = reason
-        if self._monitor is not None:
-            await self._monitor.cancel(reason)
-        elif self._kill is not None:
-            self._kill()
-        elif self._queue_scope is not None:
-            self._queue_scope.cancel()  # still waiting for a worker slot
+        if self._live is not None:
+            await self._live.cancel(reason)
 
     async def answer(self, request_id: str, text: str, *, source: str = "api") -> None:
         """Answer the run's pending ``human_input_request`` ``request_id`` with ``text``."""
-        await human.answer(self, request_id, text, source=source)
+        await self._executor.answer(self.run_id, request_id, text, source=source)
 
-    async def pending_requests(self) -> list[human.HumanRequest]:
+    async def pending_requests(self) -> list[HumanRequest]:
         """The run's human-input requests still waiting for an answer, oldest first."""
-        return await human.pending(self)
+        return await self._executor.pending_requests(self.run_id)
 
-    async def events(self, since: int = 0, *, types: Iterable[str] | None = None,
-                     follow: bool = True) -> AsyncIterator[Event]:
+    def events(self, since: int = 0, *, types: Iterable[str] | None = None,
+               follow: bool = True) -> AsyncIterator[Event]:
         """Events with ``seq > since`` in order: stored ones first, then live ones as they commit.
 
         Ends when the run has ended and every event was yielded (or at once with
         ``follow=False`` once the stored ones are out).
         """
-        wanted = frozenset(types) if types is not None else None
-        store = self._executor.store
-        hub = self._executor._hub
-        sub = hub.subscribe(self.run_id)
-        last = since
-        try:
-            while True:
-                # Forget any lag BEFORE reading the store: what is published from now on is
-                # queued, what was committed before is in the page (overlap skipped by seq).
-                # Resetting after the read would drop events committed in between.
-                sub.reset()
-                page = await anyio.to_thread.run_sync(
-                    partial(store.events, self.run_id, after_seq=last, limit=_READ_PAGE))
-                for event in page:
-                    last = event.seq
-                    if wanted is None or event.type in wanted:
-                        yield event
-                if len(page) == _READ_PAGE:
-                    continue
-                if not follow or (self._done.is_set() and not self._live):
-                    return
-                while not sub.lagged:
-                    if self._done.is_set():
-                        for event in sub.take():
-                            if event.seq > last:
-                                last = event.seq
-                                if wanted is None or event.type in wanted:
-                                    yield event
-                        break
-                    await sub.wait()
-                    for event in sub.take():
-                        if event.seq > last:
-                            last = event.seq
-                            if wanted is None or event.type in wanted:
-                                yield event
-                if self._done.is_set() and not sub.lagged:
-                    # Final sweep: anything committed between our last page and the end.
-                    tail = await anyio.to_thread.run_sync(
-                        partial(store.events, self.run_id, after_seq=last))
-                    for event in tail:
-                        last = event.seq
-                        if wanted is None or event.type in wanted:
-                            yield event
-                    return
-        finally:
-            hub.unsubscribe(sub)
+        return self._executor.events(self.run_id, since, types=types, follow=follow)

@@ -138,8 +138,7 @@ def _int_param(request: Request, name: str, default: int, *, low: int = 0, high:
 
 def _run_dict(row: Any, executor: Executor) -> dict[str, Any]:
     data = dataclasses.asdict(row)
-    handle = executor._handles.get(row.id)
-    data["live"] = handle is not None and not handle.done
+    data["live"] = executor.is_live(row.id)
     data["ended"] = row.status in TERMINAL_STATUSES
     return data
 

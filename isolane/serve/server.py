@@ -141,7 +141,7 @@ class BackgroundServer:
 
 async def cancel_live_runs(executor: Executor, reason: str) -> int:
     """Cancel every run ``executor`` is driving (they stay resumable); return how many."""
-    live = [h for h in list(executor._handles.values()) if not h.done]
+    live = executor.live_runs()
     for handle in live:
         await handle.cancel(reason)
     return len(live)

@@ -2,10 +2,10 @@
 
 ::
 
-    store pages (replay), then ──▶ producer ──▶ [outbox: ≤ queue_size messages] ──▶ writer ──▶ socket
-    the Hub's live batches            │ outbox full: stop following (the hub subscription goes),
-    (each batch's JSON text is        │ queue {"type": "lagged", "last_seq": N}, wait until the
-     encoded once from the stored     │ client drained half, follow again from the store at N
+    Executor.batches(): store pages   ──▶ producer ──▶ [outbox: ≤ queue_size messages] ──▶ writer ──▶ socket
+    (replay), then the Hub's live     │ outbox full: stop following (the hub subscription goes),
+    batches (each batch's JSON text   │ queue {"type": "lagged", "last_seq": N}, wait until the
+     is encoded once from the stored  │ client drained half, follow again from the store at N
      rows, ``data`` text spliced in
      unparsed, and shared by every
      client: slices, not copies)
@@ -28,20 +28,17 @@ the run: the writer of the store publishes to bounded subscriptions that never b
 from __future__ import annotations
 
 import logging
-from bisect import bisect_right
 from collections import deque
-from functools import partial
-from operator import itemgetter
+from contextlib import aclosing
 from typing import Any, Final
 
 import anyio
-import anyio.to_thread
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from isolane.errors import IsolaneError
 from isolane.executor.executor import Executor, RunHandle
-from isolane.executor.hub import Batch
+from isolane.executor.hub import READ_PAGE, Batch
 from isolane.schemas.payloads import EVENT_TYPES
 
 __all__ = ["CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "stream_run"]
@@ -55,8 +52,6 @@ assert not CONTROL_FRAMES & EVENT_TYPES
 _MAX_CLIENT_MESSAGE: Final = 512 * 1024
 #: Messages sent in one frame at most (what is queued when the socket is writable goes together).
 _MAX_BATCH: Final = 256
-#: Stored events read per store query while replaying.
-_READ_PAGE: Final = 2000
 
 
 def _control(**fields: Any) -> str:
@@ -154,11 +149,26 @@ async def stream_run(websocket: WebSocket, executor: Executor, handle: RunHandle
 
 
 async def _produce(executor: Executor, handle: RunHandle, since: int, outbox: _Outbox) -> int:
-    """Queue every event after ``since`` in order; return the last seq queued."""
+    """Queue every event after ``since`` in order; return the last seq queued.
+
+    The events come from :meth:`Executor.batches` (stored pages, then the hub's live batches,
+    whose encoded text is shared by every client). When the outbox fills up the client lags:
+    the stream is closed (its hub subscription goes), a ``lagged`` message is queued, and once
+    the client drained half the queue the stream starts again from the store at that seq.
+    """
     last = since
     while True:
-        last, lagged = await _follow(executor, handle, last, outbox)
-        if not lagged:
+        full = False
+        # No more than fits, plus one to learn whether the outbox overflows: a client catching
+        # up reads (and decodes) each stored event once, not a page per lag.
+        batches = executor.batches(handle.run_id, last, follow=not handle.done,
+                                   page_size=lambda: min(READ_PAGE, outbox.room() + 1))
+        async with aclosing(batches):
+            async for batch in batches:
+                last, full = _queue(outbox, batch, last)
+                if full:
+                    break
+        if not full:
             return last
         log.debug("websocket client of run %s lagged after seq %d", handle.run_id, last)
         await outbox.put(_control(type="lagged", last_seq=last))
@@ -166,67 +176,17 @@ async def _produce(executor: Executor, handle: RunHandle, since: int, outbox: _O
 
 
 def _queue(outbox: _Outbox, batch: Batch, last: int) -> tuple[int, bool]:
-    """Queue the part of ``batch`` after seq ``last`` that fits; return the new last and whether
-    the outbox was full."""
-    rows = batch.rows
-    if not rows or rows[-1][1] <= last:
-        return last, False
-    start = 0 if rows[0][1] > last else bisect_right(rows, last, key=_seq)
-    lines = batch.lines()
+    """Queue what fits of ``batch`` (events after ``last``, in order); return the new last seq
+    and whether the outbox was full."""
+    rows, lines = batch.rows, batch.lines()
     room = outbox.room()
-    if len(rows) - start <= room:
-        outbox.put_nowait(lines if start == 0 else lines[start:])
+    if len(rows) <= room:
+        outbox.put_nowait(lines)
         return rows[-1][1], False
     if room > 0:
-        outbox.put_nowait(lines[start:start + room])
-        last = rows[start + room - 1][1]
+        outbox.put_nowait(lines[:room])
+        last = rows[room - 1][1]
     return last, True
-
-
-_seq: Final = itemgetter(1)  # of a stored row
-
-
-async def _follow(executor: Executor, handle: RunHandle, last: int, outbox: _Outbox) -> tuple[int, bool]:
-    """Queue the run's events after ``last``: stored pages, then live batches from the hub.
-
-    Returns ``(last seq queued, lagged)``: ``lagged`` when the outbox filled up (the caller
-    resumes from the store at that seq), else the run has ended and every event was queued.
-    The seam follows :meth:`RunHandle.events`, with whole batches instead of single events, so
-    their encoded text is shared by every client (see :class:`~isolane.executor.hub.Batch`).
-    """
-    store, hub = executor.store, executor._hub
-    sub = hub.subscribe(handle.run_id)
-    try:
-        while True:
-            # Forget any lag BEFORE reading the store: what is published from now on is queued,
-            # what was committed before is in the page (the overlap is skipped by seq).
-            sub.reset()
-            ended = handle.done
-            # No more than fits, plus one to learn whether the outbox overflows: a client
-            # catching up reads (and decodes) each stored event once, not a page per lag.
-            limit = min(_READ_PAGE, outbox.room() + 1)
-            page = await anyio.to_thread.run_sync(
-                partial(store.events, handle.run_id, after_seq=last, limit=limit))
-            last, full = _queue(outbox, Batch.of_events(page), last)
-            if full:
-                return last, True
-            if len(page) == limit:
-                continue
-            if ended:  # ended before the read began: the page held the last event
-                return last, False
-            while not sub.lagged:
-                ended = handle.done
-                for batch in sub.take_batches():
-                    last, full = _queue(outbox, batch, last)
-                    if full:
-                        return last, True
-                if ended:
-                    break
-                await sub.wait()
-            # Lagged, or ended: (again) from the store, which also sweeps up anything committed
-            # between the last page and the end.
-    finally:
-        hub.unsubscribe(sub)
 
 
 async def _write(websocket: WebSocket, outbox: _Outbox, scope: anyio.CancelScope) -> None:

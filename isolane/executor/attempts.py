@@ -1,0 +1,113 @@
+"""Driving a run this parent started: a worker slot, one attempt after another, until it ends.
+
+::
+
+    Attempts.drive(live)                       (a Driver of isolane.executor.live.LiveRuns)
+      wait for a worker slot (CapacityLimiter)   a cancel while queued ends it ``cancelled``
+      loop:
+        attempt: status starting ─▶ WorkerBackend.launch(spec) ─▶ status running (pid, where)
+                 RunMonitor.supervise()          frames + exit + watchdog until the worker is gone
+        crashed, and restarts left? ─▶ a "restart" diagnostic, status queued, backoff,
+                 a resumed spec (WorkerSpecs.resumed), again
+      return the last attempt's RunResult        LiveRuns settles it
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
+
+from isolane.backends.interface import WorkerBackend
+from isolane.executor.live import LiveRun, LiveRuns
+from isolane.executor.monitor import RunMonitor, RunResult
+from isolane.executor.run import RunSpec
+from isolane.executor.writer import WriteItem
+from isolane.schemas.spec import WorkerSpec
+from isolane.tracking.rows import DiagnosticRow
+
+__all__ = ["Attempts"]
+
+log = logging.getLogger(__name__)
+
+
+class Attempts:
+    """Starts and restarts the workers of the runs one executor submitted, branched or resumed."""
+
+    def __init__(self, *, backend: WorkerBackend, runs: LiveRuns, max_workers: int,
+                 resumed_spec: Callable[[str, WorkerSpec], WorkerSpec]) -> None:
+        self.backend = backend
+        self._runs = runs
+        self._slots = anyio.CapacityLimiter(max_workers)
+        self._resumed_spec = resumed_spec  # blocking: called in a thread
+
+    def start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec) -> LiveRun:
+        """Drive ``run_id`` from a queue slot to its end, in the executor's task group."""
+        async def drive(live: LiveRun) -> RunResult | None:
+            return await self._drive(live, spec, worker_spec)
+
+        return self._runs.start(run_id, drive, interrupted="the parent stopped supervising the run")
+
+    async def _drive(self, live: LiveRun, spec: RunSpec, worker_spec: WorkerSpec) -> RunResult | None:
+        with anyio.CancelScope() as queue_scope:
+            live.queue_scope = queue_scope
+            await self._slots.acquire_on_behalf_of(live)
+        live.queue_scope = None
+        if queue_scope.cancelled_caught:
+            return RunResult("cancelled", None, error=live.cancel_requested, error_type="cancelled")
+        try:
+            restarts = 0
+            while True:
+                result = await self._attempt(live, spec, worker_spec)
+                if result.status != "crashed" or restarts >= spec.max_restarts \
+                        or live.cancel_requested is not None:
+                    return result
+                restarts += 1
+                delay = spec.restart_backoff * 2 ** (restarts - 1)
+                log.warning("run %s crashed (%s); restart %d of %d in %.1f s", live.run_id,
+                            result.error, restarts, spec.max_restarts, delay)
+                await self._runs.writer.put_and_wait(WriteItem(
+                    diagnostics=[DiagnosticRow(live.run_id, time.time(), "restart",
+                                               f"attempt {worker_spec.attempt} crashed: {result.error}; "
+                                               f"restarting ({restarts}/{spec.max_restarts})")],
+                    run_updates={live.run_id: {"status": "queued", "error": result.error}}))
+                await anyio.sleep(delay)
+                worker_spec = await anyio.to_thread.run_sync(
+                    self._resumed_spec, live.run_id, worker_spec)
+        finally:
+            self._slots.release_on_behalf_of(live)
+
+    async def _attempt(self, live: LiveRun, spec: RunSpec, worker_spec: WorkerSpec) -> RunResult:
+        """Start one worker for the run and supervise it until it is gone."""
+        if live.cancel_requested is not None:
+            return RunResult("cancelled", None, error=live.cancel_requested, error_type="cancelled")
+        run_id = live.run_id
+        await self._runs.update(run_id, {"status": "starting"})
+        try:
+            worker = await self.backend.launch(worker_spec)
+        except (OSError, RuntimeError) as exc:
+            return RunResult("crashed", None, error=f"could not start the worker "
+                             f"({self.backend.name} backend): {exc}", error_type="WorkerStartError")
+        monitor = RunMonitor(worker, self._runs.writer, start_seq=worker_spec.start_seq,
+                             timeout=spec.timeout, heartbeat_timeout=spec.heartbeat_timeout,
+                             cancel_grace=spec.cancel_grace, limits=spec.limits)
+        live.monitor = monitor
+        store = self._runs.store
+        meta = await anyio.to_thread.run_sync(lambda: store.get_run(run_id).meta)
+        # Where a new parent finds this worker after a crash of ours (see recovery).
+        meta = {**meta, "worker": {"backend": self.backend.name, "location": worker.location,
+                                   "pid": worker.pid, **(getattr(worker, "reattach", None) or {})}}
+        await self._runs.update(run_id, {
+            "status": "running", "started_at": time.time(), "ended_at": None, "worker_pid": worker.pid,
+            "worker_create_time": worker.create_time, "attempt": worker_spec.attempt, "meta": meta})
+        if worker.location != "local":
+            log.info("run %s: attempt %d runs on %s", run_id, worker_spec.attempt, worker.location)
+        if live.cancel_requested is not None:
+            self._runs.start_soon(monitor.cancel, live.cancel_requested)
+        try:
+            return await monitor.supervise()
+        finally:
+            live.monitor = None
