@@ -173,11 +173,16 @@ def resolve_workflow(ref: str | WorkflowFn) -> WorkflowDef:
         return WorkflowDef(getattr(ref, "__qualname__", repr(ref)), ref)
     if not isinstance(ref, str) or not ref.strip():
         raise WorkflowNotFound("a workflow reference must be a non-empty string or a callable")
-    _load_registrations()
     if ref in _REGISTRY:
         return _REGISTRY[ref]
-    known = ", ".join(sorted(_REGISTRY)) or "none registered"
     if ":" not in ref:
+        # A short name: the built-ins and entry points register theirs when loaded. A
+        # 'module:function' reference loads only its module (a worker running one imports no
+        # AG2 unless the workflow does).
+        _load_registrations()
+        if ref in _REGISTRY:
+            return _REGISTRY[ref]
+        known = ", ".join(sorted(_REGISTRY)) or "none registered"
         raise WorkflowNotFound(
             f"unknown workflow {ref!r}: give a registered name ({known}), "
             "'package.module:function' or 'path/to/file.py:function'"

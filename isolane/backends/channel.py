@@ -57,7 +57,6 @@ class FrameReader:
         self._buf = bytearray()
         self._skip = 0
         self._eof = False
-        self.bytes_read = 0
 
     @property
     def backlog(self) -> bool:
@@ -94,7 +93,6 @@ class FrameReader:
                 break
             total += len(chunk)
             self._feed(chunk, result, max_frames)
-        self.bytes_read += total
         if self._eof and not self.backlog:
             result.eof = True
         self._partial_at_eof(result)
@@ -107,7 +105,6 @@ class FrameReader:
         """
         result = ReadResult()
         self._feed(chunk, result, 1 << 62)
-        self.bytes_read += len(chunk)
         if eof:
             self._eof = result.eof = True
         self._partial_at_eof(result)

@@ -158,12 +158,6 @@ class Attacher:
             if isinstance(current, CapturingCodeExecutor) and current is attachment.wrapper:
                 agent._code_executor = current.inner
 
-    @property
-    def attached_names(self) -> list[str]:
-        """Names of the agents attached right now."""
-        with self._lock:
-            return [str(getattr(a, "name", "")) for a in self._attached]
-
 
 def _is_built(agent: Any) -> bool:
     hook_lists = getattr(agent, "hook_lists", None)

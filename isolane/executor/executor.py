@@ -19,11 +19,9 @@ gap and no duplicate at the seam (:func:`isolane.executor.hub.replay_then_live`)
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
@@ -40,19 +38,18 @@ from isolane.errors import ConfigError, RunStateError
 from isolane.executor import human
 from isolane.executor.attempts import Attempts
 from isolane.executor.hub import READ_PAGE, Batch, Hub, replay_then_live
-from isolane.executor.live import LiveRuns
-from isolane.executor.ownership import LIVENESS_INTERVAL, owner_alive, owner_stamp
+from isolane.executor.live import LiveRun, LiveRuns
+from isolane.executor.ownership import check_resumable, owner_stamp, stamp_liveness
 from isolane.executor.racing import Race, RaceOutcome, start_race
 from isolane.executor.recovery import RecoveryReport, recover_runs
 from isolane.executor.run import (
-    RESUMABLE_STATUSES,
     TERMINAL_STATUSES,
     Outcome,
     RunHandle,
     RunSpec,
 )
 from isolane.executor.specs import WorkerSpecs, jsonable, portable_ref, stored_options
-from isolane.executor.writer import StoreWriter, WriteItem
+from isolane.executor.writer import StoreWriter
 from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.schemas.envelope import Event
 from isolane.schemas.spec import WorkerSpec
@@ -63,8 +60,6 @@ from isolane.tracking.workspace import restore_inherited
 from isolane.workflow import WorkflowFn, resolve_workflow
 
 __all__ = ["TERMINAL_STATUSES", "Executor", "Outcome", "RunHandle", "RunSpec"]
-
-log = logging.getLogger(__name__)
 
 _NOT_OPEN = "the executor is not open: use `async with Executor(...)`"
 
@@ -154,7 +149,7 @@ class Executor:
             resumed_spec=lambda run_id, previous: self._specs.resumed(store, run_id, previous))
         tg.start_soon(self._writer.run)
         self._liveness_scope = anyio.CancelScope()
-        tg.start_soon(self._stamp_liveness, self._liveness_scope)
+        tg.start_soon(stamp_liveness, self._runs, self._liveness_scope)
         if self._recover:
             self.recovered = await self.recover(resume=self._resume_recovered)
         return self
@@ -183,18 +178,11 @@ class Executor:
                     await anyio.to_thread.run_sync(self.backend.close)
         return result
 
-    async def _stamp_liveness(self, scope: anyio.CancelScope) -> None:
-        """Stamp ``heartbeat_at`` of every run this executor owns, so that parents on other hosts
-        sharing the database see its owner alive (see :mod:`isolane.executor.ownership`)."""
-        runs = self._open()
-        with scope:
-            while True:
-                await anyio.sleep(LIVENESS_INTERVAL)
-                now = time.time()
-                owned = [live.run_id for live in runs.active()]
-                if owned:
-                    await runs.writer.put(WriteItem(
-                        run_updates={run_id: {"heartbeat_at": now} for run_id in owned}))
+    async def _new_run_dir(self, run_id: str) -> Path:
+        """``<home>/runs/<run_id>``, with its ``work`` directory made."""
+        run_dir = (self.home / "runs" / run_id).resolve()
+        await anyio.to_thread.run_sync(lambda: (run_dir / "work").mkdir(parents=True, exist_ok=True))
+        return run_dir
 
     def _start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec) -> RunHandle:
         assert self._attempts is not None
@@ -207,9 +195,8 @@ class Executor:
         self._open()
         wf = resolve_workflow(spec.workflow)  # fail now, in the caller, for an unknown workflow
         run_id = uuid.uuid4().hex
-        run_dir = (self.home / "runs" / run_id).resolve()
+        run_dir = await self._new_run_dir(run_id)
         work_dir = run_dir / "work"
-        await anyio.to_thread.run_sync(lambda: work_dir.mkdir(parents=True, exist_ok=True))
         workflow_ref = portable_ref(spec.workflow)
         config = {**wf.defaults, **dict(spec.config)}
         meta = {"workflow_ref": workflow_ref if isinstance(workflow_ref, str) else None,
@@ -230,12 +217,15 @@ class Executor:
 
     def get(self, run_id: str) -> RunHandle:
         """A handle on a run: the live one if this executor runs it, else a stored view."""
-        runs = self._open()
-        live = runs.get(run_id)
+        return RunHandle(self, *self._resolve(run_id))
+
+    def _resolve(self, run_id: str) -> tuple[str, LiveRun | None]:
+        """The run's full id (``run_id`` may be a prefix) and its live record here, if any."""
+        live = self._open().get(run_id)
         if live is None:
             run_id = self.store.get_run(run_id).id
-            live = runs.get(run_id)
-        return RunHandle(self, run_id, live)
+            live = self._open().get(run_id)
+        return run_id, live
 
     def is_live(self, run_id: str) -> bool:
         """Whether this executor is driving ``run_id`` (an exact id) now."""
@@ -253,7 +243,7 @@ class Executor:
     # -- reading a run ------------------------------------------------------------------------
 
     def batches(self, run_id: str, since: int = 0, *, follow: bool = True,
-                page_size: Callable[[], int] = lambda: READ_PAGE) -> AsyncIterator[Batch]:
+                page_size: Callable[[], int] = lambda: READ_PAGE) -> AsyncGenerator[Batch, None]:
         """The run's committed events after ``since`` as shared batches (see
         :func:`~isolane.executor.hub.replay_then_live`), following a run live here until it ends.
 
@@ -282,11 +272,7 @@ class Executor:
     async def answer(self, run_id: str, request_id: str, text: str, *, source: str = "api") -> None:
         """Answer the pending human-input request ``request_id`` of a run this executor runs
         (see :func:`isolane.executor.human.answer` for the errors)."""
-        runs = self._open()
-        live = runs.get(run_id)
-        if live is None:
-            run_id = (await anyio.to_thread.run_sync(self.store.get_run, run_id)).id
-            live = runs.get(run_id)
+        run_id, live = await anyio.to_thread.run_sync(self._resolve, run_id)
         await human.answer(self.store, live, run_id, request_id, text, source=source)
 
     # -- recovery ----------------------------------------------------------------------------
@@ -326,17 +312,14 @@ class Executor:
                 f"run {parent.id} ran a Python callable this process does not have; register the "
                 "workflow by name or give 'module:function' to branch it")
         child_id = uuid.uuid4().hex
-        run_dir = (self.home / "runs" / child_id).resolve()
-        work_dir = run_dir / "work"
-        await anyio.to_thread.run_sync(lambda: work_dir.mkdir(parents=True, exist_ok=True))
+        work_dir = await self._new_run_dir(child_id) / "work"
         options = dict(parent.meta.get("options", {}))
         if timeout is not None:
             options["timeout"] = timeout
         if cancel_grace is not None:
             options["cancel_grace"] = cancel_grace
         meta = {"workflow_ref": parent.meta.get("workflow_ref"), "options": options,
-                **owner_stamp(),
-                "hypothesis": hypothesis}
+                **owner_stamp(), "hypothesis": hypothesis}
         merged = {**parent.config, **dict(config or {})}
         await anyio.to_thread.run_sync(lambda: create_branch(
             self.store, plan, run_id=child_id, work_dir=str(work_dir), config=jsonable(merged),
@@ -405,18 +388,7 @@ class Executor:
         row = await anyio.to_thread.run_sync(lambda: self.store.get_run(run_id))
         if self.is_live(row.id):
             raise RunStateError(f"run {row.id} is still running here; wait for it or cancel it first")
-        if row.status not in RESUMABLE_STATUSES:
-            if row.status in ("queued", "starting", "running"):
-                if await anyio.to_thread.run_sync(owner_alive, row):
-                    raise RunStateError(
-                        f"run {row.id} is {row.status} under another live isolane process "
-                        f"(pid {row.meta.get('parent_pid')} on {row.meta.get('parent_host', 'this host')});"
-                        " cancel it there, or run `isolane recover`"
-                        " if that process is stuck")
-            else:
-                raise RunStateError(
-                    f"run {row.id} is {row.status}; only crashed, failed, timed_out, cancelled or "
-                    "interrupted runs can be resumed (branch it to run again from a node)")
+        await anyio.to_thread.run_sync(check_resumable, row)
         worker_spec = await anyio.to_thread.run_sync(
             lambda: self._specs.resumed(self.store, row.id, env=env, config=config,
                                         callable_of=self._callables))

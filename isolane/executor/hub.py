@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final
@@ -207,7 +207,7 @@ class Hub:
 
 async def replay_then_live(store: Store, hub: Hub, run_id: str, since: int = 0, *,
                            ended: Callable[[], bool] | None,
-                           page_size: Callable[[], int] = lambda: READ_PAGE) -> AsyncIterator[Batch]:
+                           page_size: Callable[[], int] = lambda: READ_PAGE) -> AsyncGenerator[Batch, None]:
     """Every event of ``run_id`` after ``since``, in ``seq`` order, with no gap and no duplicate:
     stored pages first, then live batches as they commit, until ``ended()`` says the run has
     ended and everything was yielded (``ended=None``: the stored events only).

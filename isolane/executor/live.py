@@ -20,7 +20,7 @@ whoever drove it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -145,7 +145,7 @@ class LiveRuns:
         self._tg.start_soon(self._drive, live, drive, interrupted, then)
         return live
 
-    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run ``func(*args)`` in the executor's task group (a monitor's cancel, a race)."""
         self._tg.start_soon(func, *args)
 

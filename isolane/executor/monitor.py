@@ -62,15 +62,12 @@ class RunResult:
     error: str | None = None
     error_type: str | None = None
     traceback: str | None = None
-    last_seq: int = 0
-    events: int = 0
-    invalid: int = 0
 
     @classmethod
-    def of(cls, reported: Verdict, *, exit_code: int | None, **counts: Any) -> RunResult:
+    def of(cls, reported: Verdict, *, exit_code: int | None) -> RunResult:
         """The result a worker's own terminal event reports (see :mod:`isolane.schemas.outcome`)."""
         return cls(reported.status, exit_code, result=reported.result, error=reported.error,
-                   error_type=reported.error_type, traceback=reported.traceback, **counts)
+                   error_type=reported.error_type, traceback=reported.traceback)
 
     def run_update(self) -> dict[str, Any]:
         return {
@@ -115,7 +112,6 @@ class RunMonitor:
     async def supervise(self) -> RunResult:
         """Run until the worker has exited and every frame it wrote is handed to the writer."""
         self._expected = self.start_seq + 1
-        self._count = 0
         self._invalid = 0
         try:
             async with anyio.create_task_group() as tg:
@@ -209,7 +205,6 @@ class RunMonitor:
                 rows.extend([e.row() for e in events])
                 if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
                     self._terminal = last_terminal(events) or self._terminal
-        self._count += len(rows)
         if diagnostics and self._invalid + len(diagnostics) > self.max_invalid:
             diagnostics = await self._flood(diagnostics, now)
         self._invalid += len(diagnostics)
@@ -254,8 +249,7 @@ class RunMonitor:
 
     def _conclude(self, exit: WorkerExit) -> RunResult:
         exit_code = exit.exit_code
-        base: dict[str, Any] = {"exit_code": exit_code, "last_seq": self._expected - 1,
-                                "events": self._count, "invalid": self._invalid}
+        base: dict[str, Any] = {"exit_code": exit_code}
         if self._stop is not None:
             return RunResult(self._stop.reason, error=self._stop.message,
                              error_type=self._stop.error_type or self._stop.reason,

@@ -20,15 +20,24 @@ import socket
 import time
 from functools import cache
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import psutil
 
 from isolane import settings
+from isolane.errors import RunStateError
+from isolane.executor.run import RESUMABLE_STATUSES
+from isolane.executor.writer import WriteItem
 from isolane.tracking.rows import RunRow
+from isolane.tracking.store import UNFINISHED_STATUSES
+
+if TYPE_CHECKING:
+    from isolane.executor.live import LiveRuns
 from isolane.worker.proctree import process_alive
 
-__all__ = ["HOST_ENV", "LIVENESS_INTERVAL", "STALE_AFTER", "host_id", "owner_alive", "owner_stamp"]
+__all__ = ["HOST_ENV", "LIVENESS_INTERVAL", "STALE_AFTER", "check_resumable", "host_id", "owner_alive",
+           "owner_stamp", "stamp_liveness"]
 
 #: Names this host (a container, a pod) when the host name and boot id do not tell them apart.
 HOST_ENV: Final = settings.HOST_ID_ENV
@@ -69,3 +78,34 @@ def owner_alive(row: RunRow, *, now: float | None = None, stale_after: float = S
         return process_alive(meta.get("parent_pid"), meta.get("parent_create_time"))
     seen = max(t for t in (row.heartbeat_at, row.started_at, row.created_at) if t is not None)
     return (now if now is not None else time.time()) - seen < stale_after
+
+
+async def stamp_liveness(runs: LiveRuns, scope: anyio.CancelScope) -> None:
+    """Stamp ``heartbeat_at`` of every run ``runs`` holds, every :data:`LIVENESS_INTERVAL`, so
+    that parents on other hosts sharing the database see their owner alive (until ``scope`` is
+    cancelled)."""
+    with scope:
+        while True:
+            await anyio.sleep(LIVENESS_INTERVAL)
+            now = time.time()
+            owned = [live.run_id for live in runs.active()]
+            if owned:
+                await runs.writer.put(WriteItem(
+                    run_updates={run_id: {"heartbeat_at": now} for run_id in owned}))
+
+
+def check_resumable(row: RunRow) -> None:
+    """Raise :class:`RunStateError` unless ``row`` may be resumed by this process: it ended
+    without success (:data:`~isolane.executor.run.RESUMABLE_STATUSES`), or it is unfinished and
+    no live isolane process owns it (blocking)."""
+    if row.status in RESUMABLE_STATUSES:
+        return
+    if row.status not in UNFINISHED_STATUSES:
+        raise RunStateError(
+            f"run {row.id} is {row.status}; only crashed, failed, timed_out, cancelled or "
+            "interrupted runs can be resumed (branch it to run again from a node)")
+    if owner_alive(row):
+        raise RunStateError(
+            f"run {row.id} is {row.status} under another live isolane process "
+            f"(pid {row.meta.get('parent_pid')} on {row.meta.get('parent_host', 'this host')});"
+            " cancel it there, or run `isolane recover` if that process is stuck")

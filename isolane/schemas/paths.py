@@ -19,12 +19,12 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePath
 
 from isolane.errors import PathEscape
 
-__all__ = ["open_inside", "resolve_inside", "walk_files"]
+__all__ = ["open_dirs", "open_inside", "resolve_inside", "walk_files"]
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,12 @@ def open_inside(root: StrPath, path: StrPath, flags: int = os.O_RDONLY, mode: in
     parts = _parts(base, path)
     if not parts:
         raise IsADirectoryError(errno.EISDIR, "the root itself is not a file", str(base))
-    dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    root_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for part in parts[:-1]:
-            try:
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            except OSError as exc:
-                _raise_if_link(exc, part, dir_fd, path, base)
-                raise
-            os.close(dir_fd)
-            dir_fd = next_fd
+        dir_fd = open_dirs(root_fd, parts[:-1], path=path, root=base)
+    finally:
+        os.close(root_fd)
+    try:
         try:
             fd = os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
         except OSError as exc:
@@ -125,6 +121,36 @@ def open_inside(root: StrPath, path: StrPath, flags: int = os.O_RDONLY, mode: in
         raise PathEscape(f"path {os.fspath(path)!r} is a file with {info.st_nlink} hard links, "
                          f"which may point outside {base}; copy it instead of linking it",
                          path=os.fspath(path), root=str(base))
+    return fd
+
+
+def open_dirs(dir_fd: int, parts: Sequence[str], *, path: StrPath, root: Path,
+              create: bool = False) -> int:
+    """Open the directory ``parts`` below ``dir_fd`` one component at a time, each relative to
+    the last with ``O_NOFOLLOW`` (``create``: making missing ones); return a new descriptor.
+
+    The one safe descent of isolane (reading a work dir, writing a checkout). Raises
+    :class:`PathEscape` naming ``path`` when a component is a symbolic link, and
+    :class:`NotADirectoryError` when one is a file.
+    """
+    fd = os.dup(dir_fd)
+    try:
+        for part in parts:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                _raise_if_link(exc, part, fd, path, root)
+                raise
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

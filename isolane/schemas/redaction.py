@@ -84,7 +84,6 @@ class Redactor:
         # Secrets containing "sk-" need no search of their own unless the frame holds "sk-".
         self._with_key_prefix = [e for e in encoded if b"sk-" in e]
         self._others = [e for e in encoded if b"sk-" not in e]
-        self.frames_redacted = 0
 
     def __call__(self, frame: bytes) -> bytes:
         original = frame
@@ -100,7 +99,6 @@ class Redactor:
             frame = _BEARER_B.sub(rb"\1" + _REDACTED_B, frame)
         if frame is original:
             return frame
-        self.frames_redacted += 1
         try:
             orjson.loads(frame)
         except orjson.JSONDecodeError:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
 import anyio.to_thread
@@ -40,12 +40,17 @@ from starlette.routing import Route
 
 from isolane.errors import (
     ConfigError,
-    IsolaneError,
-    RunNotFound,
     RunStateError,
-    WorkflowNotFound,
 )
 from isolane.executor.executor import TERMINAL_STATUSES, Executor, RunHandle, RunSpec
+from isolane.serve.http import (
+    JSONResponse,
+    error_response,
+    guarded,
+    int_param,
+    json_body,
+    options_of,
+)
 from isolane.tracking.branching import racing_group
 from isolane.tracking.rows import LlmCallRow
 from isolane.workflow import registered_workflows
@@ -57,7 +62,6 @@ log = logging.getLogger(__name__)
 _EVENTS_PAGE: Final = 1000
 _EVENTS_MAX: Final = 10_000
 _RUNS_MAX: Final = 500
-_MAX_BODY: Final = 1024 * 1024
 #: What ``POST /api/runs`` accepts besides ``workflow``, with the type each must have.
 _SUBMIT_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
     "task": str, "config": dict, "name": str, "timeout": (int, float),
@@ -75,27 +79,6 @@ _RACE_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
 _RACE_MAX_VARIANTS: Final = 32
 
 
-class JSONResponse(Response):
-    """A JSON response encoded with orjson (non-string keys and odd values rendered)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, default=repr, option=orjson.OPT_NON_STR_KEYS)
-
-
-def error_response(exc: Exception) -> JSONResponse:
-    """The JSON error for an exception a handler let through."""
-    status = 500
-    if isinstance(exc, RunNotFound):
-        status = 404
-    elif isinstance(exc, RunStateError):
-        status = 409
-    elif isinstance(exc, (ConfigError, WorkflowNotFound, IsolaneError)):
-        status = 400
-    return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
-
-
 def _executor(request: Request) -> Executor:
     executor: Executor = request.app.state.executor
     return executor
@@ -105,35 +88,6 @@ async def resolve_handle(executor: Executor, run_id: str) -> RunHandle:
     """The handle of ``run_id`` (or a unique prefix): live if this executor runs it."""
     row = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
     return executor.get(row.id)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise ConfigError("send the body as JSON with 'Content-Type: application/json'")
-    body = await request.body()
-    if len(body) > _MAX_BODY:
-        raise ConfigError(f"the body has at most {_MAX_BODY} bytes")
-    try:
-        value = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigError("the body must be a JSON object")
-    return value
-
-
-def _int_param(request: Request, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 def _run_dict(row: Any, executor: Executor) -> dict[str, Any]:
@@ -148,7 +102,7 @@ def _run_dict(row: Any, executor: Executor) -> dict[str, Any]:
 
 async def list_runs(request: Request) -> Response:
     executor = _executor(request)
-    limit = _int_param(request, "limit", 50, low=1, high=_RUNS_MAX)
+    limit = int_param(request, "limit", 50, low=1, high=_RUNS_MAX)
     status = request.query_params.get("status")
     rows = await anyio.to_thread.run_sync(lambda: executor.store.list_runs(limit=limit, status=status))
     return JSONResponse({"runs": [_run_dict(row, executor) for row in rows]})
@@ -156,7 +110,7 @@ async def list_runs(request: Request) -> Response:
 
 async def submit_run(request: Request) -> Response:
     executor = _executor(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     workflow = body.get("workflow")
     if not isinstance(workflow, str) or not workflow.strip():
         raise ConfigError("'workflow' is required: a registered name or 'package.module:function'")
@@ -216,9 +170,9 @@ def _from_node(body: dict[str, Any], what: str) -> str:
 
 async def branch_run(request: Request) -> Response:
     executor = _executor(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     from_node = _from_node(body, "the branch starts from")
-    options = _options(body, _BRANCH_FIELDS, required="from_node")
+    options = options_of(body, _BRANCH_FIELDS, required="from_node")
     handle = await executor.branch(request.path_params["run_id"], from_node, **options)
     return JSONResponse({"run_id": handle.run_id, "parent_run_id": request.path_params["run_id"],
                          "from_node": from_node}, status_code=201)
@@ -226,7 +180,7 @@ async def branch_run(request: Request) -> Response:
 
 async def race_run(request: Request) -> Response:
     executor = _executor(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     from_node = _from_node(body, "the racers start from")
     variants = body.pop("variants", None)
     if not isinstance(variants, list) or len(variants) < 2:
@@ -237,7 +191,7 @@ async def race_run(request: Request) -> Response:
     if not all(isinstance(v, dict) for v in variants):
         raise ConfigError("each variant must be a JSON object of config changes, "
                           "e.g. {\"model\": \"a\"}")
-    options = _options(body, _RACE_FIELDS, required="from_node, variants")
+    options = options_of(body, _RACE_FIELDS, required="from_node, variants")
     scorer = options.get("scorer")
     allowed: Collection[str] | None = request.app.state.workflows
     if scorer is not None and allowed is not None and scorer not in allowed:
@@ -250,27 +204,11 @@ async def race_run(request: Request) -> Response:
                          "run_ids": race.run_ids, "status": "racing"}, status_code=202)
 
 
-def _options(body: Mapping[str, Any], fields: Mapping[str, type | tuple[type, ...]], *,
-             required: str) -> dict[str, Any]:
-    """The optional ``fields`` of a request body, type-checked; ``None`` values left out."""
-    options: dict[str, Any] = {}
-    for key, value in body.items():
-        expected = fields.get(key)
-        if expected is None:
-            raise ConfigError(f"unknown field {key!r}; send {required} and any of "
-                              f"{', '.join(sorted(fields))}")
-        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-            raise ConfigError(f"field {key!r} has the wrong type ({type(value).__name__})")
-        if value is not None:
-            options[key] = value
-    return options
-
-
 async def run_events(request: Request) -> Response:
     executor = _executor(request)
     run_id = request.path_params["run_id"]
-    since = _int_param(request, "since", 0)
-    limit = _int_param(request, "limit", _EVENTS_PAGE, low=1, high=_EVENTS_MAX)
+    since = int_param(request, "since", 0)
+    limit = int_param(request, "limit", _EVENTS_PAGE, low=1, high=_EVENTS_MAX)
     types = request.query_params.getlist("type") or None
     row = await anyio.to_thread.run_sync(lambda: executor.store.get_run(run_id))
     events = await anyio.to_thread.run_sync(
@@ -359,7 +297,7 @@ async def run_requests(request: Request) -> Response:
 
 async def answer_request(request: Request) -> Response:
     executor = _executor(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     request_id, text = body.get("request_id"), body.get("text")
     if not isinstance(request_id, str) or not isinstance(text, str):
         raise ConfigError('send {"request_id": "...", "text": "..."}; both are strings')
@@ -375,17 +313,6 @@ async def list_workflows(request: Request) -> Response:
     return JSONResponse({"workflows": [
         {"name": name, "description": wf.description}
         for name, wf in sorted(known.items()) if allowed is None or name in allowed]})
-
-
-def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def run(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except IsolaneError as exc:
-            return error_response(exc)
-
-    run.__name__ = handler.__name__
-    return run
 
 
 def api_routes() -> list[Route]:
@@ -407,4 +334,4 @@ def api_routes() -> list[Route]:
         ("/api/runs/{run_id}/requests", run_requests, ["GET"]),
         ("/api/runs/{run_id}/answer", answer_request, ["POST"]),
     ]
-    return [Route(path, _guarded(handler), methods=methods) for path, handler, methods in table]
+    return [Route(path, guarded(handler), methods=methods) for path, handler, methods in table]

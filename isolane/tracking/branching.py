@@ -28,17 +28,17 @@ from isolane.tracking.models import (
     NODES_TABLE,
 )
 from isolane.tracking.rows import RunRow
-from isolane.tracking.store import Store, insert_run, write_in
+from isolane.tracking.store import Store
+from isolane.tracking.writes import insert_run, write_in
 
 __all__ = ["INHERITED_TYPES", "BranchPlan", "RacingGroup", "create_branch", "create_racing_group",
-           "finish_racing_group", "plan_branch", "racing_group", "set_branch_status"]
+           "finish_racing_group", "plan_branch", "racing_group"]
 
 #: Event types a branch inherits from its parent (what the state of a run is made of).
 INHERITED_TYPES: Final = frozenset({
     "dag_created", "dag_node_added", "dag_node_update", "phase_change", "state_snapshot",
     "file_created", "file_modified", "file_deleted",
 })
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +145,6 @@ def finish_racing_group(store: Store, group_id: str, *, winner_run_id: str | Non
         for run_id, status in statuses.items():
             conn.execute(update(BRANCHES_TABLE).where(BRANCHES_TABLE.c.run_id == run_id).values(status=status))
             write_in(conn, store.backend, run_updates={run_id: {"status": status}})
-
-
-def set_branch_status(store: Store, run_id: str, status: str) -> None:
-    with store.transaction(write=True) as conn:
-        conn.execute(update(BRANCHES_TABLE).where(BRANCHES_TABLE.c.run_id == run_id).values(status=status))
 
 
 def racing_group(store: Store, group_id: str) -> dict[str, Any]:

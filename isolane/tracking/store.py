@@ -4,9 +4,9 @@
 
     Executor / CLI ──Store.open(url)──▶ resolve URL ─▶ engine (backend by dialect name)
                                          └─▶ migrate to head (under the migration lock)
-    StoreWriter (one thread) ──write_batch(events, diagnostics, run_updates)──▶ ONE transaction:
-         runs (lock + last_seq) → events (executemany, duplicates ignored)
-         → projections (dag, phase, llm_calls, files) → diagnostics → run updates
+    StoreWriter (one thread) ──write_batch(events, diagnostics, run_updates)──▶ ONE transaction
+         (isolane.tracking.writes): runs (lock + last_seq) → events (executemany, duplicates
+         ignored) → projections (dag, phase, llm_calls, files) → diagnostics → run updates
     readers (any thread) ──get_run / list_runs / events / dag / …──▶ frozen rows
 
 Threading: one writer thread plus any number of reader threads may share a :class:`Store`; each
@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -30,12 +29,10 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
-    bindparam,
     delete,
     func,
     insert,
     select,
-    update,
 )
 from sqlalchemy.engine import URL
 
@@ -50,18 +47,10 @@ from isolane.tracking.models import (
     FILES_TABLE,
     LLM_CALLS_TABLE,
     NODES_TABLE,
-    RUN_STATUSES,
     RUNS_TABLE,
-    SESSIONS_TABLE,
     STATES_TABLE,
 )
-from isolane.tracking.projections import (
-    ProjectionContext,
-    apply_projections,
-    to_project,
-)
 from isolane.tracking.rows import (
-    EXCERPT_LIMIT,
     DagEdgeRow,
     DagNodeRow,
     DiagnosticRow,
@@ -71,6 +60,14 @@ from isolane.tracking.rows import (
     columns_of,
 )
 from isolane.tracking.urls import display_url
+from isolane.tracking.writes import (
+    RUN_COLUMNS,
+    check_fields,
+    check_status,
+    insert_run,
+    update_run_in,
+    write_in,
+)
 
 __all__ = ["MIN_PREFIX", "UNFINISHED_STATUSES", "Store"]
 
@@ -84,20 +81,8 @@ MIN_PREFIX: Final = 4
 UNFINISHED_STATUSES: Final = ("queued", "starting", "running")
 
 
-_RUN_COLUMNS: Final = tuple(RUNS_TABLE.c[name] for name in columns_of(RunRow))
-#: Run fields callers may set; ``last_seq`` is kept by write_batch (the projections rely on it).
-_UPDATABLE: Final = frozenset(c.name for c in RUNS_TABLE.c) - {"id", "last_seq"}
 _EVENT_READ: Final = (EVENTS_TABLE.c.run_id, EVENTS_TABLE.c.seq, EVENTS_TABLE.c.ts, EVENTS_TABLE.c.type,
                       EVENTS_TABLE.c.node_id, EVENTS_TABLE.c.data)
-_DIAGNOSTIC_FIELDS: Final = ("run_id", "ts", "kind", "reason", "excerpt")
-# Built once: the hot path should not pay for constructing statements.
-# FOR UPDATE: a second writer of the same run (PostgreSQL) waits for this one to commit.
-_LOCK_RUNS: Final = select(RUNS_TABLE.c.id, RUNS_TABLE.c.last_seq).where(
-    RUNS_TABLE.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
-_RAISE_LAST_SEQ: Final = update(RUNS_TABLE).where(
-    RUNS_TABLE.c.id == bindparam("run"), RUNS_TABLE.c.last_seq < bindparam("top")).values(
-    last_seq=bindparam("top"))
-
 
 class Store:
     """isolane's database: runs, their event log and what is derived from it.
@@ -177,7 +162,7 @@ class Store:
         a duplicate ``run_id`` or an unknown status, :class:`RunNotFound` for an unknown
         ``parent_run_id``.
         """
-        _check_status(status)
+        check_status(status)
         row = RunRow(
             id=run_id, workflow=workflow, task=task, config=dict(config or {}), status=status,
             created_at=time.time() if created_at is None else created_at, work_dir=work_dir,
@@ -193,9 +178,9 @@ class Store:
         Raises :class:`ConfigError` for an unknown field name (or ``id``/``last_seq``, which
         are not caller-settable) or status, :class:`RunNotFound` for an unknown run.
         """
-        _check_fields(fields)
+        check_fields(fields)
         with self.transaction(write=True) as conn:
-            _update_run(conn, run_id, fields)
+            update_run_in(conn, run_id, fields)
 
     def get_run(self, run_id_or_prefix: str) -> RunRow:
         """The run with this exact id, else the one run whose id starts with it.
@@ -205,14 +190,14 @@ class Store:
         """
         key = run_id_or_prefix.strip()
         with self.transaction(write=False) as conn:
-            found = conn.execute(select(*_RUN_COLUMNS).where(RUNS_TABLE.c.id == key)).first()
+            found = conn.execute(select(*RUN_COLUMNS).where(RUNS_TABLE.c.id == key)).first()
             if found is not None:
                 return RunRow(**found._mapping)
             if len(key) < MIN_PREFIX:
                 raise RunNotFound(key, hint=f"give the full id or at least {MIN_PREFIX} characters")
             # LIKE is case-insensitive on SQLite: filter exactly in Python.
             rows = [row for row in conn.execute(
-                select(*_RUN_COLUMNS).where(RUNS_TABLE.c.id.startswith(key, autoescape=True))
+                select(*RUN_COLUMNS).where(RUNS_TABLE.c.id.startswith(key, autoescape=True))
                 .order_by(RUNS_TABLE.c.id).limit(50)) if row.id.startswith(key)]
         if not rows:
             raise RunNotFound(key)
@@ -226,7 +211,7 @@ class Store:
                   parent_run_id: str | None = None) -> list[RunRow]:
         """Runs, newest first; optionally only those with ``status`` (one or several) or the
         children of ``parent_run_id``."""
-        stmt = select(*_RUN_COLUMNS).order_by(RUNS_TABLE.c.created_at.desc(), RUNS_TABLE.c.id.desc())
+        stmt = select(*RUN_COLUMNS).order_by(RUNS_TABLE.c.created_at.desc(), RUNS_TABLE.c.id.desc())
         if status is not None:
             stmt = stmt.where(RUNS_TABLE.c.status.in_([status] if isinstance(status, str) else status))
         if parent_run_id is not None:
@@ -235,7 +220,7 @@ class Store:
 
     def unfinished_runs(self) -> list[RunRow]:
         """Runs still queued, starting or running, oldest first (what recovery inspects)."""
-        stmt = select(*_RUN_COLUMNS).where(RUNS_TABLE.c.status.in_(UNFINISHED_STATUSES)).order_by(
+        stmt = select(*RUN_COLUMNS).where(RUNS_TABLE.c.status.in_(UNFINISHED_STATUSES)).order_by(
             RUNS_TABLE.c.created_at, RUNS_TABLE.c.id)
         return self._rows(stmt, RunRow)
 
@@ -262,7 +247,7 @@ class Store:
         """
         updates = run_updates or {}
         for fields in updates.values():
-            _check_fields(fields)
+            check_fields(fields)
         if not events and not diagnostics and not updates:
             return 0
         with self.transaction(write=True) as conn:
@@ -344,97 +329,3 @@ class Store:
     def _rows(self, stmt: Select[Any], row_type: type[R]) -> list[R]:
         with self.transaction(write=False) as conn:
             return [row_type(**row._mapping) for row in conn.execute(stmt)]
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def insert_run(conn: Connection, backend: Backend, row: RunRow) -> None:
-    """Insert ``row`` inside the caller's transaction (see :meth:`Store.create_run`)."""
-    if conn.execute(select(RUNS_TABLE.c.id).where(RUNS_TABLE.c.id == row.id)).first() is not None:
-        raise ConfigError(f"a run with id {row.id!r} already exists; run ids are unique")
-    if row.parent_run_id is not None and conn.execute(
-            select(RUNS_TABLE.c.id).where(RUNS_TABLE.c.id == row.parent_run_id)).first() is None:
-        raise RunNotFound(row.parent_run_id, hint="the parent of a branch must be stored first")
-    if row.session_id is not None:
-        conn.execute(backend.insert_ignore(SESSIONS_TABLE, ("id",)),
-                     {"id": row.session_id, "name": None, "created_at": row.created_at, "meta": {}})
-    conn.execute(RUNS_TABLE.insert().values({c.name: getattr(row, c.name) for c in _RUN_COLUMNS}))
-
-
-def write_in(
-    conn: Connection,
-    backend: Backend,
-    *,
-    events: Sequence[EventRow] = (),
-    diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
-    run_updates: Mapping[str, Mapping[str, Any]] | None = None,
-) -> int:
-    """The body of :meth:`Store.write_batch`, inside the caller's transaction."""
-    top_seq = _top_seq_per_run(events)
-    problems = [_diagnostic_params(d) for d in diagnostics]
-    inserted = 0
-    if top_seq:
-        stored_before = dict(conn.execute(_LOCK_RUNS, {"ids": list(top_seq)}).all())
-        missing = top_seq.keys() - stored_before.keys()
-        if missing:
-            raise RunNotFound(min(missing), hint="create the run before writing its events")
-        fresh = to_project(conn, events, stored_before)  # asked before inserting
-        inserted = backend.insert_events(conn, events)
-        conn.execute(_RAISE_LAST_SEQ,
-                     [{"run": run_id, "top": seq} for run_id, seq in top_seq.items()])
-        if fresh:
-            ctx = ProjectionContext(conn, backend, stored_before)
-            apply_projections(ctx, fresh)
-            problems += map(_diagnostic_params, ctx.diagnostics)
-    if problems:
-        conn.execute(DIAGNOSTICS_TABLE.insert(), problems)
-    for run_id, fields in (run_updates or {}).items():
-        if fields:
-            _update_run(conn, run_id, fields)
-    return inserted
-
-
-def _check_status(status: str) -> None:
-    if status not in RUN_STATUSES:
-        raise ConfigError(f"unknown run status {status!r}; one of {', '.join(sorted(RUN_STATUSES))}")
-
-
-def _check_fields(fields: Mapping[str, Any]) -> None:
-    unknown = fields.keys() - _UPDATABLE
-    if unknown:
-        raise ConfigError(
-            f"cannot set run field(s) {', '.join(sorted(unknown))}; settable fields: "
-            f"{', '.join(sorted(_UPDATABLE))}")
-    if "status" in fields:
-        _check_status(fields["status"])
-
-
-def _update_run(conn: Connection, run_id: str, fields: Mapping[str, Any]) -> None:
-    if conn.execute(update(RUNS_TABLE).where(RUNS_TABLE.c.id == run_id).values(dict(fields))).rowcount == 0:
-        raise RunNotFound(run_id)
-
-
-def _top_seq_per_run(events: Sequence[EventRow]) -> dict[str, int]:
-    if not events:
-        return {}
-    run_ids = set(map(itemgetter(0), events))
-    if len(run_ids) == 1:  # the common case: one run's batch
-        return {run_ids.pop(): max(map(itemgetter(1), events))}
-    top: dict[str, int] = {}
-    for run_id, seq, *_ in events:
-        if seq > top.get(run_id, 0):
-            top[run_id] = seq
-    return top
-
-
-def _diagnostic_params(diagnostic: DiagnosticRow | tuple[str | None, float, str, str, str]
-                       ) -> dict[str, Any]:
-    if isinstance(diagnostic, DiagnosticRow):
-        values: tuple[Any, ...] = (diagnostic.run_id, diagnostic.ts, diagnostic.kind,
-                                   diagnostic.reason, diagnostic.excerpt)
-    else:
-        values = tuple(diagnostic)
-    params = dict(zip(_DIAGNOSTIC_FIELDS, values, strict=True))
-    params["excerpt"] = (params["excerpt"] or "")[:EXCERPT_LIMIT]
-    return params

@@ -24,10 +24,8 @@ their hash before a file is put in place.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import msgspec
 from isolane.errors import BlobError, ConfigError, PathEscape, RunStateError
 from isolane.schemas.blobs import BlobStore, check_digest
 from isolane.schemas.envelope import Event
+from isolane.schemas.paths import open_dirs
 from isolane.schemas.payloads import FileDeleted, FileEvent
 from isolane.tracking.rows import FileRow
 from isolane.tracking.store import Store
@@ -183,40 +182,13 @@ def _parts(path: str, root: Path) -> tuple[str, ...]:
     return parts
 
 
-def _is_link(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except OSError:
-        return False
-
-
 def _open_dir(root_fd: int, parts: tuple[str, ...], path: str, root: Path) -> int:
     """Open (creating as needed) the directory ``parts`` under ``root_fd``, following no link."""
-    fd = os.dup(root_fd)
     try:
-        for part in parts:
-            try:
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except FileNotFoundError:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
-                    raise PathEscape(
-                        f"cannot write {path!r}: {part!r} in {root} is a symbolic link, which is "
-                        "never followed; remove it or check out into an empty directory",
-                        path=path, root=str(root)) from None
-                if exc.errno == errno.ENOTDIR:
-                    raise ConfigError(
-                        f"cannot write {path!r} in {root}: {part!r} is a file, not a directory; "
-                        "check out into an empty directory") from None
-                raise
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_dirs(root_fd, parts, path=path, root=root, create=True)
+    except NotADirectoryError:
+        raise ConfigError(f"cannot write {path!r} in {root}: a component of its directory is a "
+                          "file, not a directory; check out into an empty directory") from None
 
 
 def _write_one(blobs: BlobStore, root_fd: int, row: WorkspaceFile, root: Path) -> None:

@@ -48,7 +48,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from isolane.schemas.limits import CPU_GRACE, Limits
-from isolane.worker.proctree import ProcessCgroup, descendants, is_zombie, tree_usage
+from isolane.worker.proctree import (
+    ProcessCgroup,
+    descendants,
+    kill_until_gone,
+    tree_usage,
+)
 
 if TYPE_CHECKING:
     from isolane.worker.emitter import Emitter
@@ -299,23 +304,14 @@ class LimitEnforcer:
 
     def _kill_descendants(self) -> int:
         """SIGKILL every process of the run but the worker, until none is left (bounded)."""
-        killed: set[int] = set()
-        for _ in range(50):
-            victims = set(descendants(self._pid))
+        def victims() -> set[int]:
+            found = set(descendants(self._pid))
             if self._cgroup is not None:
-                victims.update(self._cgroup.pids())
-            victims.discard(self._pid)
-            live = [p for p in victims if not is_zombie(p)]
-            if not live:
-                break
-            for pid in live:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGSTOP)  # freeze first: a frozen process cannot fork
-            for pid in live:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
-        return len(killed)
+                found.update(self._cgroup.pids())
+            found.discard(self._pid)
+            return found
+
+        return kill_until_gone(victims)
 
 
 def _set_rlimit(which: int, soft: int, hard: int) -> None:

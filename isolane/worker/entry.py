@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import psutil
 
 from isolane.schemas.redaction import Redactor
 from isolane.schemas.spec import (
@@ -47,6 +46,7 @@ from isolane.worker.emitter import Emitter
 from isolane.worker.enforcement import LimitEnforcer
 from isolane.worker.files import final_scan, track_files
 from isolane.worker.output import OutputPump, pump_std_streams
+from isolane.worker.proctree import descendants, kill_until_gone
 from isolane.worker.session import ResumeInfo
 from isolane.workflow import WorkflowFn, resolve_workflow
 
@@ -111,16 +111,9 @@ def _control_loop(control: Any, ctx: RunContext) -> None:
 
 
 def _kill_descendants() -> None:
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(children, timeout=2)
+    """End every process the workflow started (detached ones too: the worker is their subreaper)."""
+    pid = os.getpid()
+    kill_until_gone(lambda: descendants(pid))
 
 
 def _json_result(value: Any) -> Any:

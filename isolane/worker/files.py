@@ -275,12 +275,6 @@ class FileScanner:
         finally:
             os.close(fd)
 
-    def known(self) -> dict[str, dict[str, Any]]:
-        """What the scanner knows, in the shape of :data:`FILES_RESUME_KEY`."""
-        with self._lock:
-            return {path: {"version": t.version, "sha256": t.sha256, "size": t.size,
-                           "deleted": t.deleted} for path, t in self._files.items()}
-
 
 def track_files(ctx: RunContext, *, blob_dir: str | None, max_blob_bytes: int | None,
                 baseline: Mapping[str, Mapping[str, Any]] | None = None) -> FileScanner:

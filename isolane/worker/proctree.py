@@ -20,13 +20,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
 import psutil
 
 __all__ = ["CGROUP_TASK_ALLOWANCE", "ProcessCgroup", "descendants", "is_zombie",
-           "kill_process_tree", "process_alive", "remove_stale_cgroups", "tree_usage"]
+           "kill_process_tree", "kill_until_gone", "process_alive", "remove_stale_cgroups",
+           "tree_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +56,37 @@ def kill_process_tree(pid: int, create_time: float | None) -> int:
     The root is frozen first so it cannot fork while its tree is walked. A pid whose create time
     no longer matches is not walked (it was reused); its group is still signalled.
     """
-    victims: list[psutil.Process] = []
+    killed = 0
     if process_alive(pid, create_time):
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(pid)
-            with contextlib.suppress(psutil.Error):
-                root.suspend()
-            victims = [root, *root.children(recursive=True)]
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+        killed = kill_until_gone(lambda: [pid, *descendants(pid)])
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    for proc in victims:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return len(victims)
+    return killed
+
+
+def kill_until_gone(find: Callable[[], Iterable[int]], *, rounds: int = 50) -> int:
+    """SIGKILL every live process ``find()`` names, again until it names none (at most
+    ``rounds`` times); return how many were signalled.
+
+    The one kill loop of isolane (a run's tree, its cgroup, a worker's own descendants): each
+    round freezes every victim first (a frozen process cannot fork), then kills them all, so a
+    fork bomb cannot outrun it.
+    """
+    killed: set[int] = set()
+    for _ in range(rounds):
+        live = [pid for pid in find() if not is_zombie(pid)]
+        if not live:
+            break
+        for pid in live:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        for pid in live:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+    return len(killed)
 
 
 # -- reading the process tree from /proc -----------------------------------------------------------
@@ -199,19 +219,7 @@ class ProcessCgroup:
 
     def kill_all(self) -> int:
         """SIGKILL every process still in the cgroup (frozen first, repeated until empty)."""
-        killed: set[int] = set()
-        for _ in range(50):
-            pids = [p for p in self.pids() if not is_zombie(p)]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGSTOP)
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
-        return len(killed)
+        return kill_until_gone(self.pids)
 
     def remove(self) -> bool:
         """Remove the (empty) cgroup; ``False`` if processes are still being reaped in it."""

@@ -18,7 +18,7 @@ is not seen; assign it again, or use a log for append-only data.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 __all__ = ["ResumeInfo", "SessionState"]
@@ -63,10 +63,6 @@ class SessionState(MutableMapping[str, Any]):
         with self._lock:
             self._logs.setdefault(log, []).append(item)
 
-    def extend(self, log: str, items: Iterable[Any]) -> None:
-        with self._lock:
-            self._logs.setdefault(log, []).extend(items)
-
     def log(self, log: str) -> list[Any]:
         """A copy of the named log (empty if it does not exist)."""
         with self._lock:
@@ -76,11 +72,6 @@ class SessionState(MutableMapping[str, Any]):
     def logs(self) -> dict[str, list[Any]]:
         with self._lock:
             return {k: list(v) for k, v in self._logs.items()}
-
-    def dirty(self) -> bool:
-        with self._lock:
-            return bool(self._dirty or self._removed
-                        or any(len(v) != self._marks.get(k, 0) for k, v in self._logs.items()))
 
     def take_delta(self) -> dict[str, Any] | None:
         """What changed since the last call, as a ``state_snapshot`` payload (``None``: nothing)."""

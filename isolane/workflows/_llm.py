@@ -33,10 +33,10 @@ from typing import Any, Final
 
 from autogen import LLMConfig
 
-from isolane import settings
 from isolane.errors import ConfigError
 from isolane.offline.script import Script
 from isolane.offline.server import FakeLLM
+from isolane.settings import OFFLINE_LLM_URL_ENV, offline_llm_url
 
 __all__ = [
     "API_KEY_ENV",
@@ -58,7 +58,7 @@ OFFLINE_MODEL: Final = "fake-model"
 OFFLINE_API_KEY: Final = "isolane-offline"
 #: Where a worker of an offline run finds the endpoint its parent serves (environment only: the
 #: URL lives as long as the command that started the server, so it is never stored).
-OFFLINE_URL_ENV: Final = settings.OFFLINE_LLM_URL_ENV
+OFFLINE_URL_ENV: Final = OFFLINE_LLM_URL_ENV
 #: Where a worker finds the provider key (set through ``RunSpec(env=...)``, never in config).
 API_KEY_ENV: Final = "OPENAI_API_KEY"
 
@@ -133,7 +133,7 @@ def open_llm(config: Mapping[str, Any], *, script: Callable[[], Script]) -> Iter
     settings = LlmSettings.from_config(value)
     if settings.offline:
         # The fake endpoint checks no key: it gets the dummy one, never a real one.
-        url = settings.offline_llm_url()
+        url = offline_llm_url()
         if url:
             yield dataclasses.replace(settings, base_url=url).ag2_config(OFFLINE_API_KEY)
             return
