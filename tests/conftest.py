@@ -1,4 +1,8 @@
-"""Database fixtures: every store test runs on a real SQLite file and on a real PostgreSQL.
+"""Shared fixtures: databases and worker backends.
+
+Every store test runs on a real SQLite file and on a real PostgreSQL; every test that takes
+``backend_name`` runs its workers on both backends, locally (forkserver) and on a real Ray cluster
+(one local cluster for the session; skipped without Ray, failed with ``ISOLANE_REQUIRE_RAY=1``).
 
 ``db_url`` is parametrized ``sqlite`` / ``postgres``. The PostgreSQL server is
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test`` unless ``ISOLANE_TEST_PG_URL`` names
@@ -13,6 +17,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +25,7 @@ from sqlalchemy.engine import URL
 
 from isolane.tracking import Store
 from isolane.tracking.urls import display_url, normalize_url
+from tests.helpers import import_ray
 
 PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_URL_ENV = "ISOLANE_TEST_PG_URL"
@@ -91,3 +97,27 @@ def anyio_backend() -> str:
 def home(tmp_path: Path) -> Path:
     """An empty isolane home directory for one test."""
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray cluster for the whole session, shut down at its end."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="warning")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The worker backend a contract test runs on: ``local``, then ``ray`` (see
+    :func:`tests.helpers.executor_on`)."""
+    if request.param == "ray":
+        ray = request.getfixturevalue("ray_session")
+        if not ray.is_initialized():  # the multi-node test ran and took the session's cluster down
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     logging_level="warning")
+    return str(request.param)

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Self
+import os
+from pathlib import Path
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
 import psutil
+import pytest
 
-__all__ = ["RssPeak", "alive"]
+from isolane import Executor
+
+__all__ = ["RAY_OPTIONS", "REQUIRE_RAY_ENV", "RssPeak", "alive", "executor_on", "import_ray"]
+
+REQUIRE_RAY_ENV: Final = "ISOLANE_REQUIRE_RAY"
+#: Light relays for the contract tests: many fit on the 2-CPU session cluster, and their
+#: forkservers skip the AG2 preload (the flows they run do not use AG2; see docs/distributed.md).
+RAY_OPTIONS: Final[dict[str, Any]] = {"num_cpus": 0.25, "preload": ["isolane.worker.entry"],
+                                      "kill_timeout": 5.0}
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a skip (a failure with ``ISOLANE_REQUIRE_RAY=1``) without it."""
+    try:
+        import ray
+    except ImportError as exc:
+        message = f"Ray is not installed ({exc}); install it with `pip install 'isolane[ray]'`"
+        if os.environ.get(REQUIRE_RAY_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_RAY_ENV}=1)")
+        pytest.skip(message)
+    return ray
+
+
+def executor_on(backend: str, home: Path, **kwargs: Any) -> Executor:
+    """An :class:`Executor` (``async with`` it) whose workers run on ``backend``: ``local``, or
+    ``ray`` with the light relays of :data:`RAY_OPTIONS`."""
+    options = RAY_OPTIONS if backend == "ray" else None
+    return Executor(home=home, backend=backend, backend_options=options, **kwargs)
 
 
 def alive(pid: int) -> bool:

@@ -12,8 +12,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,60 +30,11 @@ from isolane.backends import (
 from isolane.errors import ConfigError
 from isolane.schemas.blobs import BlobStore
 from isolane.tracking.workspace import checkout
+from tests.helpers import RAY_OPTIONS, executor_on, import_ray
 
 pytestmark = pytest.mark.anyio
 
-REQUIRE_RAY_ENV = "ISOLANE_REQUIRE_RAY"
-#: Light actors for the contract tests: many fit on the 2-CPU session cluster, and their
-#: forkservers skip the AG2 preload (the flows here do not use AG2; see docs/distributed.md).
-_RAY_OPTIONS: dict[str, Any] = {"num_cpus": 0.25, "preload": ["isolane.worker.entry"],
-                                "kill_timeout": 5.0}
 _FLOW_CONFIG: dict[str, Any] = {"capture_ag2": False}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # Ray's object refs are awaitable on asyncio only
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        message = f"Ray is not installed ({exc}); install it with `pip install 'isolane[ray]'`"
-        if os.environ.get(REQUIRE_RAY_ENV) == "1":
-            pytest.fail(f"{message} ({REQUIRE_RAY_ENV}=1)")
-        pytest.skip(message)
-    return ray
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    """One local Ray cluster for the whole session, shut down at its end."""
-    ray = _import_ray()
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="warning")
-    yield ray
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
-def backend_name(request: pytest.FixtureRequest) -> str:
-    if request.param == "ray":
-        ray = request.getfixturevalue("ray_session")
-        if not ray.is_initialized():  # the multi-node test ran and took the session's cluster down
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     logging_level="warning")
-    return str(request.param)
-
-
-@asynccontextmanager
-async def _executor(backend: str, home: Path, **kwargs: Any) -> AsyncIterator[Executor]:
-    options = _RAY_OPTIONS if backend == "ray" else None
-    async with Executor(home=home, backend=backend, backend_options=options, **kwargs) as ex:
-        yield ex
 
 
 def _alive(pid: int) -> bool:
@@ -113,13 +62,16 @@ def test_backends_are_a_registry_by_name() -> None:
 
 async def test_events_arrive_in_order(backend_name: str, tmp_path: Path) -> None:
     """A run's events are stored with seq 1..n in the order the worker emitted them."""
-    async with _executor(backend_name, tmp_path / "home") as ex:
+    async with executor_on(backend_name, tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:ok", task="hi", config=_FLOW_CONFIG))
         outcome = await run.wait()
         assert (outcome.status, outcome.exit_code) == ("completed", 0), outcome
         events = ex.store.events(run.run_id)
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
-        assert events[0].type == "run_started" and events[-1].type == "run_completed"
+        # Heartbeats come by the clock (one may precede run_started on a slow start): the
+        # order pinned here is that of everything the worker emitted for the run.
+        lifecycle = [e.type for e in events if e.type != "heartbeat"]
+        assert lifecycle[0] == "run_started" and lifecycle[-1] == "run_completed"
         notes = [e.data["text"] for e in events if e.type == "custom"]
         assert notes == ["inside step 1", "inside a sub-node"]
 
@@ -127,7 +79,7 @@ async def test_events_arrive_in_order(backend_name: str, tmp_path: Path) -> None
 async def test_ten_thousand_events_none_lost(backend_name: str, tmp_path: Path) -> None:
     """10k events travel in batches with no loss, no duplicate and no gap."""
     n = 10_000
-    async with _executor(backend_name, tmp_path / "home") as ex:
+    async with executor_on(backend_name, tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:emit_many", config={**_FLOW_CONFIG, "n": n}))
         outcome = await run.wait()
         assert outcome.status == "completed" and outcome.result == n
@@ -139,13 +91,13 @@ async def test_ten_thousand_events_none_lost(backend_name: str, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("flow", "event"), [("tests.flows:sleeps", "sleeping"),
-                                             ("tests.backend_flows:busy_python", "busy"),
-                                             ("tests.backend_flows:busy_c", "busy")],
+                                             ("tests.flows.backend:busy_python", "busy"),
+                                             ("tests.flows.backend:busy_c", "busy")],
                          ids=["sleeping", "busy-python", "busy-c-call"])
 async def test_cancel_stops_the_worker(backend_name: str, tmp_path: Path, flow: str,
                                        event: str) -> None:
     """Cancel ends a sleeping, a busy-Python and a busy-C-call run ``cancelled``, process gone."""
-    async with _executor(backend_name, tmp_path / "home") as ex:
+    async with executor_on(backend_name, tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow=flow, config=_FLOW_CONFIG, cancel_grace=0.5))
         data = await _first_custom(run, event)
         with anyio.fail_after(15):
@@ -160,7 +112,7 @@ async def test_cancel_stops_the_worker(backend_name: str, tmp_path: Path, flow: 
 
 async def test_kill_9_of_the_worker_is_crashed(backend_name: str, tmp_path: Path) -> None:
     """A worker killed with SIGKILL from outside ends ``crashed`` with SIGKILL(-9) named."""
-    async with _executor(backend_name, tmp_path / "home") as ex:
+    async with executor_on(backend_name, tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
         data = await _first_custom(run, "sleeping")
         os.kill(data["pid"], signal.SIGKILL)
@@ -172,7 +124,7 @@ async def test_kill_9_of_the_worker_is_crashed(backend_name: str, tmp_path: Path
 
 async def test_stopped_worker_is_caught_by_the_watchdog(backend_name: str, tmp_path: Path) -> None:
     """A SIGSTOPped worker sends no heartbeat: the watchdog ends it ``timed_out`` and kills it."""
-    async with _executor(backend_name, tmp_path / "home", heartbeat_interval=0.2) as ex:
+    async with executor_on(backend_name, tmp_path / "home", heartbeat_interval=0.2) as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG,
                                       heartbeat_timeout=1.5, cancel_grace=0.3))
         data = await _first_custom(run, "sleeping")
@@ -185,7 +137,7 @@ async def test_stopped_worker_is_caught_by_the_watchdog(backend_name: str, tmp_p
 
 async def test_first_complete_race(backend_name: str, tmp_path: Path) -> None:
     """The first racer to complete wins; the other is cancelled through its backend."""
-    async with _executor(backend_name, tmp_path / "home") as ex:
+    async with executor_on(backend_name, tmp_path / "home") as ex:
         parent = await ex.run(RunSpec(workflow="tests.flows:race_flow", config=_FLOW_CONFIG))
         assert parent.status == "completed"
         with anyio.fail_after(30):
@@ -201,7 +153,7 @@ async def test_first_complete_race(backend_name: str, tmp_path: Path) -> None:
 
 async def test_handle_reports_where_the_worker_runs(backend_name: str, tmp_path: Path) -> None:
     """A started worker is a WorkerHandle naming its location (``local`` or its Ray node)."""
-    async with _executor(backend_name, tmp_path / "home") as ex:
+    async with executor_on(backend_name, tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
         await _first_custom(run, "sleeping")
         monitor = run._monitor
@@ -225,9 +177,9 @@ async def test_ray_files_travel_and_a_branch_gets_its_workspace(ray_session: Any
     """With node-local files, contents reach the parent's blob store through Ray; a branch's
     worker receives the workspace it starts from; a warm pool serves the launches."""
     home = tmp_path / "home"
-    options = {**_RAY_OPTIONS, "files": "ship", "pool_size": 1}
+    options = {**RAY_OPTIONS, "files": "ship", "pool_size": 1}
     async with Executor(home=home, backend="ray", backend_options=options) as ex:
-        parent = await ex.run(RunSpec(workflow="tests.backend_flows:chain_files",
+        parent = await ex.run(RunSpec(workflow="tests.flows.backend:chain_files",
                                       config={**_FLOW_CONFIG, "flavour": "a"}))
         assert (parent.status, parent.result) == ("completed", "a-1|a-2|a-3"), parent
         row = ex.store.get_run(parent.run_id)
@@ -270,7 +222,7 @@ async def test_ag2_capture_cost_dag_and_a_human_answer_on_ray(ray_session: Any,
         assert ex.store.count_events(outcome.run_id, types=["cost_update"]) > 0
 
         with FakeLLM(Script(default="Hello, human.")) as llm:
-            run = await ex.submit(RunSpec(workflow="tests.human_flows:ag2_human", task="hi bot",
+            run = await ex.submit(RunSpec(workflow="tests.flows.human:ag2_human", task="hi bot",
                                           config={"llm": llm.config("gpt-4o-mini")}))
             with anyio.fail_after(60):
                 async for request in run.events(types=["human_input_request"]):
@@ -291,7 +243,7 @@ async def test_an_unclaimed_pool_relay_exits_by_itself(ray_session: Any) -> None
     idle_timeout, and the backend replaces it instead of handing it out."""
     from isolane.backends.ray.backend import NAMESPACE, RayBackend
 
-    backend = RayBackend(**{**_RAY_OPTIONS, "pool_size": 1, "idle_timeout": 2.0})
+    backend = RayBackend(**{**RAY_OPTIONS, "pool_size": 1, "idle_timeout": 2.0})
     backend.start()
     try:
         (warm,) = backend._pool
@@ -318,7 +270,7 @@ async def test_a_lost_relay_actor_is_crashed_with_its_cause(ray_session: Any,
                                                             tmp_path: Path) -> None:
     """Killing a run's relay actor through Ray (not its worker) ends the run ``crashed``,
     naming the actor's node; the worker dies with its relay."""
-    async with _executor("ray", tmp_path / "home") as ex:
+    async with executor_on("ray", tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
         data = await _first_custom(run, "sleeping")
         relay = ex.store.get_run(run.run_id).meta["worker"]
@@ -369,7 +321,7 @@ async def test_a_new_parent_reattaches_to_a_ray_worker_whose_parent_died(ray_ses
         (report,) = ex.recovered
         assert (report.run_id, report.action) == (run_id, "skipped")
         assert "backend='ray'" in report.detail and ex.store.get_run(run_id).status == "running"
-    async with Executor(home=home, backend="ray", backend_options=_RAY_OPTIONS,
+    async with Executor(home=home, backend="ray", backend_options=RAY_OPTIONS,
                         recover=True) as ex:
         assert [(r.run_id, r.action) for r in ex.recovered] == [(run_id, "reattached")]
         row = ex.store.get_run(run_id)
@@ -397,7 +349,7 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
     """Killing the node of a run ends it ``crashed`` naming the node; resume completes it on the
     surviving node with every event exactly once, and with its files: they live on the nodes
     (``files="ship"``), travel to the parent's blob store and back to the new node."""
-    ray = _import_ray()
+    ray = import_ray()
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
@@ -411,8 +363,8 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
         async with Executor(home=tmp_path / "home", backend="ray", heartbeat_interval=0.5,
-                            backend_options={**_RAY_OPTIONS, "num_cpus": 1, "files": "ship"}) as ex:
-            run = await ex.submit(RunSpec(workflow="tests.backend_flows:node_loss",
+                            backend_options={**RAY_OPTIONS, "num_cpus": 1, "files": "ship"}) as ex:
+            run = await ex.submit(RunSpec(workflow="tests.flows.backend:node_loss",
                                           config=_FLOW_CONFIG, heartbeat_timeout=20))
             data = await _first_custom(run, "waiting")
             assert run._monitor is not None
@@ -450,3 +402,24 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+async def test_a_worker_loads_none_of_the_parent_stack(backend_name: str, tmp_path: Path) -> None:
+    """A worker process imports no database, server or CLI library: the parent's stack stays home.
+
+    The Ray relays here preload the worker alone, so nothing may be there; a local worker's
+    forkserver preloads AG2 too, whose HTTP client may bring ``rich`` along: what AG2 and openai
+    load by themselves (measured in a fresh interpreter) is theirs, everything else would be
+    isolane's.
+    """
+    async with executor_on(backend_name, tmp_path / "home") as ex:
+        outcome = await ex.run(RunSpec(workflow="tests.flows:loaded_modules", config=_FLOW_CONFIG))
+    assert outcome.status == "completed", outcome
+    theirs: set[str] = set()
+    if backend_name == "local":
+        code = ("import sys, autogen, openai; from tests.flows import PARENT_STACK; "
+                "print(' '.join(n for n in PARENT_STACK if n in sys.modules))")
+        probe = await anyio.run_process([sys.executable, "-c", code],
+                                        cwd=Path(__file__).resolve().parent.parent)
+        theirs = set(probe.stdout.decode().split())
+    assert set(outcome.result) - theirs == set(), f"a worker loaded {outcome.result}"

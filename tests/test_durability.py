@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import RunStateError
-from isolane.schemas.spool import spool_offset_after
 from isolane.schemas import encode_batch
+from isolane.schemas.spool import spool_offset_after
 from isolane.tracking.state import resume_state
+from tests.helpers import executor_on
 
 pytestmark = pytest.mark.anyio
 
@@ -42,9 +43,9 @@ async def _crashed_after_step_2(ex: Executor) -> RunHandle:
     return run
 
 
-async def test_resume_skips_completed_steps_and_continues_seq(home: Path) -> None:
+async def test_resume_skips_completed_steps_and_continues_seq(backend_name: str, home: Path) -> None:
     """A SIGKILLed run resumed: finished steps are not re-run, state is restored, seq continues."""
-    async with Executor(home=home) as ex:
+    async with executor_on(backend_name, home) as ex:
         reference = await ex.run(RunSpec(workflow=FLOW, config={"sleep": 0.0}))
         assert reference.status == "completed"
 
@@ -101,9 +102,9 @@ async def test_resume_refuses_completed_and_running_runs(home: Path) -> None:
         await run.cancel()
 
 
-async def test_restart_policy_resumes_a_crashed_worker(home: Path) -> None:
+async def test_restart_policy_resumes_a_crashed_worker(backend_name: str, home: Path) -> None:
     """With max_restarts a crashed worker is resumed automatically; each attempt is visible."""
-    async with Executor(home=home) as ex:
+    async with executor_on(backend_name, home) as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:crash_once", max_restarts=2,
                                       restart_backoff=0.05))
         outcome = await run.wait()

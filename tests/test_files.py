@@ -28,7 +28,7 @@ from isolane.tracking.workspace import (
     write_workspace,
 )
 from isolane.worker.files import FileScanner
-from tests.file_flows import FROM_CHILD, SAME
+from tests.flows.files import FROM_CHILD, SAME
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class Ran:
 
 def run_flow(home: Path, workflow: str, config: dict[str, Any] | None = None, *,
              max_blob_bytes: int | None = None, max_restarts: int = 0) -> Ran:
-    """Run ``tests.file_flows:<workflow>`` in a real worker and wait for it to end."""
+    """Run ``tests.flows.files:<workflow>`` in a real worker and wait for it to end."""
     db_url = f"sqlite:///{home / 'isolane.db'}"
     options: dict[str, Any] = {} if max_blob_bytes is None else {"max_blob_bytes": max_blob_bytes}
 
     async def main() -> tuple[str, str]:
         async with Executor(home=home, db_url=db_url, **options) as ex:
-            outcome = await ex.run(RunSpec(workflow=f"tests.file_flows:{workflow}",
+            outcome = await ex.run(RunSpec(workflow=f"tests.flows.files:{workflow}",
                                            config=config or {}, max_restarts=max_restarts,
                                            restart_backoff=0.05))
             return outcome.run_id, outcome.status

@@ -22,6 +22,7 @@ from isolane.worker.human import (
     parse_approval,
 )
 from isolane.workflow import registered_workflows
+from tests.helpers import executor_on
 
 pytestmark = pytest.mark.anyio
 
@@ -138,10 +139,11 @@ def test_pending_and_recorded_answers_from_events() -> None:
 # -- real workers ------------------------------------------------------------------------------------
 
 
-async def test_answer_reaches_the_workflow_and_the_run_completes(home: Path) -> None:
-    """ctx.ask in a worker emits a request; Executor.answer sends the text through the control pipe."""
-    async with Executor(home=home) as ex:
-        run = await ex.submit(RunSpec(workflow="tests.human_flows:asks"))
+async def test_answer_reaches_the_workflow_and_the_run_completes(backend_name: str, home: Path) -> None:
+    """ctx.ask in a worker emits a request; Executor.answer sends the text through the control
+    channel (the control pipe; through the relay actor on Ray)."""
+    async with executor_on(backend_name, home) as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows.human:asks", config={"capture_ag2": False}))
         request = await _next_request(run)
         assert request.node_id == "review" and request.data["request_id"] == "review:1"
         (pending,) = await run.pending_requests()
@@ -164,7 +166,7 @@ async def test_answer_reaches_the_workflow_and_the_run_completes(home: Path) -> 
 async def test_approval_and_feedback(home: Path) -> None:
     """ctx.approve is True for an approval; a rejection's text is kept as feedback."""
     async with Executor(home=home) as ex:
-        run = await ex.submit(RunSpec(workflow="tests.human_flows:approves"))
+        run = await ex.submit(RunSpec(workflow="tests.flows.human:approves"))
         first = await _next_request(run)
         assert first.data["kind"] == "approval"
         await run.answer(first.data["request_id"], "add a test step first")
@@ -177,7 +179,7 @@ async def test_approval_and_feedback(home: Path) -> None:
 async def test_run_timeout_policy(home: Path) -> None:
     """RunSpec(human_timeout=...) bounds a question; a per-question default wins over raising."""
     async with Executor(home=home) as ex:
-        outcome = await ex.run(RunSpec(workflow="tests.human_flows:times_out", human_timeout=0.3))
+        outcome = await ex.run(RunSpec(workflow="tests.flows.human:times_out", human_timeout=0.3))
     assert outcome.status == "completed"
     assert outcome.result["fallback"] == "nobody"
     assert "no answer to human-input request 'run:2' within 0.3 s" in outcome.result["error"]
@@ -187,7 +189,7 @@ async def test_ag2_agent_asks_through_the_control_pipe(home: Path) -> None:
     """An AG2 agent with human_input_mode=ALWAYS gets the parent's answer as its reply."""
     with FakeLLM(Script(default="Hello, human.")) as llm:
         async with Executor(home=home) as ex:
-            run = await ex.submit(RunSpec(workflow="tests.human_flows:ag2_human", task="hi bot",
+            run = await ex.submit(RunSpec(workflow="tests.flows.human:ag2_human", task="hi bot",
                                           config={"llm": llm.config()}))
             request = await _next_request(run)
             assert request.data["agent"] == "human" and request.node_id == "chat"
@@ -203,7 +205,7 @@ async def test_ag2_agent_asks_through_the_control_pipe(home: Path) -> None:
 async def test_resumed_run_takes_recorded_answers_from_the_log(home: Path) -> None:
     """A run that crashed after an answer is resumed without asking the same question again."""
     async with Executor(home=home) as ex:
-        run = await ex.submit(RunSpec(workflow="tests.human_flows:asks_then_crashes"))
+        run = await ex.submit(RunSpec(workflow="tests.flows.human:asks_then_crashes"))
         request = await _next_request(run)
         await run.answer(request.data["request_id"], "Grace")
         assert (await run.wait()).status == "crashed"

@@ -1,6 +1,6 @@
 """Isolation and safety with real workers: hostile workflows, limits, process trees, secrets, paths.
 
-The table ``CASES`` runs each workflow of :mod:`tests.hostile_flows` in a real worker and pins
+The table ``CASES`` runs each workflow of :mod:`tests.flows.hostile` in a real worker and pins
 down how its run ends (status and a message that names what happened) plus the evidence that
 the parent, the store and the machine came through unharmed.
 """
@@ -170,7 +170,7 @@ async def _run_case(case: Case, home: Path, db_url: str) -> Evidence:
     config.setdefault("marker", str(home / "pwned"))
     ready: dict[str, Any] = {}
     async with Executor(home=home, db_url=db_url) as ex:
-        run = await ex.submit(RunSpec(workflow=f"tests.hostile_flows:{case.flow}", config=config,
+        run = await ex.submit(RunSpec(workflow=f"tests.flows.hostile:{case.flow}", config=config,
                                       **spec))
         # From here on, what the parent holds comes from serving this run (imports done, store open).
         async with RssPeak() as rss:
@@ -248,7 +248,7 @@ async def test_flood_is_stopped_and_other_runs_keep_flowing(home: Path, tmp_path
     """A worker flooding its pipe with garbage is stopped after the invalid-frame cap; a run
     beside it stores all its events; the parent's memory stays bounded."""
     async with Executor(home=home, db_url=f"sqlite:///{tmp_path / 'isolane.db'}") as ex:
-        flood = await ex.submit(RunSpec(workflow="tests.hostile_flows:floods", config={"seconds": 20}))
+        flood = await ex.submit(RunSpec(workflow="tests.flows.hostile:floods", config={"seconds": 20}))
         calm = await ex.submit(RunSpec(workflow="tests.flows:emit_many", config={"n": 50_000}))
         async with RssPeak() as rss:
             with anyio.fail_after(60):
@@ -393,8 +393,8 @@ async def test_run_allow_list_replaces_the_executors(home: Path, monkeypatch: py
     """``RunSpec(env_allow=...)`` chooses what this run inherits from the parent."""
     monkeypatch.setenv("ISOLANE_EXTRA_SETTING", "visible")
     async with Executor(home=home) as ex:
-        default = await ex.run(RunSpec(workflow="tests.hostile_flows:reads_environment"))
-        chosen = await ex.run(RunSpec(workflow="tests.hostile_flows:reads_environment",
+        default = await ex.run(RunSpec(workflow="tests.flows.hostile:reads_environment"))
+        chosen = await ex.run(RunSpec(workflow="tests.flows.hostile:reads_environment",
                                       env_allow={"ISOLANE_EXTRA_SETTING"}))
     assert "ISOLANE_EXTRA_SETTING" not in default.result and "PATH" in default.result
     assert chosen.result["ISOLANE_EXTRA_SETTING"] == "visible" and "PATH" not in chosen.result
@@ -437,7 +437,7 @@ def test_short_configured_secrets_are_refused() -> None:
 async def test_links_planted_by_a_workflow_are_not_followed(home: Path) -> None:
     """A workflow links /etc into its directory: resolving, opening and walking refuse to follow."""
     async with Executor(home=home) as ex:
-        run = await ex.submit(RunSpec(workflow="tests.hostile_flows:links_etc"))
+        run = await ex.submit(RunSpec(workflow="tests.flows.hostile:links_etc"))
         outcome = await run.wait()
         work_dir = Path(ex.store.get_run(run.run_id).work_dir)
     assert outcome.status == "completed"

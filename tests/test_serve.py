@@ -173,7 +173,7 @@ def test_websocket_wire_text_is_unchanged_live_and_replayed(server: BackgroundSe
                                                             client: httpx.Client) -> None:
     """Live and replayed socket messages are exactly the stored events' envelopes, unicode kept."""
     prompt = "Résumé? 日本語 👋🏽 \"quoted\" \\ tab\t"
-    run_id = _submit(client, "tests.human_flows:asks", config={"prompt": prompt})
+    run_id = _submit(client, "tests.flows.human:asks", config={"prompt": prompt})
 
     def lines(since: int = 0, *, answer: bool = False) -> list[str]:
         out: list[str] = []
@@ -197,7 +197,7 @@ def test_websocket_wire_text_is_unchanged_live_and_replayed(server: BackgroundSe
 def test_reconnect_with_since_receives_every_event_exactly_once(
         server: BackgroundServer, client: httpx.Client) -> None:
     """Connect, drop mid-run, reconnect with since=<last seq>: every event once, in order."""
-    run_id = _submit(client, "tests.human_flows:ticks",
+    run_id = _submit(client, "tests.flows.human:ticks",
                      config={"n": 3000, "bursts": 30, "pause": 0.01, "gate_at": 10})
     seqs: list[int] = []
     with connect(_ws_url(server.url, run_id)) as ws:
@@ -222,7 +222,7 @@ def test_reconnect_with_since_receives_every_event_exactly_once(
 def test_many_clients_joining_a_live_run_each_get_every_event_in_order(
         server: BackgroundServer, client: httpx.Client) -> None:
     """Clients that join while events are committing see no gap at the replay/live seam."""
-    run_id = _submit(client, "tests.human_flows:ticks", config={"n": 3000, "bursts": 60, "pause": 0.02})
+    run_id = _submit(client, "tests.flows.human:ticks", config={"n": 3000, "bursts": 60, "pause": 0.02})
 
     def follow(results: list[list[int]], join_after: int) -> None:
         with connect(_ws_url(server.url, run_id)) as ws:  # wait until the stream is that far
@@ -245,7 +245,7 @@ def test_slow_client_is_told_it_lagged_and_catches_up_from_the_store(tmp_path: P
     """A client that stops reading overflows its bounded queue, gets 'lagged', then the rest in order."""
     with BackgroundServer(executor_options={"home": tmp_path / "home"}, client_queue=8) as srv:
         client = _closing(httpx.Client(base_url=srv.url, timeout=30))
-        run_id = _submit(client, "tests.human_flows:ticks",
+        run_id = _submit(client, "tests.flows.human:ticks",
                          config={"n": 6000, "bursts": 6, "pause": 0.0, "pad": 1000})
         sock = socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1])))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -269,7 +269,7 @@ def test_slow_client_is_told_it_lagged_and_catches_up_from_the_store(tmp_path: P
 def test_answer_over_the_websocket_reaches_the_workflow(server: BackgroundServer,
                                                        client: httpx.Client) -> None:
     """A human_input_request seen on the socket is answered on the socket; the run completes."""
-    run_id = _submit(client, "tests.human_flows:asks")
+    run_id = _submit(client, "tests.flows.human:asks")
     replies: list[dict[str, Any]] = []
     with connect(_ws_url(server.url, run_id)) as ws:
         for frame in _frames(ws):
@@ -289,7 +289,7 @@ def test_answer_over_the_websocket_reaches_the_workflow(server: BackgroundServer
 def test_rest_routes(server: BackgroundServer, client: httpx.Client) -> None:
     """Submit, list, show, events, DAG, cost, files, cancel, branch; clear errors for bad input."""
     assert client.get("/api/runs/nope1234").status_code == 404
-    bad = client.post("/api/runs", json={"workflow": "tests.human_flows:asks", "colour": "red"})
+    bad = client.post("/api/runs", json={"workflow": "tests.flows.human:asks", "colour": "red"})
     assert bad.status_code == 400 and "unknown field 'colour'" in bad.json()["error"]
     assert client.post("/api/runs", content=b"{}", headers={"content-type": "text/plain"}).status_code == 400
     missing = client.post("/api/runs", json={"workflow": "no.such.module:main"})
@@ -511,7 +511,7 @@ def test_parent_restarted_while_a_question_is_pending_re_asks_it(tmp_path: Path)
     home = tmp_path / "home"
     with _serve_process(home) as (first, url):
         client = _closing(httpx.Client(base_url=url, timeout=30))
-        run_id = _submit(client, "tests.human_flows:asks")
+        run_id = _submit(client, "tests.flows.human:asks")
         with connect(_ws_url(url, run_id)) as ws:
             asked = next(f for f in _frames(ws) if f.get("type") == "human_input_request")
         worker_pid = client.get(f"/api/runs/{run_id}").json()["run"]["worker_pid"]
@@ -561,7 +561,7 @@ def chromium(tmp_path: Path) -> Iterator[Chromium]:
 def test_page_shows_the_dag_live_and_a_node_completes_without_reload(
         server: BackgroundServer, client: httpx.Client, chromium: Chromium) -> None:
     """The page draws a running run's DAG; answering its question turns 'review' completed live."""
-    run_id = _submit(client, "tests.human_flows:gated_steps", task="release 1.0")
+    run_id = _submit(client, "tests.flows.human:gated_steps", task="release 1.0")
     chromium.navigate(f"{server.url}/runs/{run_id}")
     chromium.wait_for("document.querySelector('[data-request-id]')")
     assert chromium.evaluate(

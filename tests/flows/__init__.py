@@ -1,4 +1,5 @@
-"""Workflows the tests run in real worker processes (imported by the workers as ``tests.flows``)."""
+"""Workflows the tests run in real worker processes (imported by the workers as ``tests.flows``;
+the other modules of this package hold the flows of one test file each)."""
 
 from __future__ import annotations
 
@@ -201,3 +202,14 @@ def race_flow(ctx: RunContext, task: str, config: dict[str, Any]) -> dict[str, A
 
 def score_quality(result: Any, files: dict[str, str], cost: float) -> float:
     return float(result["quality"])
+
+
+#: What a worker process must never load: the parent's database, server and CLI libraries.
+PARENT_STACK = ("sqlalchemy", "alembic", "starlette", "uvicorn", "typer", "rich", "psycopg")
+
+
+def loaded_modules(ctx: RunContext, task: str, config: dict[str, Any]) -> list[str]:
+    """The parent-stack libraries loaded in this worker process (see :data:`PARENT_STACK`)."""
+    import sys
+
+    return sorted(name for name in PARENT_STACK if name in sys.modules)

@@ -1,4 +1,4 @@
-"""Workflows of the backend contract suite (imported by the workers as ``tests.backend_flows``)."""
+"""Workflows of the backend contract suite (imported by the workers as ``tests.flows.backend``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Workflows that write files, run in real workers by ``tests/test_files.py`` (``tests.file_flows``)."""
+"""Workflows that write files, run in real workers by ``tests/test_files.py`` (``tests.flows.files``)."""
 
 from __future__ import annotations
 

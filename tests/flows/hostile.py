@@ -1,4 +1,4 @@
-"""Hostile and buggy workflows the isolation tests run in real workers (``tests.hostile_flows``).
+"""Hostile and buggy workflows the isolation tests run in real workers (``tests.flows.hostile``).
 
 Every one of them is bounded: whatever isolane fails to stop, the flow stops by itself (a fork
 bomb of at most 2**depth processes, at most 1 GB printed, at most ``seconds`` of flooding), so a
