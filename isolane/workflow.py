@@ -20,7 +20,6 @@ import itertools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final
 
@@ -141,6 +140,8 @@ def _load_registrations() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+    from importlib.metadata import entry_points  # scanning installed packages: only when needed
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -418,6 +419,54 @@ def ag2(args: argparse.Namespace) -> dict[str, Any]:
     from scripts.bench_ag2 import run_ag2_benchmark
 
     return run_ag2_benchmark()
+
+
+# -- cli -------------------------------------------------------------------------------------------
+
+
+def _wall_ms(argv: list[str], *, runs: int, cwd: Path, env: dict[str, str]) -> list[float]:
+    """Wall time of ``argv`` as a whole process, ``runs`` times after one warm-up (plain timing)."""
+    samples: list[float] = []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        done = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, check=False)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+        if i:
+            samples.append(elapsed)
+    return samples
+
+
+@benchmark("cli")
+def cli(args: argparse.Namespace) -> dict[str, Any]:
+    """``isolane --help`` and ``isolane runs`` wall time, beside ``python -c pass`` and
+    ``python -c "import typer, rich"`` measured in the same run (target: <= 300 ms each)."""
+    runs = 9
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as d:
+        home = Path(d) / "home"
+        with Store.open(None, home=home) as store:  # a migrated store holding a few runs
+            for i in range(20):
+                store.create_run(run_id=f"{i:032x}", workflow="bench", task="t", status="completed",
+                                 work_dir=str(home / "runs" / f"{i:032x}" / "work"))
+        py = [sys.executable]
+        cmds = {
+            "python_pass": [*py, "-c", "pass"],
+            "import_typer_rich": [*py, "-c", "import typer, rich"],
+            "help": [*py, "-m", "isolane.cli", "--help"],
+            "runs": [*py, "-m", "isolane.cli", "runs", "--home", str(home)],
+        }
+        figures = {name: _wall_ms(argv, runs=runs, cwd=Path(d), env=env) for name, argv in cmds.items()}
+    p50 = {name: round(statistics.median(samples), 1) for name, samples in figures.items()}
+    return {
+        "help_ms_p50": p50["help"], "runs_ms_p50": p50["runs"],
+        "python_pass_ms_p50": p50["python_pass"], "import_typer_rich_ms_p50": p50["import_typer_rich"],
+        "help_over_typer_rich": round(p50["help"] / p50["import_typer_rich"], 2),
+        "runs_over_typer_rich": round(p50["runs"] / p50["import_typer_rich"], 2),
+        "target_ms": 300, "runs": runs,
+    }
 
 
 # -- ray -------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ async def test_handle_reports_where_the_worker_runs(backend_name: str, tmp_path:
     async with executor_on(backend_name, tmp_path / "home") as ex:
         run = await ex.submit(RunSpec(workflow="tests.flows:sleeps", config=_FLOW_CONFIG))
         await _first_custom(run, "sleeping")
-        monitor = run._monitor
+        monitor = run.monitor
         assert monitor is not None and isinstance(monitor.worker, WorkerHandle)
         location = monitor.worker.location
         await run.cancel()
@@ -326,7 +326,7 @@ async def test_a_new_parent_reattaches_to_a_ray_worker_whose_parent_died(ray_ses
         assert [(r.run_id, r.action) for r in ex.recovered] == [(run_id, "reattached")]
         row = ex.store.get_run(run_id)
         assert row.status == "running"
-        monitor = ex.get(run_id)._monitor
+        monitor = ex.get(run_id).monitor
         assert monitor is not None and monitor.timeout is not None
         assert monitor.timeout < 300, "the run's timeout counts from its start, not the re-attach"
         (Path(row.work_dir) / "go").touch()  # the worker ran on while no parent watched it
@@ -367,8 +367,8 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
             run = await ex.submit(RunSpec(workflow="tests.flows.backend:node_loss",
                                           config=_FLOW_CONFIG, heartbeat_timeout=20))
             data = await _first_custom(run, "waiting")
-            assert run._monitor is not None
-            node_id = run._monitor.worker.location.split()[2]
+            assert run.monitor is not None
+            node_id = run.monitor.worker.location.split()[2]
             (victim,) = [n for n in nodes if n.node_id == node_id]
             cluster.remove_node(victim, allow_graceful=False)
             with anyio.fail_after(30):
@@ -391,7 +391,7 @@ async def test_node_loss_is_crashed_then_resume_completes_elsewhere(tmp_path: Pa
             checkout(ex.store, BlobStore(tmp_path / "home" / "blobs"), run.run_id, "step_2", out)
             assert (out / "notes.txt").read_text() == "written by step 1"
             assert (out / "result.txt").read_text() == "WRITTEN BY STEP 1"
-            assert resumed._monitor is None
+            assert resumed.monitor is None
             count, low, high = ex.store.seq_stats(run.run_id)
             assert (low, count) == (1, high)  # no event lost, none duplicated
             waits = [e.data for e in ex.store.events(run.run_id, types=["custom"])

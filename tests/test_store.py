@@ -20,7 +20,7 @@ import isolane
 import isolane.tracking
 from isolane.errors import ConfigError, RunNotFound, StoreUnavailable
 from isolane.tracking import DiagnosticRow, EventRow, Store, resolve_url
-from isolane.tracking._migrate import VERSION_TABLE
+from isolane.tracking._migrate import HEAD_REVISION, SCRIPT_LOCATION, VERSION_TABLE, at_head
 from isolane.tracking.models import Base
 from isolane.tracking.urls import ENV_URL, normalize_url
 
@@ -498,3 +498,30 @@ def test_exported_names_are_frozen() -> None:
         "ENV_URL", "MIN_PREFIX", "UNFINISHED_STATUSES", "DagEdgeRow", "DagNodeRow",
         "DiagnosticRow", "EventRow", "FileRow", "LlmCallRow", "RunRow", "Store",
         "display_url", "resolve_url"])
+
+
+def test_the_head_revision_constant_is_the_newest_migration() -> None:
+    """HEAD_REVISION (what a store checks to open without Alembic) is the scripts' head."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+
+
+def test_a_store_at_head_opens_without_loading_alembic(db_url: str, tmp_path: Path) -> None:
+    """A database already at head is opened with one plain query: Alembic is not even imported
+    (what keeps `isolane runs` fast); an empty one is not at head and gets migrated."""
+    empty = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        assert not at_head(empty)
+    finally:
+        empty.dispose()
+    with Store.open(db_url):
+        pass
+    code = ("import sys; from isolane.tracking import Store; Store.open(sys.argv[1]).close(); "
+            "print('alembic' in sys.modules)")
+    probe = subprocess.run([sys.executable, "-c", code, db_url], check=True, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert probe.stdout.strip() == "False", probe.stderr

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import orjson
 import typer
@@ -39,11 +39,11 @@ from isolane.cli.render import (
 )
 from isolane.cli.run import RUN_HELP, run_command
 from isolane.cli.serve import serve_command
-from isolane.executor.executor import TERMINAL_STATUSES
-from isolane.schemas.envelope import Event
-from isolane.schemas.payloads import EVENT_TYPES
-from isolane.tracking.models import RUN_STATUSES
-from isolane.tracking.store import Store
+from isolane.tracking.rows import RUN_STATUSES
+
+if TYPE_CHECKING:
+    from isolane.schemas.envelope import Event
+    from isolane.tracking.store import Store
 
 __all__ = ["app", "main"]
 
@@ -83,6 +83,8 @@ def _write_json_line(value: Any) -> None:
 
 
 def _count_by_type(store: Store, run_id: str) -> dict[str, int]:
+    from isolane.schemas.payloads import EVENT_TYPES
+
     counts = {type_: store.count_events(run_id, types=[type_]) for type_ in sorted(EVENT_TYPES)}
     return {type_: n for type_, n in counts.items() if n}
 
@@ -167,6 +169,8 @@ def _followed_events(store: Store, run_id: str, *, after: int,
     The run's final status is committed after its last event, so once a read of the status says
     terminal, one more read of the events gets everything.
     """
+    from isolane.executor.run import TERMINAL_STATUSES
+
     while True:
         ended = store.get_run(run_id).status in TERMINAL_STATUSES
         for event in _stored_events(store, run_id, after=after, types=types):
@@ -190,6 +194,8 @@ def events_command(
     json_: JsonOption = False,
 ) -> None:
     """Print a run's events in order, one per line (JSON lines with --json)."""
+    from isolane.schemas.payloads import EVENT_TYPES
+
     unknown = sorted(set(type_ or ()) - EVENT_TYPES)
     if unknown:
         fail(f"unknown event type {', '.join(map(repr, unknown))} for --type; use one of "

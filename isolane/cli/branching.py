@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import orjson
@@ -27,8 +27,10 @@ from isolane.cli.options import (
     parse_config,
 )
 from isolane.cli.run import follow, make_sink
-from isolane.executor.executor import Executor
-from isolane.executor.racing import STRATEGIES, RaceOutcome
+from isolane.executor.racing import STRATEGIES
+
+if TYPE_CHECKING:
+    from isolane.executor.racing import RaceOutcome
 
 __all__ = ["branch_command", "compare_command", "play_from_command", "race_command"]
 
@@ -78,6 +80,8 @@ def play_from_command(
 async def _race(location: Location, run_id: str, node: str, variants: list[dict[str, Any]],
                 strategy: str, scorer: str | None, budget: float | None, timeout: float | None,
                 env: dict[str, str]) -> RaceOutcome:
+    from isolane.executor.executor import Executor
+
     async with Executor(db_url=location.db, home=location.home, max_workers=max(4, len(variants))) as ex:
         return await ex.race(run_id, node, variants, strategy=strategy, scorer=scorer,
                              budget_usd=budget, timeout=timeout, env=env)
@@ -125,6 +129,8 @@ def race_command(
 
 
 async def _compare(location: Location, run_ids: list[str]) -> dict[str, Any]:
+    from isolane.executor.executor import Executor
+
     async with Executor(db_url=location.db, home=location.home) as ex:
         ids = [ex.store.get_run(r).id for r in run_ids]
         return (await ex.compare(ids)).as_dict()

@@ -19,7 +19,6 @@ from typing import Any, Final, NoReturn
 
 import typer
 from rich.console import Console
-from sqlalchemy.exc import SQLAlchemyError
 
 from isolane.cli.codes import EXIT_USAGE
 from isolane.errors import IsolaneError, WorkflowNotFound
@@ -95,8 +94,11 @@ def _user_error(exc: BaseException) -> str | None:
     for leaf in leaves:
         if isinstance(leaf, IsolaneError):
             return _message_for(leaf)
+    # A database error means SQLAlchemy is loaded; the CLI never imports it just to check.
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    db_error: type[BaseException] | tuple[()] = getattr(sqlalchemy_exc, "SQLAlchemyError", ())
     for leaf in leaves:
-        if isinstance(leaf, SQLAlchemyError):
+        if isinstance(leaf, db_error):
             detail = one_line(str(getattr(leaf, "orig", None) or leaf)).split(" (Background", 1)[0]
             return (f"cannot use the database: {detail}; check --db / $ISOLANE_DB_URL "
                     "(and that the server is up) or --home")

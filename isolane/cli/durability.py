@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import orjson
@@ -20,8 +20,9 @@ from isolane.cli.console import out
 from isolane.cli.llm import llm_for_stored_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
 from isolane.cli.run import follow, make_sink
-from isolane.executor.executor import Executor
-from isolane.executor.recovery import RecoveryReport
+
+if TYPE_CHECKING:
+    from isolane.executor.recovery import RecoveryReport
 
 __all__ = ["recover_command", "resume_command"]
 
@@ -47,6 +48,8 @@ def resume_command(
 
 
 async def _recover(location: Location, resume: bool) -> tuple[list[RecoveryReport], list[str]]:
+    from isolane.executor.executor import Executor
+
     async with Executor(db_url=location.db, home=location.home) as executor:
         reports = await executor.recover(resume=resume)
         await executor.join()

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import orjson
 import typer
@@ -22,12 +22,9 @@ from isolane.cli.console import out
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
 from isolane.cli.render import format_time, short_id
 from isolane.schemas.blobs import BlobStore
-from isolane.tracking.workspace import (
-    WorkspaceFile,
-    file_versions,
-    files_at,
-    write_workspace,
-)
+
+if TYPE_CHECKING:
+    from isolane.tracking.workspace import WorkspaceFile
 
 __all__ = ["checkout_command", "files_command", "files_table"]
 
@@ -77,6 +74,8 @@ def files_command(
     json_: JsonOption = False,
 ) -> None:
     """A run's files: every version recorded, or with --at the workspace at a node."""
+    from isolane.tracking.workspace import file_versions, files_at
+
     with open_store(Location.of(db, home)) as store:
         run_id = store.get_run(run).id
         rows = list(files_at(store, run_id, at).values()) if at else file_versions(store, run_id)
@@ -108,6 +107,8 @@ def checkout_command(
     json_: JsonOption = False,
 ) -> None:
     """Write a run's workspace, as it was when node NODE ended, into DIR byte for byte."""
+    from isolane.tracking.workspace import files_at, write_workspace
+
     location = Location.of(db, home)
     with open_store(location) as store:
         run_id = store.get_run(run).id

@@ -10,15 +10,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
 from isolane import settings
 from isolane.cli.console import fail
-from isolane.tracking.store import Store
-from isolane.tracking.urls import resolve_url
+
+if TYPE_CHECKING:
+    from isolane.tracking.store import Store
 
 __all__ = [
     "DbOption",
@@ -66,6 +67,9 @@ def open_store(location: Location) -> Iterator[Store]:
 
     Reading never creates a database: a wrong ``--home`` should say so, not show an empty one.
     """
+    from isolane.tracking.store import Store
+    from isolane.tracking.urls import resolve_url
+
     url = resolve_url(location.db, home=location.home)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
         fail(f"no isolane database at {url.database!r}; pass the --home (or --db) where the runs "

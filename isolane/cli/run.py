@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Final, NoReturn, Protocol, TextIO
+from typing import TYPE_CHECKING, Annotated, Final, NoReturn, Protocol, TextIO
 
 import anyio
 import orjson
@@ -32,10 +32,12 @@ from isolane.cli.live import RunView
 from isolane.cli.llm import BaseUrlOption, LlmOption, ModelOption, llm_for_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, parse_config
 from isolane.cli.render import error_text, event_line, format_duration, short
-from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
-from isolane.schemas.envelope import Event
-from isolane.tracking.urls import resolve_url
 from isolane.workflow import resolve_workflow
+
+if TYPE_CHECKING:
+    from isolane.executor.executor import Executor
+    from isolane.executor.run import Outcome, RunHandle
+    from isolane.schemas.envelope import Event
 
 __all__ = ["RUN_HELP", "follow", "make_sink", "run_command", "run_isolated_app", "run_isolated_main"]
 
@@ -231,7 +233,7 @@ async def _ticker(sink: _Sink) -> None:
         sink.tick()
 
 
-Starter = Callable[[Executor], Awaitable[RunHandle]]
+Starter = Callable[["Executor"], Awaitable["RunHandle"]]
 
 
 async def follow(start: Starter, location: Location, sink: _Sink, *,
@@ -240,6 +242,8 @@ async def follow(start: Starter, location: Location, sink: _Sink, *,
 
     ``backend`` names the worker backend (None: ``ISOLANE_BACKEND``, else ``local``).
     """
+    from isolane.executor.executor import Executor
+
     try:
         async with Executor(db_url=location.db, home=location.home, backend=backend) as executor:
             handle = await start(executor)
@@ -285,6 +289,9 @@ def run_command(
                                  param_hint="--backend")
     location = Location.of(db, home)
     parsed = parse_config(config or ())
+    from isolane.executor.run import RunSpec
+    from isolane.tracking.urls import resolve_url
+
     resolve_url(location.db, home=location.home)  # a bad --db fails now, before a worker starts
     wf = resolve_workflow(workflow)  # an unknown workflow fails now, before a worker starts
     with llm_for_run(wf, parsed, llm=llm, model=model, base_url=base_url) as (run_config, llm_env):

@@ -17,9 +17,7 @@ import typer
 
 from isolane.cli.console import err, fail
 from isolane.cli.options import DbOption, HomeOption, Location
-from isolane.executor.executor import Executor
-from isolane.serve.auth import LOOPBACK_HOSTS, TOKEN_ENV
-from isolane.serve.server import cancel_live_runs, make_server
+from isolane.settings import TOKEN_ENV
 
 __all__ = ["serve_command"]
 
@@ -49,6 +47,8 @@ def serve_command(
     home: HomeOption = None,
 ) -> None:
     """Serve runs over HTTP and WebSockets, with a live page at the printed URL."""
+    from isolane.serve.auth import LOOPBACK_HOSTS
+
     if not 0 <= port <= 65535:
         fail(f"--port must be between 0 and 65535, got {port}")
     if max_workers < 1:
@@ -68,6 +68,9 @@ def serve_command(
 async def _serve(location: Location, host: str, port: int, token: str | None,
                  origins: tuple[str, ...], hosts: tuple[str, ...], max_workers: int,
                  recover: bool, workflows: tuple[str, ...] | None) -> None:
+    from isolane.executor.executor import Executor
+    from isolane.serve.server import cancel_live_runs, make_server
+
     def ready(url: str) -> None:
         shown = f"{url}/?token=…" if token else f"{url}/"
         err.print(f"isolane serving {location.db or location.home} at {shown}  (Ctrl-C stops)")

@@ -32,12 +32,9 @@ import anyio
 import anyio.to_thread
 
 from isolane.errors import ConfigError, RunStateError
-from isolane.tracking.branching import (
-    create_racing_group,
-    finish_racing_group,
-    plan_branch,
-)
-from isolane.tracking.compare import summarize_run
+
+# The store's modules are imported where they are used: ``STRATEGIES`` is read by the CLI's
+# help, which must not load the database layer (``isolane --help`` stays fast).
 
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor, Outcome, RunHandle
@@ -127,6 +124,9 @@ class BestScore:
         self.decided_at: float | None = None
 
     async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None:
+
+        from isolane.tracking.compare import summarize_run
+
         assert scorer is not None
         async with anyio.create_task_group() as tg:
             for racer in racers:
@@ -245,6 +245,8 @@ class Race:
             log.exception("race %s ended without a verdict", self.group_id)
 
     async def _judge_and_record(self) -> RaceOutcome:
+        from isolane.tracking import branching
+
         racers, executor = self.racers, self._executor
         async with anyio.create_task_group() as tg:
             if self._budget_usd is not None:
@@ -262,7 +264,7 @@ class Race:
             else:
                 racer.status = "lost"
             statuses[racer.run_id] = racer.status
-        await anyio.to_thread.run_sync(lambda: finish_racing_group(
+        await anyio.to_thread.run_sync(lambda: branching.finish_racing_group(
             executor.store, self.group_id, winner_run_id=winner.run_id if winner else None,
             statuses=statuses))
         return RaceOutcome(
@@ -280,11 +282,13 @@ class Race:
 
 
 async def _abandon(executor: Executor, group_id: str, handles: Sequence[RunHandle], reason: str) -> None:
+    from isolane.tracking import branching
+
     for handle in handles:
         if not handle.done:
             await handle.cancel(reason)
     try:
-        await anyio.to_thread.run_sync(lambda: finish_racing_group(
+        await anyio.to_thread.run_sync(lambda: branching.finish_racing_group(
             executor.store, group_id, winner_run_id=None, statuses={}))
     except Exception:  # the store may be what failed; the racers are stopped regardless
         log.exception("could not close racing group %s", group_id)
@@ -308,6 +312,8 @@ async def start_race(
     options fail before anything is recorded; a racer that cannot start stops those already
     started and closes the group without a winner.
     """
+    from isolane.tracking import branching
+
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(sorted(STRATEGIES))}")
     if len(variants) < 2:
@@ -324,9 +330,9 @@ async def start_race(
     if judge.needs_scorer and resolved is None:
         raise ConfigError(f"strategy {strategy!r} needs a scorer ('package.module:function')")
     # Checks the run and the node (404 / "never ran") before the group is recorded.
-    plan = await anyio.to_thread.run_sync(lambda: plan_branch(executor.store, run_id, from_node))
+    plan = await anyio.to_thread.run_sync(lambda: branching.plan_branch(executor.store, run_id, from_node))
     parent = plan.parent
-    group = await anyio.to_thread.run_sync(lambda: create_racing_group(
+    group = await anyio.to_thread.run_sync(lambda: branching.create_racing_group(
         executor.store, parent_run_id=parent.id, from_node=from_node, strategy=strategy,
         budget_usd=budget_usd))
     racers: list[Racer] = []

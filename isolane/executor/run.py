@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from isolane.executor.executor import Executor
     from isolane.executor.human import HumanRequest
     from isolane.executor.live import LiveRun
-    from isolane.executor.monitor import RunResult
+    from isolane.executor.monitor import RunMonitor, RunResult
     from isolane.tracking.rows import RunRow
 
 __all__ = ["RESUMABLE_STATUSES", "STORED_OPTIONS", "TERMINAL_STATUSES", "Outcome", "RunHandle", "RunSpec"]
@@ -150,6 +150,12 @@ class RunHandle:
     @property
     def done(self) -> bool:
         return self._live is None or self._live.done
+
+    @property
+    def monitor(self) -> RunMonitor | None:
+        """The monitor supervising the run's worker right now (its ``worker`` handle says where
+        it runs); ``None`` while queued, after the end, or for a run not driven here."""
+        return self._live.monitor if self._live is not None else None
 
     async def wait(self) -> Outcome:
         """Wait for the run to end (its last event stored) and return its :class:`Outcome`."""

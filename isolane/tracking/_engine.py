@@ -5,7 +5,8 @@
     url ─resolve_url─▶ URL ─DIALECTS[name]─▶ Backend
         ─create_location─▶ (SQLite: the file's directory)
         ─create_engine + Backend.prepare─▶ Engine
-        ─write transaction + Backend.lock_migrations─▶ Alembic upgrade to head ─▶ commit
+        ─at head already (one plain query)?─▶ done (no lock, no Alembic)
+        ─else: write transaction + Backend.lock_migrations─▶ Alembic upgrade to head ─▶ commit
 
 Every driver failure met here becomes :class:`StoreUnavailable` (or :class:`ConfigError` for a
 URL that cannot be used) with the driver's one-line reason, the password masked and what to do
@@ -21,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from isolane.errors import StoreUnavailable
 from isolane.tracking._dialects import DIALECTS, WRITE_OPTION, Backend
-from isolane.tracking._migrate import upgrade
+from isolane.tracking._migrate import at_head, upgrade
 from isolane.tracking.urls import ENV_URL, display_url, resolve_url
 
 __all__ = ["open_engine", "transaction"]
@@ -60,6 +60,11 @@ def open_engine(url: str | URL | None, *, home: Path | str | None) -> tuple[Engi
     engine = create_engine(target, json_serializer=_json_dumps, json_deserializer=_json_loads,
                            **backend.engine_options(target))
     backend.prepare(engine)
+    if at_head(engine):  # the common case: no migration lock, no Alembic import
+        logger.debug("store open at %s", display_url(target))
+        return engine, backend
+    from alembic.util import CommandError
+
     try:
         # Any driver error while opening means the store cannot be used (e.g. "file is not a
         # database", permission denied to create tables), not only a lost connection.

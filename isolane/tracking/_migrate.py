@@ -17,13 +17,15 @@ To write a new revision against a scratch database::
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
-__all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "alembic_config", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["HEAD_REVISION", "SCRIPT_LOCATION", "VERSION_TABLE", "alembic_config", "at_head", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +36,26 @@ SCRIPT_LOCATION: Final = "isolane.tracking:migrations"
 #: PostgreSQL database (``alembic_version``) does not collide with it.
 VERSION_TABLE: Final = "isolane_alembic_version"
 
+#: The newest revision shipped (a test checks it against the migration scripts): a database
+#: already there is opened without loading Alembic at all.
+HEAD_REVISION: Final = "0002"
+
+
+def at_head(engine: Engine) -> bool:
+    """Whether the database's schema is :data:`HEAD_REVISION` (one plain query, no Alembic);
+    ``False`` when it cannot tell (no version table yet, or the query failed)."""
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    except DBAPIError:
+        return False
+    return found == [HEAD_REVISION]
+
 
 def alembic_config(connection: Connection) -> Config:
     """An Alembic :class:`Config` built in code that runs on ``connection`` (no ``alembic.ini``)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
@@ -45,4 +64,6 @@ def alembic_config(connection: Connection) -> Config:
 
 def upgrade(connection: Connection) -> None:
     """Migrate to head inside the caller's open transaction (the caller commits)."""
+    from alembic import command
+
     command.upgrade(alembic_config(connection), "head")

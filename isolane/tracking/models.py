@@ -44,6 +44,8 @@ from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
 from sqlalchemy.types import TypeEngine
 
+from isolane.tracking.rows import RUN_STATUSES
+
 __all__ = [
     "BRANCHES_TABLE",
     "DIAGNOSTICS_TABLE",
@@ -83,10 +85,6 @@ NAMING_CONVENTION: Final = {
     "pk": "pk_%(table_name)s",
 }
 
-#: Every status a run can have. ``won``/``lost`` are the outcomes of a racer.
-RUN_STATUSES: Final = frozenset(
-    {"queued", "starting", "running", "completed", "failed", "crashed", "timed_out", "cancelled",
-     "won", "lost"})
 
 #: Every status a DAG node can have.
 NODE_STATUSES: Final = frozenset({"pending", "running", "completed", "failed", "skipped", "cancelled"})

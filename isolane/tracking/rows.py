@@ -11,6 +11,7 @@ from typing import Any, Final
 
 __all__ = [
     "EXCERPT_LIMIT",
+    "RUN_STATUSES",
     "DagEdgeRow",
     "DagNodeRow",
     "DiagnosticRow",
@@ -18,6 +19,11 @@ __all__ = [
     "LlmCallRow",
     "RunRow",
 ]
+
+#: Every status a run can have. ``won``/``lost`` are the outcomes of a racer.
+RUN_STATUSES: Final = frozenset(
+    {"queued", "starting", "running", "completed", "failed", "crashed", "timed_out", "cancelled",
+     "won", "lost"})
 
 #: Diagnostics keep at most this many characters of the offending input.
 EXCERPT_LIMIT: Final = 200
