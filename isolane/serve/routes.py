@@ -118,18 +118,8 @@ async def submit_run(request: Request) -> Response:
     if allowed is not None and workflow not in allowed:
         raise ConfigError(f"workflow {workflow!r} may not be submitted here; allowed: "
                           f"{', '.join(sorted(allowed)) or 'none'}")
-    options: dict[str, Any] = {}
-    for key, value in body.items():
-        if key == "workflow":
-            continue
-        expected = _SUBMIT_FIELDS.get(key)
-        if expected is None:
-            raise ConfigError(f"unknown field {key!r}; send workflow and any of "
-                              f"{', '.join(sorted(_SUBMIT_FIELDS))}")
-        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-            raise ConfigError(f"field {key!r} has the wrong type ({type(value).__name__})")
-        if value is not None:
-            options[key] = value
+    options = options_of({k: v for k, v in body.items() if k != "workflow"}, _SUBMIT_FIELDS,
+                         required="workflow")
     handle = await executor.submit(RunSpec(workflow=workflow, **options))
     return JSONResponse({"run_id": handle.run_id}, status_code=201)
 

@@ -15,66 +15,12 @@
         assert llm.served.calls == ...
 
 The server and its script language live in :mod:`isolane.offline` (the built-in workflows'
-offline mode uses them too); this module is their public face for tests.
+offline mode uses them too); this module is their public face for tests, with
+:class:`ListSink` for capture tests.
 """
 
-from __future__ import annotations
+from isolane.offline import *
+from isolane.offline import __all__ as _offline_names
+from isolane.testing._sink import ListSink, RecordedEvent
 
-from typing import TYPE_CHECKING
-
-from isolane._lazy import exports
-
-__getattr__, __dir__ = exports(__name__, {
-    "FakeLLM": "isolane.offline.server",
-    "ModelUsage": "isolane.offline.server",
-    "Served": "isolane.offline.server",
-    "SPEAKER_SELECTION_MARKERS": "isolane.offline.script",
-    "ChatRequest": "isolane.offline.script",
-    "Reply": "isolane.offline.script",
-    "Rule": "isolane.offline.script",
-    "Script": "isolane.offline.script",
-    "ToolCallSpec": "isolane.offline.script",
-    "count_tokens": "isolane.offline.script",
-    "fail": "isolane.offline.script",
-    "is_speaker_selection": "isolane.offline.script",
-    "text": "isolane.offline.script",
-    "tool_call": "isolane.offline.script",
-    "ListSink": "isolane.testing._sink",
-    "RecordedEvent": "isolane.testing._sink",
-})
-
-if TYPE_CHECKING:
-    from isolane.offline.script import (
-        SPEAKER_SELECTION_MARKERS,
-        ChatRequest,
-        Reply,
-        Rule,
-        Script,
-        ToolCallSpec,
-        count_tokens,
-        fail,
-        is_speaker_selection,
-        text,
-        tool_call,
-    )
-    from isolane.offline.server import FakeLLM, ModelUsage, Served
-    from isolane.testing._sink import ListSink, RecordedEvent
-
-__all__ = [
-    "SPEAKER_SELECTION_MARKERS",
-    "ChatRequest",
-    "FakeLLM",
-    "ListSink",
-    "ModelUsage",
-    "RecordedEvent",
-    "Reply",
-    "Rule",
-    "Script",
-    "Served",
-    "ToolCallSpec",
-    "count_tokens",
-    "fail",
-    "is_speaker_selection",
-    "text",
-    "tool_call",
-]
+__all__ = [*_offline_names, "ListSink", "RecordedEvent"]  # noqa: PLE0604
