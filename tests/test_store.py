@@ -21,7 +21,7 @@ import isolane.tracking
 from isolane.errors import ConfigError, RunNotFound, StoreUnavailable
 from isolane.tracking import DiagnosticRow, EventRow, Store, resolve_url
 from isolane.tracking._migrate import HEAD_REVISION, SCRIPT_LOCATION, VERSION_TABLE, at_head
-from isolane.tracking.models import Base
+from isolane.tracking.models import METADATA
 from isolane.tracking.urls import ENV_URL, normalize_url
 
 REPO_ROOT = Path(isolane.__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def test_migrations_produce_the_model_schema(store: Store, db_url: str) -> None:
         with engine.connect() as conn:
             context = MigrationContext.configure(
                 conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
-            assert compare_metadata(context, Base.metadata) == []
+            assert compare_metadata(context, METADATA) == []
             assert context.get_current_revision() is not None
     finally:
         engine.dispose()

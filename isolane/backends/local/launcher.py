@@ -185,7 +185,7 @@ class Launcher:
         self.preload = tuple(preload)
         self.env_allow = frozenset(env_allow)
         self._ctx = multiprocess.get_context(start_method)
-        #: Remove empty run cgroups left behind at start. Off where many supervisors start while
+        #: Remove empty run cgroups left behind at start. Off where many launchers start while
         #: runs start (one per Ray actor): a fresh run's cgroup is empty until its worker joins.
         self.sweep_cgroups = sweep_cgroups
         self._started = False

@@ -8,7 +8,7 @@
       a warm relay from the pool, or a new one          detached, named isolane-relay-<hex>,
       probe: shared filesystem? (token file)            max_restarts=0, max_task_retries=0)
       start(spec, shared, workspace) ─────────────▶     Launcher.spawn ─▶ worker_main (its child)
-    RayWorker.frames() (ray_worker) ◀── generator ──  D pipe bytes · L spool lines · B blobs · X exit
+    RayWorker.frames() (ray.handle) ◀── generator ──  D pipe bytes · L spool lines · B blobs · X exit
       FrameReader / decode_frame / blob hash check
     request_cancel · send_control ── actor calls ───▶  control pipe ({"op": "cancel"|"answer"})
     kill_tree ── relay.kill_tree, release, ray.kill ▶  SIGKILL of the worker's tree, then the relay
@@ -69,7 +69,7 @@ NAMESPACE: Final = "isolane"
 #: How many warm relays to keep ready (``ISOLANE_RAY_POOL``; default 0).
 POOL_ENV: Final = settings.RAY_POOL_ENV
 #: Where a worker's files live: the parent's paths (a shared filesystem), or the node's own
-#: directory with contents shipped through Ray; ``auto`` checks per run (see ray_relay).
+#: directory with contents shipped through Ray; ``auto`` checks per run (see isolane.backends.ray.relay).
 FILE_MODES: Final[Mapping[str, bool | None]] = {"auto": None, "shared": True, "ship": False}
 
 

@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from isolane.tracking._migrate import VERSION_TABLE
-from isolane.tracking.models import Base
+from isolane.tracking.models import METADATA
 
 __all__: list[str] = []
 
@@ -20,7 +20,7 @@ def run_migrations_online(connection: Connection) -> None:
     """Run the pending migrations on ``connection``."""
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=METADATA,
         version_table=VERSION_TABLE,
         # SQLite can only ALTER much through "move and copy"; batch mode renders that.
         render_as_batch=True,
