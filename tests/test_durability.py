@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import RunStateError
-from isolane.schemas import encode_batch
-from isolane.schemas.spool import spool_offset_after
+from isolane.schemas.envelope import encode_event
+from isolane.schemas.spool import offset_after
 from isolane.tracking.state import resume_state
 from tests.helpers import executor_on
 
@@ -205,28 +205,23 @@ async def test_postgres_restart_loses_no_events(pg_schema_url: str, home: Path) 
 
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(sizes=st.lists(st.integers(1, 40), max_size=30), since=st.integers(0, 700),
-       torn=st.booleans(), head=st.integers(0, 3))
+@given(pads=st.lists(st.integers(0, 40), max_size=120), since=st.integers(0, 150),
+       torn=st.booleans(), head=st.integers(0, 3), zeros=st.integers(0, 3000))
 def test_a_reattach_finds_its_place_in_the_spool_by_bisection(
-        tmp_path: Path, sizes: list[int], since: int, torn: bool, head: int) -> None:
+        tmp_path: Path, pads: list[int], since: int, torn: bool, head: int, zeros: int) -> None:
     """A re-attaching relay's seek into a spool equals a scan from the attempt's start: the
-    first line whose last seq is after the one the new parent holds (a torn tail counts)."""
-
-    spool = tmp_path / f"spool-{len(sizes)}-{since}-{torn}-{head}.jsonl"
-    earlier = b"".join(encode_batch("r", [(9, 0.0, "custom", None, {"name": "old"})]) + b"\n"
-                       for _ in range(head))  # lines of an earlier attempt, before start
-    lines, seq = [], 0
-    for size in sizes:
-        batch = [(seq + i + 1, 1.0, "custom", None, {"name": "x", "pad": "y" * (i % 7)})
-                 for i in range(size)]
-        seq += size
-        lines.append((seq, encode_batch("r", batch) + b"\n"))
-    tail = b'[{"v":1,"run_id":"r","seq":' if torn else b""
-    spool.write_bytes(earlier + b"".join(line for _, line in lines) + tail)
-    expected = len(earlier)
-    for last, line in lines:
-        if since > 0 and last <= since:
-            expected += len(line)
-        else:
-            break
-    assert spool_offset_after(spool, len(earlier), since) == expected
+    first record whose seq is after the one the new parent holds (a torn record and the space
+    allocated ahead are not records)."""
+    spool = tmp_path / f"spool-{len(pads)}-{since}-{torn}-{head}-{zeros}.jsonl"
+    earlier = b"".join(encode_event("r", 1, 0.0, "custom", None, {"name": "old"}) + b"\n"
+                       for _ in range(head))  # records of an earlier attempt, before start
+    records = [encode_event("r", seq, 1.0, "custom", None, {"name": "x", "pad": "y" * pad}) + b"\n"
+               for seq, pad in enumerate(pads, start=1)]
+    tail = b'{"v":1,"run_id":"r","seq":' if torn else b""
+    spool.write_bytes(earlier + b"".join(records) + tail + bytes(zeros))
+    expected = len(earlier) + sum(len(r) for r in records[:since])
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        assert offset_after(fd, len(earlier), since) == expected
+    finally:
+        os.close(fd)

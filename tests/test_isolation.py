@@ -24,10 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from isolane import Executor, Limits, Outcome, RunSpec
-from isolane.backends.channel import FrameReader
 from isolane.backends.environment import worker_environment
 from isolane.errors import ConfigError, PathEscape
-from isolane.schemas import decode_frame, encode_batch
+from isolane.schemas import decode_lines, encode_event
 from isolane.schemas.paths import open_inside, resolve_inside, walk_files
 from isolane.schemas.redaction import REDACTED, Redactor, secret_values
 from isolane.worker import proctree
@@ -91,14 +90,14 @@ def _pickle_rejected(ev: Evidence) -> None:
     marker = ev.home / "pwned"
     assert not marker.exists()
     invalid = [d for d in ev.diagnostics if d.kind == "invalid_event"]
-    assert len(invalid) == 7, [d.reason for d in invalid]
+    assert len(invalid) >= 7, [d.reason for d in invalid]  # random bytes hold newlines too
     assert any("after_garbage" == e.data.get("name") for e in ev.events)
 
 
-def _stream_lost(ev: Evidence) -> None:
-    assert any("over the" in d.reason for d in ev.diagnostics)
-    assert ev.rss_growth < 64 * _MIB
-    assert b"after_huge_length" in ev.spool  # the worker's own record keeps what was lost
+def _lie_harmless(ev: Evidence) -> None:
+    names = [e.data.get("name") for e in ev.events if e.type == "custom"]
+    assert names == ["before_the_lie", *["after_the_lie"] * 2000]
+    assert ev.diagnostics == []
 
 
 def _tree_gone(ev: Evidence) -> None:
@@ -151,8 +150,8 @@ CASES = [
                       spec={"limits": Limits(output_mb=1)}), id="swallows-the-limit"),
     pytest.param(Case("writes_garbage", "completed", "survived", check=_pickle_rejected),
                  id="pickle-and-random-bytes"),
-    pytest.param(Case("huge_length", "crashed", "event stream was corrupted", check=_stream_lost),
-                 id="huge-declared-length"),
+    pytest.param(Case("lies_about_its_tail", "completed", "lied", check=_lie_harmless),
+                 id="lying-doorbell"),
     pytest.param(Case("leaks_keys", "failed", "RuntimeError: request failed with key [REDACTED]",
                       spec={"config": {"keys": KEYS}, "secrets": [KEYS[2]],
                             "env": {"OPENAI_API_KEY": ENV_KEY}},
@@ -245,8 +244,8 @@ async def test_cgroup_holds_the_run_and_is_removed(home: Path) -> None:
 
 
 async def test_flood_is_stopped_and_other_runs_keep_flowing(home: Path, tmp_path: Path) -> None:
-    """A worker flooding its pipe with garbage is stopped after the invalid-frame cap; a run
-    beside it stores all its events; the parent's memory stays bounded."""
+    """A worker flooding its spool with garbage records is stopped after the invalid-record
+    cap; a run beside it stores all its events; the parent's memory stays bounded."""
     async with Executor(home=home, db_url=f"sqlite:///{tmp_path / 'isolane.db'}") as ex:
         flood = await ex.submit(RunSpec(workflow="tests.flows.hostile:floods", config={"seconds": 20}))
         calm = await ex.submit(RunSpec(workflow="tests.flows:emit_many", config={"n": 50_000}))
@@ -256,36 +255,17 @@ async def test_flood_is_stopped_and_other_runs_keep_flowing(home: Path, tmp_path
         diagnostics = ex.store.diagnostics(flood.run_id)
         calm_count = ex.store.count_events(calm.run_id, types=["custom"])
     assert flood_outcome.status == "failed" and flood_outcome.error_type == "InvalidEvent"
-    assert "more than 1000 invalid frames" in (flood_outcome.error or "")
+    assert "more than 1000 invalid records" in (flood_outcome.error or "")
     assert len(diagnostics) == 1001
     assert calm_outcome.status == "completed" and calm_count == 50_000
     assert rss.growth < 128 * _MIB
 
 
-def test_reader_bounds_frames_per_read_and_keeps_a_backlog() -> None:
-    """A flood of tiny frames is handed out a bounded batch at a time; nothing is lost."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    data = (len(b"[1]").to_bytes(4, "big") + b"[1]") * 10_000
-    os.write(write_fd, data[:60_000])
-    os.close(write_fd)
-    reader = FrameReader(read_fd)
-    counts = []
-    while True:
-        result = reader.read_available(max_frames=1000)
-        counts.append(len(result.frames))
-        if result.eof:
-            break
-    reader.close()
-    assert max(counts) <= 1000 and sum(counts) == 60_000 // 7
-    assert not reader.backlog
-
-
 def test_invalid_utf8_inside_a_json_string_is_a_problem() -> None:
     """Bytes that are not UTF-8 inside a JSON string are rejected, never stored."""
-    frame = (b'[{"v":1,"run_id":"r","seq":1,"ts":1.0,"type":"custom","node_id":null,'
-             b'"data":{"name":"\xff\xfe"}}]')
-    decoded = decode_frame(frame, "r")
+    record = (b'{"v":1,"run_id":"r","seq":1,"ts":1.0,"type":"custom","node_id":null,'
+              b'"data":{"name":"\xff\xfe"}}\n')
+    decoded = decode_lines(record, "r")
     assert not decoded.events and decoded.problems
 
 
@@ -295,52 +275,14 @@ def test_any_bytes_inside_a_json_string_never_raise(raw: bytes, type_: str) -> N
     """Arbitrary bytes (invalid UTF-8 included) inside a payload string yield a problem or an
     event whose text is valid UTF-8, never an exception."""
     inner = raw.replace(b"\\", b"").replace(b'"', b"")
-    frame = (b'[{"v":1,"run_id":"r","seq":1,"ts":1.0,"type":"' + type_.encode() + b'","node_id":null,'
-             b'"data":{"name":"' + inner + b'","stream":"stdout","text":"' + inner + b'",'
-             b'"sender":"' + inner + b'"}}]')
-    decoded = decode_frame(frame, "r")
+    inner = inner.replace(b"\n", b"")  # a raw newline ends a record: then two bad lines
+    record = (b'{"v":1,"run_id":"r","seq":1,"ts":1.0,"type":"' + type_.encode() + b'","node_id":null,'
+              b'"data":{"name":"' + inner + b'","stream":"stdout","text":"' + inner + b'",'
+              b'"sender":"' + inner + b'"}}\n')
+    decoded = decode_lines(record, "r")
     assert len(decoded.events) + len(decoded.problems) == 1
     for event in decoded.events:
         event.data_json()
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.binary(max_size=300), max_size=60), st.integers(1, 8), st.integers(1, 50))
-def test_reader_delivers_every_frame_in_order_whatever_the_cap(
-        payloads: list[bytes], max_frames: int, write_size: int) -> None:
-    """However the bytes arrive and however small the per-read cap, every frame comes out once,
-    in order."""
-    data = b"".join(len(p).to_bytes(4, "big") + p for p in payloads)
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    reader = FrameReader(read_fd, max_frame=512)
-    frames: list[bytes] = []
-    for start in range(0, len(data), write_size * 16):
-        os.write(write_fd, data[start:start + write_size * 16])
-        frames.extend(reader.read_available(max_frames=max_frames).frames)
-    os.close(write_fd)
-    while True:
-        result = reader.read_available(max_frames=max_frames)
-        frames.extend(result.frames)
-        assert not result.problems
-        if result.eof:
-            break
-    reader.close()
-    assert frames == payloads
-
-
-def test_huge_declared_length_allocates_nothing() -> None:
-    """A 4 GB declared length is refused at once: the reader skips, never buffers, the bytes."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    os.write(write_fd, (0xFFFF_FFF0).to_bytes(4, "big") + b"x" * 50_000)
-    reader = FrameReader(read_fd)
-    result = reader.read_available()
-    assert "over the" in result.problems[0].reason and len(reader._buf) < 1024
-    os.close(write_fd)
-    result = reader.read_available()
-    reader.close()
-    assert result.eof and "closed inside a frame" in result.problems[0].reason
 
 
 # -- limits: values ------------------------------------------------------------------------------
@@ -413,8 +355,8 @@ def test_redactor_keeps_json_valid_and_spares_ordinary_text() -> None:
         "configured": "pw=hunter2-password;", "task_id": "task-abcdefghijklmnopqrstuvwxyz",
         "threads": "12345678", "escape_trap": "x\nightly-token-123", KEYS[0]: "as a key",
     }
-    frame = redact(encode_batch("r", [(1, 1.0, "custom", None, {"name": "n", **data})]))
-    (event,) = orjson.loads(frame)
+    frame = redact(encode_event("r", 1, 1.0, "custom", None, {"name": "n", **data}))
+    event = orjson.loads(frame)
     out = event["data"]
     assert out["key"] == f"use {REDACTED} now" and out["escaped"] == f"line\n{REDACTED}"
     assert out["env"] == f"[{REDACTED}]" and out["configured"] == f"pw={REDACTED};"

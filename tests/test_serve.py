@@ -27,7 +27,7 @@ from websockets.typing import Origin
 
 import isolane.serve
 from isolane.executor.hub import Batch, Hub
-from isolane.schemas.envelope import decode_frame, encode_batch, event_from_row
+from isolane.schemas.envelope import decode_lines, encode_event, event_from_row
 from isolane.serve import BackgroundServer
 from isolane.tracking.branching import racing_group
 from isolane.tracking.store import Store
@@ -156,8 +156,8 @@ def test_websocket_lines_from_stored_rows_equal_the_events_encoded_the_old_way()
     each decoded Event gave before (store rows built exactly as the parent builds them)."""
     buffered = [(seq, 1_712_345_678.123456 + seq / 7, "custom", None if seq % 2 else f"nöde-{seq}", data)
                 for seq, data in enumerate(_AWKWARD_DATA, start=1)]
-    frame = encode_batch("r1", buffered)  # what a worker sends
-    decoded = decode_frame(frame, "r1")
+    records = b"".join(encode_event("r1", *event) + b"\n" for event in buffered)  # a worker's
+    decoded = decode_lines(records, "r1")
     assert not decoded.problems
     rows = [("r1", e.seq, e.ts, e.type, e.node_id, bytes(e.data).decode()) for e in decoded.events]
     batch = Batch(rows)

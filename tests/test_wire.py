@@ -1,9 +1,7 @@
-"""The wire contract and the frame reader: valid frames round-trip, hostile bytes never crash."""
+"""The wire contract: valid records round-trip, hostile bytes never crash the decoder."""
 
 from __future__ import annotations
 
-import os
-import struct
 import time
 
 import orjson
@@ -11,39 +9,55 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from isolane.backends.channel import FrameReader
 from isolane.errors import InvalidEvent
 from isolane.schemas import (
     EVENT_TYPES,
     PAYLOADS,
     decode_frame,
-    encode_batch,
+    decode_lines,
+    encode_event,
     validate_payload,
 )
 
 
-def _frame(payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload)) + payload
-
-
 def test_encode_then_decode_round_trips() -> None:
-    """What the worker encodes the parent decodes to the same envelope, payload byte-exact."""
-    batch = [(1, time.time(), "custom", None, {"name": "x", "k": [1, 2]}),
-             (2, time.time(), "dag_node_update", "step_1", {"status": "running"})]
-    frame = encode_batch("run-a", batch)
-    decoded = decode_frame(frame, "run-a")
+    """What the worker encodes (one record per line) the parent decodes to the same envelope,
+    payload byte-exact."""
+    records = [encode_event("run-a", 1, time.time(), "custom", None, {"name": "x", "k": [1, 2]}),
+               encode_event("run-a", 2, time.time(), "dag_node_update", "step_1",
+                            {"status": "running"})]
+    assert all(b"\n" not in r and b"\0" not in r for r in records)
+    decoded = decode_lines(b"".join(r + b"\n" for r in records), "run-a")
     assert decoded.problems == []
     assert [(e.seq, e.type, e.node_id) for e in decoded.events] == [
         (1, "custom", None), (2, "dag_node_update", "step_1")]
     assert orjson.loads(decoded.events[0].data_json()) == {"name": "x", "k": [1, 2]}
-    assert [envelope["seq"] for envelope in orjson.loads(frame)] == [1, 2]
+    assert decoded.types == {"custom", "dag_node_update"}
+
+
+def test_records_hold_no_newline_and_no_nul_whatever_the_text() -> None:
+    """Text with newlines and NUL characters is escaped inside the record: a newline can only
+    end a record, and a NUL only mark space not yet written (the spool format relies on it)."""
+    record = encode_event("r", 1, 0.0, "output", None, {"stream": "stdout", "text": "a\nb\x00c\r"})
+    assert b"\n" not in record and b"\0" not in record
+    (event,) = decode_lines(record + b"\n", "r").events
+    assert orjson.loads(event.data_json())["text"] == "a\nb\x00c\r"
 
 
 def test_unencodable_values_are_rendered_not_dropped() -> None:
     """A value orjson cannot encode is kept as its repr instead of losing the event."""
-    frame = encode_batch("r", [(1, 0.0, "custom", None, {"name": "x", "obj": object()})])
-    (event,) = decode_frame(frame, "r").events
+    record = encode_event("r", 1, 0.0, "custom", None, {"name": "x", "obj": object()})
+    (event,) = decode_lines(record + b"\n", "r").events
     assert orjson.loads(event.data_json())["obj"].startswith("<object object")
+
+
+def test_lines_of_the_older_spool_format_are_read() -> None:
+    """A spool written before one record per line (a JSON array of envelopes per line) decodes."""
+    older = orjson.dumps([{"v": 1, "run_id": "r", "seq": s, "ts": 1.0, "type": "custom",
+                           "node_id": None, "data": {"name": "old"}} for s in (1, 2)])
+    newer = encode_event("r", 3, 1.0, "custom", None, {"name": "new"})
+    decoded = decode_lines(older + b"\n" + newer + b"\n", "r")
+    assert [e.seq for e in decoded.events] == [1, 2, 3] and not decoded.problems
 
 
 @pytest.mark.parametrize(
@@ -66,6 +80,9 @@ def test_one_bad_event_is_rejected_and_its_neighbours_kept(mutate, reason) -> No
     decoded = decode_frame(orjson.dumps(events), "r")
     assert len(decoded.problems) == 1 and reason in decoded.problems[0].reason
     assert [e.seq for e in decoded.events] == [1, 3]
+    lines = decode_lines(b"".join(orjson.dumps(e) + b"\n" for e in events), "r")
+    assert len(lines.problems) == 1 and reason in lines.problems[0].reason
+    assert [e.seq for e in lines.events] == [1, 3]
 
 
 def test_every_declared_type_accepts_its_minimal_payload() -> None:
@@ -93,9 +110,11 @@ def test_every_declared_type_accepts_its_minimal_payload() -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096))
 def test_decoder_never_raises_on_random_bytes(payload: bytes) -> None:
-    """Arbitrary bytes as a frame yield problems, never an exception."""
+    """Arbitrary bytes as a frame or as spool lines yield problems, never an exception."""
     decoded = decode_frame(payload, "r")
     assert decoded.events or decoded.problems or payload.strip() == b"[]"
+    lines = decode_lines(payload + b"\n", "r")
+    assert lines.events or lines.problems or not payload.replace(b"[]", b"").strip()
 
 
 json_values = st.recursive(
@@ -138,74 +157,3 @@ def test_invalid_utf8_under_an_undeclared_key_is_a_problem_not_a_crash() -> None
     assert [e.seq for e in decoded.events] == [1] and len(decoded.problems) == 1
     for event in decoded.events:
         bytes(event.data).decode()
-
-
-def _reader_with(data: bytes, *, max_frame: int = 1 << 20) -> tuple[FrameReader, int]:
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    os.write(write_fd, data)
-    os.close(write_fd)
-    return FrameReader(read_fd, max_frame=max_frame), read_fd
-
-
-def test_reader_splits_frames_and_reports_eof() -> None:
-    """Several frames in one read come out whole and in order, then EOF."""
-    reader, _ = _reader_with(_frame(b"[1]") + _frame(b"[2, 3]"))
-    result = reader.read_available()
-    reader.close()
-    assert result.frames == [b"[1]", b"[2, 3]"] and result.eof and not result.problems
-
-
-def test_oversized_frame_is_skipped_and_stream_resyncs() -> None:
-    """A frame over the limit is skipped byte-exactly; the next frame is still read."""
-    reader, _ = _reader_with(_frame(b"x" * 5000) + _frame(b"[1]"), max_frame=1000)
-    result = reader.read_available()
-    reader.close()
-    assert result.frames == [b"[1]"]
-    assert len(result.problems) == 1 and "over the 1000-byte limit" in result.problems[0].reason
-
-
-def test_truncated_frame_at_eof_is_reported() -> None:
-    """A pipe that closes inside a frame reports the partial frame instead of hanging."""
-    reader, _ = _reader_with(_frame(b"[1, 2, 3]")[:6])
-    result = reader.read_available()
-    reader.close()
-    assert result.eof and not result.frames and "closed inside a frame" in result.problems[0].reason
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=2048))
-def test_reader_never_raises_on_random_bytes(data: bytes) -> None:
-    """Random bytes on the pipe produce frames or problems; memory stays bounded by the limit."""
-    reader, _ = _reader_with(data, max_frame=512)
-    result = reader.read_available()
-    reader.close()
-    assert result.eof
-    assert all(len(f) <= 512 for f in result.frames)
-
-
-def test_emitter_sends_a_lone_event_at_once_and_batches_a_burst(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """After a quiet spell an event is sent without waiting out the linger (here 30 s); the
-    events that follow it at once travel together in the next frame."""
-    from isolane.worker.emitter import Emitter
-
-    read_fd, write_fd = os.pipe()
-    emitter = Emitter("r", pipe_fd=write_fd, spool_path=tmp_path / "spool.jsonl",
-                      flush_interval=30.0, heartbeat_interval=3600.0)
-    reader = FrameReader(read_fd)
-    try:
-        emitter.emit("custom", {"name": "lone"})
-        frames: list[bytes] = []
-        deadline = time.monotonic() + 10.0  # far below the 30 s linger
-        while not frames and time.monotonic() < deadline:
-            frames = reader.read_available().frames
-            time.sleep(0.01)
-        assert [len(orjson.loads(f)) for f in frames] == [1]
-        for i in range(50):
-            emitter.emit("custom", {"name": "burst", "i": i})
-        emitter.flush()
-        frames = reader.read_available().frames
-        assert sum(len(orjson.loads(f)) for f in frames) == 50 and len(frames) <= 2
-    finally:
-        emitter.close()
-        os.close(read_fd)

@@ -4,7 +4,7 @@
 
     Executor ──create_backend(name)──▶ BACKENDS[name](...) ──▶ WorkerBackend   (registry.py)
     WorkerBackend.launch(spec) ──▶ WorkerHandle
-        frames()         worker → parent: batches of raw frames (bytes only), in write order
+        records()        worker → parent: spans of complete spool records (bytes only), in order
         wait()           how the worker ended: exit code and, when the backend knows it, a cause
         request_cancel() cooperative stop (control message)          parent → worker
         send_control()   any control message (human answers)          parent → worker
@@ -12,7 +12,7 @@
         aclose()         release what the handle holds (after the end)
 
 :class:`~isolane.executor.monitor.RunMonitor` is the only user of a handle: it runs ``wait()`` in
-one task and iterates ``frames()`` in another, decodes and validates every frame itself (a
+one task and iterates ``records()`` in another, decodes and validates every record itself (a
 backend never interprets what a worker sent), and decides the run's status.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from isolane.backends.channel import ReadResult
     from isolane.schemas.spec import WorkerSpec
+    from isolane.schemas.spool import SpoolSpan
 
 __all__ = ["WorkerBackend", "WorkerExit", "WorkerHandle"]
 
@@ -46,10 +46,11 @@ class WorkerHandle(Protocol):
 
     Contract (the backend suite in ``tests/test_backends.py`` pins it down):
 
-    - ``frames()`` yields the worker's frames in the order it wrote them, batched, each batch a
-      :class:`~isolane.backends.channel.ReadResult`; it may be iterated once. It ends at the end
-      of the stream, or once the worker has exited (``wait()`` returned) and nothing it wrote is
-      left to deliver.
+    - ``records()`` yields the worker's spool records in the order it wrote them, in spans of
+      complete lines (:class:`~isolane.schemas.spool.SpoolSpan`, with what was skipped as
+      problems); it may be iterated once. It ends once the worker has exited (``wait()``
+      returned) and every complete record it wrote has been delivered: an event whose
+      ``emit()`` returned is delivered even when the worker was SIGKILLed the next instant.
     - ``wait()`` may be awaited by several tasks; it returns when the process has ended (a
       SIGKILL is noticed within milliseconds locally, a lost node within Ray's detection time).
     - ``request_cancel``, ``send_control`` and ``kill_tree`` may be called at any time, also
@@ -67,7 +68,7 @@ class WorkerHandle(Protocol):
         """Where the worker runs, for people: ``"local"``, ``"ray node 3f2a… (10.0.0.5)"``."""
         ...
 
-    def frames(self) -> AsyncIterator[ReadResult]: ...
+    def records(self) -> AsyncIterator[SpoolSpan]: ...
     async def wait(self) -> WorkerExit: ...
     def request_cancel(self) -> None: ...
     def send_control(self, message: Mapping[str, Any]) -> None: ...

@@ -27,6 +27,7 @@ from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.run import RunSpec
 from isolane.executor.writer import WriteItem
 from isolane.schemas.spec import WorkerSpec
+from isolane.schemas.spool import SpoolError
 from isolane.tracking.rows import DiagnosticRow
 
 __all__ = ["Attempts"]
@@ -88,6 +89,8 @@ class Attempts:
         await self._runs.update(run_id, {"status": "starting"})
         try:
             worker = await self.backend.launch(worker_spec)
+        except SpoolError as exc:  # a spool a live worker still writes, or one a worker replaced
+            return RunResult("failed", None, error=str(exc), error_type="SpoolError")
         except (OSError, RuntimeError) as exc:
             return RunResult("crashed", None, error=f"could not start the worker "
                              f"({self.backend.name} backend): {exc}", error_type="WorkerStartError")

@@ -2,17 +2,18 @@
 
 ::
 
-    WorkerHandle.frames() ──batches──▶ decode_frame ──▶ WriteItem ──▶ StoreWriter
-    WorkerHandle.wait() ──▶ exited ──▶ frames() drains what is left, then decide the status
-    watchdog ──(run timeout | no frame for heartbeat_timeout)──▶ stop() ──▶ timed_out
-    more than max_invalid bad frames (a flood) ──▶ kill_tree() at once ──▶ failed (InvalidEvent)
+    WorkerHandle.records() ──spans──▶ decode_lines ──▶ WriteItem ──▶ StoreWriter
+    WorkerHandle.wait() ──▶ exited ──▶ records() reads the spool to its last complete record,
+                                       then the status is decided
+    watchdog ──(run timeout | nothing read for heartbeat_timeout)──▶ stop() ──▶ timed_out
+    more than max_invalid invalid records (a flood) ──▶ kill_tree() at once ──▶ failed (InvalidEvent)
     cancel() ──────────────────────────────────────────────────▶ stop() ──▶ cancelled
 
 All of it runs in one task group per run, inside the executor's task group. The reader is the only
-task that takes frames, so they are persisted in the order the worker wrote them. The handle comes
+task that takes records, so they are persisted in the order the worker wrote them. The handle comes
 from a worker backend (:mod:`isolane.backends.interface`): the local one waits on the event pipe and
 the process sentinel (a SIGKILLed worker is noticed within milliseconds), the Ray one on the
-actor's streaming generator. Either way the monitor decodes and validates every frame itself.
+actor's streaming generator. Either way the monitor decodes and validates every record itself.
 
 The status is decided from what the worker reported and how it ended:
 
@@ -20,7 +21,7 @@ The status is decided from what the worker reported and how it ended:
 ``cancelled``             a cancel was requested (whatever the worker managed to report)
 ``timed_out``             the run passed its timeout, or its heartbeats stopped
 ``completed``/``failed``  the worker reported ``run_completed`` / ``run_failed`` and exited
-                          (``failed`` also: a limit, ``LimitExceeded``; a frame flood)
+                          (``failed`` also: a limit, ``LimitExceeded``; a flood of invalid records)
 ``crashed``               the process ended without reporting (signal, ``os._exit``, OOM, its
                           node lost); SIGXCPU with a CPU limit is ``failed``/``LimitExceeded``
 ========================  ===============================================================
@@ -35,14 +36,14 @@ from typing import Any
 
 import anyio
 
-from isolane.backends.channel import ReadResult
 from isolane.backends.interface import WorkerExit, WorkerHandle
 from isolane.errors import describe_exit
 from isolane.executor.writer import StoreWriter, WriteItem
-from isolane.schemas.envelope import EventRow, WireEvent, decode_frame
+from isolane.schemas.envelope import EventRow, WireEvent, decode_lines
 from isolane.schemas.limits import Limits, crash_hint, limit_crash
 from isolane.schemas.outcome import Verdict, last_terminal, verdict
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
+from isolane.schemas.spool import SpoolSpan
 from isolane.tracking.rows import DiagnosticRow
 
 __all__ = ["RunMonitor", "RunResult"]
@@ -95,14 +96,14 @@ class RunMonitor:
     cancel_grace: float = 3.0
     #: The run's limits, to name the one that ended a worker the kernel killed.
     limits: Limits | None = None
-    #: Invalid frames stored as diagnostics; one more stops the run (a flood costs the sender).
+    #: Invalid records stored as diagnostics; one more stops the run (a flood costs the sender).
     max_invalid: int = 1000
     _stop: _Stop | None = None
     _exited: anyio.Event = field(default_factory=anyio.Event)
     _exit: WorkerExit | None = None
     _stopping: bool = False
     _terminal: WireEvent | None = None
-    _last_frame: float = field(default_factory=time.monotonic)
+    _last_read: float = field(default_factory=time.monotonic)
     _last_hb_write: float = 0.0
 
     @property
@@ -110,14 +111,14 @@ class RunMonitor:
         return self.worker.run_id
 
     async def supervise(self) -> RunResult:
-        """Run until the worker has exited and every frame it wrote is handed to the writer."""
+        """Run until the worker has exited and every record it wrote is handed to the writer."""
         self._expected = self.start_seq + 1
         self._invalid = 0
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_exit)
                 tg.start_soon(self._watchdog)
-                async for batch in self.worker.frames():
+                async for batch in self.worker.records():
                     await self._deliver(batch)
                 await self._exited.wait()
                 tg.cancel_scope.cancel()
@@ -149,7 +150,7 @@ class RunMonitor:
             if self.timeout is not None:
                 checks.append(started + self.timeout)
             if self.heartbeat_timeout is not None:
-                checks.append(self._last_frame + self.heartbeat_timeout)
+                checks.append(self._last_read + self.heartbeat_timeout)
             if not checks:
                 return
             wake = min(checks)
@@ -177,34 +178,32 @@ class RunMonitor:
             log.info("run %s: worker ignored the cancel for %.1f s; killed %d processes",
                      self.run_id, self.cancel_grace, killed)
 
-    # -- frames ---------------------------------------------------------------------------------
+    # -- records --------------------------------------------------------------------------------
 
-    async def _deliver(self, result: ReadResult) -> None:
-        if not result.frames and not result.problems:
+    async def _deliver(self, span: SpoolSpan) -> None:
+        if not span.data and not span.problems:
             return
         now = time.time()
-        self._last_frame = time.monotonic()
+        self._last_read = time.monotonic()
         run_id = self.run_id
         rows: list[EventRow] = []
         diagnostics = [DiagnosticRow(run_id, now, "invalid_event", p.reason, p.excerpt)
-                       for p in result.problems]
-        for frame in result.frames:
-            decoded = decode_frame(frame, run_id)
-            for problem in decoded.problems:
-                diagnostics.append(DiagnosticRow(run_id, now, "invalid_event", problem.reason,
-                                                 problem.excerpt))
-            events = decoded.events
-            if not events:
-                continue
+                       for p in span.problems]
+        decoded = decode_lines(span.data, run_id)
+        for problem in decoded.problems:
+            diagnostics.append(DiagnosticRow(run_id, now, "invalid_event", problem.reason,
+                                             problem.excerpt))
+        events = decoded.events
+        if events:
             first = self._expected
             if [e.seq for e in events] != list(range(first, first + len(events))):
                 events = self._reorder(events, diagnostics, now)
-            if events:
-                self._expected = events[-1].seq + 1
-                # decode_frame checked that every payload is UTF-8.
-                rows.extend([e.row() for e in events])
-                if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
-                    self._terminal = last_terminal(events) or self._terminal
+        if events:
+            self._expected = events[-1].seq + 1
+            # decode_lines checked that every payload is UTF-8.
+            rows.extend([e.row() for e in events])
+            if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
+                self._terminal = last_terminal(events) or self._terminal
         if diagnostics and self._invalid + len(diagnostics) > self.max_invalid:
             diagnostics = await self._flood(diagnostics, now)
         self._invalid += len(diagnostics)
@@ -219,8 +218,8 @@ class RunMonitor:
         """Past ``max_invalid``: keep no more diagnostics and end the run, at once."""
         kept = diagnostics[:max(self.max_invalid - self._invalid, 0)]
         if self._stop is None:
-            message = (f"the worker sent more than {self.max_invalid} invalid frames; the run was "
-                       "stopped (a broken or hostile workflow writing into its event pipe?)")
+            message = (f"the worker wrote more than {self.max_invalid} invalid records; the run was "
+                       "stopped (a broken or hostile workflow writing into its event log?)")
             kept.append(DiagnosticRow(self.run_id, now, "invalid_event_flood", message))
             self._stop = _Stop("failed", message, "InvalidEvent")
             killed = await self.worker.kill_tree()
@@ -260,7 +259,7 @@ class RunMonitor:
         if limit is not None:
             return RunResult("failed", error=limit, error_type="LimitExceeded",
                              **base)
-        corrupted = (f"; its event stream was corrupted ({self._invalid} invalid frames), the "
+        corrupted = (f"; its event stream was corrupted ({self._invalid} invalid records), the "
                      "spool holds what it wrote") if self._invalid else ""
         if exit.cause is not None:  # the backend knows more: a lost node or actor
             return RunResult(

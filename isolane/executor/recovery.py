@@ -37,12 +37,12 @@ from isolane.executor.live import LiveRun, LiveRuns
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import owner_alive, owner_stamp
 from isolane.executor.run import Outcome, RunHandle, RunSpec
-from isolane.executor.spool import import_spool
+from isolane.executor.spool import SpoolFollower, import_spool
 from isolane.executor.writer import WriteItem
 from isolane.schemas.envelope import WireEvent
 from isolane.schemas.outcome import last_terminal, verdict
 from isolane.schemas.spec import EXIT_CODES
-from isolane.schemas.spool import SpoolTail, spool_path
+from isolane.schemas.spool import spool_path
 from isolane.tracking.rows import DiagnosticRow, RunRow
 from isolane.worker.proctree import kill_process_tree, process_alive
 
@@ -82,12 +82,15 @@ class _Adoption:
     def __init__(self, runs: LiveRuns, row: RunRow) -> None:
         self.runs = runs
         self.row = row
-        self.tail = SpoolTail(spool_path(row.work_dir), row.id, after_seq=0)
+        self.spool = SpoolFollower(spool_path(row.work_dir), row.id)
         self.terminal: WireEvent | None = None
         self.imported = 0
 
-    async def pump_once(self) -> None:
-        events, problems = await anyio.to_thread.run_sync(self.tail.read)
+    async def pump_once(self, *, final: bool = False) -> None:
+        """Store what the worker completed since the last call (``final``: it has exited, take
+        everything up to its last complete record)."""
+        events, problems = await anyio.to_thread.run_sync(
+            self.spool.finish if final else self.spool.read)
         now = time.time()
         if not events and not problems:
             return
@@ -121,7 +124,7 @@ class _Adoption:
                 await self.pump_once()
                 with anyio.move_on_after(_TAIL_INTERVAL):
                     await exited.wait()
-            await self.pump_once()  # what it wrote before exiting
+            await self.pump_once(final=True)  # what it wrote before exiting
 
     def kill(self) -> None:
         if self.row.worker_pid and process_alive(self.row.worker_pid, self.row.worker_create_time):
@@ -165,7 +168,7 @@ async def recover_runs(executor: Executor, runs: LiveRuns, *, resume: bool = Fal
                                           f"worker pid {row.worker_pid} still running"))
             continue
         adoption = _Adoption(runs, row)
-        await adoption.pump_once()
+        await adoption.pump_once(final=True)
         cause = ("the parent died before the worker started" if row.worker_pid is None
                  else "the worker died while no parent was watching it")
         result = _verdict(adoption.terminal, cause=cause)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ from isolane.backends.environment import worker_environment
 from isolane.errors import RunStateError
 from isolane.executor import human
 from isolane.executor.run import STORED_OPTIONS, RunSpec
-from isolane.executor.spool import import_spool
+from isolane.executor.spool import import_spool, quarantine_spool
 from isolane.schemas.limits import Limits
 from isolane.schemas.redaction import secret_values
 from isolane.schemas.spec import HUMAN_RESUME_KEY, WorkerSpec
-from isolane.schemas.spool import spool_path
+from isolane.schemas.spool import SpoolError, spool_path
+from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.state import current_state
 from isolane.tracking.store import Store
 from isolane.workflow import WorkflowFn
@@ -77,7 +79,16 @@ class WorkerSpecs:
         ``callable_of``).
         """
         row = store.get_run(run_id)
-        import_spool(store, row.id, spool_path(row.work_dir))
+        path = spool_path(row.work_dir)
+        try:
+            import_spool(store, row.id, path)
+        except SpoolError as exc:
+            # A worker replaced its own spool (a link, a FIFO): never read it. The store holds
+            # every event the parent received; the next attempt starts a fresh spool.
+            aside = quarantine_spool(path)
+            store.write_batch(diagnostics=[DiagnosticRow(
+                row.id, time.time(), "spool_refused",
+                f"{exc}; it was moved to {aside} and the run continues from the stored events")])
         state = current_state(store, row.id)
         state[HUMAN_RESUME_KEY] = human.recorded_answers(store.events(row.id, types=human.EVENT_TYPES))
         if previous is not None:

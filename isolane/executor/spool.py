@@ -1,32 +1,170 @@
-"""Importing a run's spool into the store: the rows the database lacks, after a crash of either side.
+"""The parent's use of a run's spool: import what the store lacks, follow a worker nobody watches.
 
-The spool (:mod:`isolane.schemas.spool`) holds at least what the parent received; the store
-ignores ``(run_id, seq)`` it has, so importing twice is harmless.
+::
+
+    import_spool(store, run_id, path)   after a crash of either side, before a resume: every
+                                        complete record, validated, stored idempotently
+    SpoolFollower(path, run_id).read()  an adopted worker (its parent died): the records it
+                                        completed since the last call, up to its tail
+
+The spool format and its safe reading are :mod:`isolane.schemas.spool`; a spool is written by the
+worker, which runs untrusted code, so every record goes through the same validating decoder as a
+live run's (:func:`isolane.schemas.envelope.decode_lines`). The store ignores ``(run_id, seq)``
+it already has, so importing twice is harmless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from isolane.schemas.spool import SpoolTail
+from isolane.schemas.envelope import WireEvent, decode_lines
+from isolane.schemas.outcome import last_terminal
+from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
+from isolane.schemas.spool import (
+    SpoolError,
+    SpoolReader,
+    SpoolSpan,
+    find_tail,
+    open_spool,
+)
 from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.store import Store
 
-__all__ = ["import_spool"]
+__all__ = ["SpoolFollower", "SpoolImport", "import_spool", "quarantine_spool"]
 
 log = logging.getLogger(__name__)
 
+@dataclass(slots=True)
+class SpoolImport:
+    """What an import read and stored."""
 
-def import_spool(store: Store, run_id: str, path: Path, *, batch: int = 5000) -> int:
-    """Store every spool event the database lacks (blocking; idempotent); return how many."""
-    events, problems = SpoolTail(path, run_id).read()
-    inserted = 0
-    for i in range(0, len(events), batch):
-        inserted += store.write_batch(events=[e.row() for e in events[i:i + batch]])
-    if problems:
-        store.write_batch(diagnostics=[DiagnosticRow(run_id, 0.0, "spool_invalid", p)
-                                       for p in problems])
-    if inserted:
-        log.info("run %s: imported %d events from its spool", run_id, inserted)
-    return inserted
+    events: int = 0
+    inserted: int = 0
+    last_seq: int = 0
+    problems: list[str] = field(default_factory=list)
+    terminal: WireEvent | None = None
+    #: The latest ``run_started`` read (its ``pid`` and ``host`` say where a worker ran).
+    started: WireEvent | None = None
+
+
+def _take(result: SpoolImport, span: SpoolSpan, run_id: str) -> tuple[list[WireEvent], list[str]]:
+    """Decode a span, noting its terminal and ``run_started`` events in ``result``."""
+    decoded = decode_lines(span.data, run_id)
+    problems = [p.reason for p in span.problems] + [p.reason for p in decoded.problems]
+    result.problems.extend(problems)
+    events = decoded.events
+    if events:
+        result.events += len(events)
+        result.last_seq = max(result.last_seq, events[-1].seq)
+        if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
+            result.terminal = last_terminal(events)
+        if "run_started" in decoded.types:
+            result.started = [e for e in events if e.type == "run_started"][-1]
+    return events, problems
+
+
+def import_spool(store: Store, run_id: str, path: Path, *, batch: int = 5000) -> SpoolImport:
+    """Store every spool record the database lacks (blocking; idempotent).
+
+    A spool that is not a regular file (a link, a FIFO a worker put in its place) is refused
+    with :class:`~isolane.schemas.spool.SpoolError`; a missing one imports nothing.
+    """
+    result = SpoolImport()
+    try:
+        fd = open_spool(path)
+    except FileNotFoundError:
+        return result
+    try:
+        reader = SpoolReader(fd)
+        pending: list[WireEvent] = []
+        while True:
+            pending.extend(_take(result, reader.read(), run_id)[0])
+            if len(pending) >= batch or not reader.more:
+                if pending:
+                    result.inserted += store.write_batch(events=[e.row() for e in pending])
+                pending = []
+            if not reader.more:
+                break
+    finally:
+        os.close(fd)
+    if result.problems:
+        now = time.time()
+        store.write_batch(diagnostics=[DiagnosticRow(run_id, now, "spool_invalid", p)
+                                       for p in result.problems])
+    if result.inserted:
+        log.info("run %s: imported %d events from its spool", run_id, result.inserted)
+    return result
+
+
+def quarantine_spool(path: Path) -> Path | None:
+    """Move a refused spool (a link or special file a worker put there) aside; return where.
+
+    ``rename`` moves the directory entry itself, never what a link points to. A new attempt
+    then starts a fresh spool; the store keeps every event the parent had received.
+    """
+    aside = path.with_name(f"{path.name}.refused-{int(time.time())}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    log.warning("spool %s was refused and moved to %s", path, aside)
+    return aside
+
+
+class SpoolFollower:
+    """Follows the spool of a live worker that no parent watches (an adopted run).
+
+    Each :meth:`read` returns the records completed since the previous call; :meth:`finish`,
+    once the worker has exited, the rest up to its last complete record. A file has no
+    readiness to wait on, so the caller calls :meth:`read` periodically.
+    """
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        self.run_id = run_id
+        self.result = SpoolImport()
+        self._fd: int | None = None
+        try:
+            self._fd = open_spool(path)
+        except FileNotFoundError:
+            self._fd = None
+        except SpoolError as exc:
+            self.result.problems.append(str(exc))
+        self._reader = SpoolReader(self._fd) if self._fd is not None else None
+
+    def read(self) -> tuple[list[WireEvent], list[str]]:
+        """Records completed since the last call (the worker is still running), and problems."""
+        if self._reader is None or self._fd is None:
+            return [], []
+        return self._drain(find_tail(self._fd)[0])
+
+    def finish(self) -> tuple[list[WireEvent], list[str]]:
+        """Everything left once the worker has exited; a torn last record is a problem."""
+        if self._reader is None:
+            return [], []
+        try:
+            return self._drain(None)
+        finally:
+            self.close()
+
+    def _drain(self, upto: int | None) -> tuple[list[WireEvent], list[str]]:
+        reader = self._reader
+        assert reader is not None
+        events: list[WireEvent] = []
+        problems: list[str] = []
+        while True:
+            more_events, more_problems = _take(self.result, reader.read(upto), self.run_id)
+            events.extend(more_events)
+            problems.extend(more_problems)
+            if not reader.more:
+                return events, problems
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None

@@ -4,7 +4,7 @@
 
     envelope.py  the event envelope, its one encoder (worker) and decoder (parent)
     payloads.py  every event type's payload          outcome.py   terminal event → verdict
-    framing.py   frames on the event pipe            spool.py     the spool format and its reading
+    spool.py     the spool: the record format, its safe reading, doorbells, the writer lock
     spec.py      WorkerSpec (parent → worker), exit codes, resume keys
     limits.py    resource limits                     redaction.py secrets never leave the worker
     blobs.py     the content-addressed file store    paths.py     paths that stay inside a directory
@@ -21,7 +21,8 @@ from isolane.schemas.envelope import (
     EventRow,
     WireEvent,
     decode_frame,
-    encode_batch,
+    decode_lines,
+    encode_event,
     event_from_row,
 )
 from isolane.schemas.payloads import (
@@ -42,7 +43,8 @@ __all__ = [
     "EventRow",
     "WireEvent",
     "decode_frame",
-    "encode_batch",
+    "decode_lines",
+    "encode_event",
     "event_from_row",
     "validate_payload",
 ]

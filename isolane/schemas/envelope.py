@@ -4,11 +4,12 @@
 
     worker                                       parent
     ──────                                       ──────
-    Emitter.emit(type, data)                     decode_frame(frame, run_id)
-      (a tuple in a buffer)                        one C-level decode of the array, then one
-        │ flusher: encode_batch() → frame           validation call per event type in the frame
-        ├──▶ pipe:  4-byte length + frame  ───────▶ WireEvent (data kept as raw JSON) → Store
-        └──▶ spool: frame + b"\\n"  (<run dir>/events.jsonl, one JSON array per line)
+    Emitter.emit(type, data)                     decode_lines(records, run_id)
+      encode_event() → one record                  the lines joined into one JSON array: one
+        └──▶ spool: record + b"\\n"                C-level decode, one validation call per event
+             (<run dir>/events.jsonl, one           type; a bad line is decoded alone (its
+             record per line; see                    neighbours survive)
+             isolane.schemas.spool)              ──▶ WireEvent (data kept as raw JSON) → Store
 
 An event is an envelope ``{v, run_id, seq, ts, type, node_id, data}``:
 
@@ -22,14 +23,14 @@ An event is an envelope ``{v, run_id, seq, ts, type, node_id, data}``:
   type. Extra keys are kept (forward compatibility); missing or mistyped declared keys make the
   event invalid.
 
-Nothing else in isolane builds an envelope by hand: the worker calls :func:`encode_batch`, the
-parent calls :func:`decode_frame`, and readers of stored rows call :func:`event_from_row`.
+Nothing else in isolane builds an envelope by hand: the worker calls :func:`encode_event`, the
+parent calls :func:`decode_lines` (:func:`decode_frame` for a JSON array of envelopes), and
+readers of stored rows call :func:`event_from_row`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,13 +43,13 @@ from isolane.schemas.payloads import PAYLOADS, Payload, validate_payload
 __all__ = [
     "MAX_FRAME_BYTES",
     "SCHEMA_VERSION",
-    "BufferedEvent",
     "DecodedFrame",
     "Event",
     "EventRow",
     "WireEvent",
     "decode_frame",
-    "encode_batch",
+    "decode_lines",
+    "encode_event",
     "event_from_row",
 ]
 
@@ -66,30 +67,32 @@ _PAYLOAD_LIST_DECODERS: Final = {name: msgspec.json.Decoder(list[cls]) for name,
 #: One event as the store keeps it: ``(run_id, seq, ts, type, node_id, data as JSON text)``.
 EventRow = tuple[str, int, float, str, str | None, str]
 
-#: One buffered event as the worker's emitter holds it: ``(seq, ts, type, node_id, data)``.
-BufferedEvent = tuple[int, float, str, str | None, dict[str, Any]]
-
-
 def _default(obj: Any) -> Any:
     """Fallback for values orjson cannot encode: keep the event, render the value as text."""
-    return repr(obj)
+    try:
+        return repr(obj)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not cost the event
+        return f"<{type(obj).__qualname__}: repr() raised {type(exc).__name__}: {exc}>"
 
 
-def encode_batch(run_id: str, batch: Sequence[BufferedEvent]) -> bytes:
-    """Encode buffered events once, as one JSON array of envelopes.
+_ENCODE_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_dumps: Final = orjson.dumps
 
-    The same bytes are the frame sent on the event pipe and, followed by a newline, the line
-    appended to the spool (``events.jsonl`` holds one JSON array of envelopes per line, one line
-    per flush). Values orjson cannot encode are rendered with ``repr`` rather than dropping the
-    event.
+
+def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
+                 data: dict[str, Any]) -> bytes:
+    """Encode one envelope as JSON: a spool record, without its ending newline.
+
+    The bytes hold no raw newline and no NUL (JSON escapes both inside strings), which is what
+    lets a newline end a record in the spool (see :mod:`isolane.schemas.spool`). Values orjson
+    cannot encode are rendered with ``repr`` rather than dropping the event.
     """
-    v = SCHEMA_VERSION
-    return orjson.dumps(
-        [{"v": v, "run_id": run_id, "seq": seq, "ts": ts, "type": type_, "node_id": node_id,
-          "data": data} for seq, ts, type_, node_id, data in batch],
-        default=_default,
-        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
-    )
+    envelope = {"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
+                "node_id": node_id, "data": data}
+    try:
+        return _dumps(envelope)  # the common case: plain JSON types (the fastest call)
+    except TypeError:  # non-string keys, numpy values, objects JSON cannot hold
+        return _dumps(envelope, default=_default, option=_ENCODE_OPTIONS)
 
 
 # -- decoding (parent side) ------------------------------------------------------------------------
@@ -176,12 +179,18 @@ def decode_frame(payload: bytes, run_id: str) -> DecodedFrame:
         return DecodedFrame([], [InvalidEvent(
             f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
             excerpt=payload[:200])])
+    decoded = _decode_fast(payload, run_id)
+    return decoded if decoded is not None else _decode_slowly(payload, run_id)
+
+
+def _decode_fast(payload: bytes, run_id: str) -> DecodedFrame | None:
+    """The whole frame at once, or None when any part of it needs a closer look."""
     try:
         if not payload.isascii():  # msgspec skips what no payload declares without checking it
             payload.decode("utf-8")
         events = _FRAME_DECODER.decode(payload)
     except _DECODE_ERRORS:
-        return _decode_slowly(payload, run_id)
+        return None
     if not events:
         return DecodedFrame(events, [])
     # Whole-frame checks (each one pass in C) instead of a Python loop over the envelopes.
@@ -192,19 +201,45 @@ def decode_frame(payload: bytes, run_id: str) -> DecodedFrame:
             # a NaN or an infinity makes the sum non-finite (so may a huge finite sum: then the
             # slow path checks each event)
             or not math.isfinite(sum([event.ts for event in events]))):
-        return _decode_slowly(payload, run_id)
+        return None
     types = frozenset([event.type for event in events])
     for type_ in types:
         decoder = _PAYLOAD_LIST_DECODERS.get(type_)
         if decoder is None:
-            return _decode_slowly(payload, run_id)
+            return None
         datas = ([event.data for event in events] if len(types) == 1
                  else [event.data for event in events if event.type == type_])
         try:
             decoder.decode(b"[" + b",".join(datas) + b"]")
         except _DECODE_ERRORS:
-            return _decode_slowly(payload, run_id)
+            return None
     return DecodedFrame(events, [], types)
+
+
+def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
+    """Decode spool records of ``run_id`` (whole lines, each ending in ``b"\\n"``); never raises.
+
+    The lines are joined into one JSON array and decoded as a frame (one C-level pass); if
+    anything is wrong the lines are decoded one by one, so that every valid record survives and
+    each bad line yields its own problem. A line holding an array of envelopes (the spool format
+    before one record per line) is read as such.
+    """
+    if not data:
+        return DecodedFrame([], [])
+    body = data[:-1] if data.endswith(b"\n") else data
+    if len(body) + 2 <= MAX_FRAME_BYTES and body[:1] == b"{":
+        decoded = _decode_fast(b"[" + body.replace(b"\n", b",") + b"]", run_id)
+        if decoded is not None:
+            return decoded
+    events: list[WireEvent] = []
+    problems: list[InvalidEvent] = []
+    for line in body.split(b"\n"):
+        if not line.strip():
+            continue
+        one = decode_frame(line if line[:1] == b"[" else b"[" + line + b"]", run_id)
+        events.extend(one.events)
+        problems.extend(one.problems)
+    return DecodedFrame(events, problems, frozenset([event.type for event in events]))
 
 
 def _decode_slowly(payload: bytes, run_id: str) -> DecodedFrame:

@@ -26,7 +26,8 @@ class Limits:
     """Resource limits of one run; ``None`` lifts a limit. Keyword-only, validated here.
 
     The defaults suit a 2-core machine running a few workers at once: 2048 MB of memory, one hour
-    of CPU time, 1024 open files, 64 processes and 64 MB of captured output per run.
+    of CPU time, 1024 open files, 64 processes, 64 MB of captured output and a 2048 MB event log
+    per run.
 
     * ``memory_mb`` – data segment of each process (RLIMIT_DATA) and anonymous memory of the
       whole process tree (watched);
@@ -35,7 +36,8 @@ class Limits:
     * ``open_files`` – file descriptors per process (RLIMIT_NOFILE);
     * ``processes`` – processes in the run, the worker included (counted, see
       :mod:`isolane.worker.enforcement`);
-    * ``output_mb`` – bytes the run may write to stdout and stderr together.
+    * ``output_mb`` – bytes the run may write to stdout and stderr together;
+    * ``spool_mb`` – size of the run's event log (its spool), all attempts together.
     """
 
     memory_mb: int | None = 2048
@@ -43,6 +45,7 @@ class Limits:
     open_files: int | None = 1024
     processes: int | None = 64
     output_mb: float | None = 64.0
+    spool_mb: float | None = 2048.0
 
     def __post_init__(self) -> None:
         _check_int("memory_mb", self.memory_mb, 256,
@@ -51,18 +54,17 @@ class Limits:
         _check_int("open_files", self.open_files, 64, "the worker itself keeps about 20 open")
         _check_int("processes", self.processes, 1, "the worker counts as one")
         _check_number("output_mb", self.output_mb, 0.001)
+        _check_number("spool_mb", self.spool_mb, 1)
 
     @classmethod
     def unlimited(cls) -> Limits:
         """No limit at all (trusted workflows, or limits enforced outside isolane)."""
         return cls(memory_mb=None, cpu_seconds=None, open_files=None, processes=None,
-                   output_mb=None)
+                   output_mb=None, spool_mb=None)
 
     def as_dict(self) -> dict[str, Any]:
         """The limits as JSON-able options (stored with a run so a resume keeps them)."""
-        return {"memory_mb": self.memory_mb, "cpu_seconds": self.cpu_seconds,
-                "open_files": self.open_files, "processes": self.processes,
-                "output_mb": self.output_mb}
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def coerce(cls, value: object) -> Limits:
@@ -84,7 +86,8 @@ class Limits:
                  f"cpu {self.cpu_seconds:g} s" if self.cpu_seconds else "cpu unlimited",
                  f"open files {self.open_files}" if self.open_files else "open files unlimited",
                  f"processes {self.processes}" if self.processes else "processes unlimited",
-                 f"output {self.output_mb:g} MB" if self.output_mb else "output unlimited"]
+                 f"output {self.output_mb:g} MB" if self.output_mb else "output unlimited",
+                 f"event log {self.spool_mb:g} MB" if self.spool_mb else "event log unlimited"]
         return ", ".join(parts)
 
 

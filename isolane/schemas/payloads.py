@@ -68,6 +68,8 @@ class RunStarted(Payload):
     task: str = ""
     attempt: int = 1
     pid: int = 0
+    #: The worker's host name (with ``pid``: where recovery finds a worker nobody recorded).
+    host: str = ""
     preloaded: bool = False
     resumed_from_seq: int = 0
 

@@ -2,12 +2,12 @@
 
 ::
 
-    Emitter flusher: encode_batch(batch) → frame ──Redactor(frame)──▶ spool line and pipe frame
+    Emitter.emit(): encode_event() → record ──Redactor.redact_record(record)──▶ spool
 
-The emitter redacts each encoded frame, once, on its flusher thread, so ``emit()`` costs nothing
-more and the spool and the parent receive the same redacted bytes (the store, ``isolane events``
-and every reader after them only ever see those). The common case is a few substring searches
-over the frame (``b"sk-" in frame``); a regular expression runs only on a frame that may hold a
+The emitter redacts each encoded event in ``emit()``, before it is written to the spool; the
+parent reads nothing else, so the spool, the store, ``isolane events`` and every reader after them
+only ever see redacted bytes. The common case is a screen of a few substring searches over the
+record's text (``"sk-" in text``); a regular expression runs only on a record that may hold a
 secret. What is redacted, replaced by ``[REDACTED]``:
 
 * OpenAI and Anthropic style keys: ``sk-…``, ``sk-proj-…``, ``sk-ant-api03-…`` (``sk-`` followed by
@@ -17,16 +17,16 @@ secret. What is redacted, replaced by ``[REDACTED]``:
   ``RunSpec.env`` variables whose names look like credentials (``…KEY``, ``…TOKEN``,
   ``…SECRET…``, ``…PASSWORD…``, ``…CREDENTIAL…``, ``…AUTH…``), at least 8 characters long.
 
-The replacement has no quote and no backslash, and the patterns cannot span one, so the frame
+The replacement has no quote and no backslash, and the patterns cannot span one, so the record
 stays valid JSON; a replacement that would cut a JSON escape in two (a secret starting right after
-a ``\\n``) is detected and that frame is redacted value by value instead.
+a ``\\n``) is detected and that record is redacted value by value instead.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -74,6 +74,31 @@ def secret_values(env: Mapping[str, str] | None = None, secrets: Iterable[str] =
     return tuple(sorted(set(values), key=len, reverse=True))
 
 
+def _screen(needles: tuple[str, ...], redact: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """``frame`` unchanged when no needle occurs in it, else ``redact(frame)``.
+
+    The search runs on the text: on bytes, ``needle in frame`` first tries the needle as an
+    integer and builds (then drops) a TypeError every time, and ``frame.find`` parses optional
+    arguments; both cost more than decoding an (almost always ASCII) record and an ``in`` per
+    needle on ``str``. The three fixed needles are unrolled: this runs once per event.
+    """
+    key, bearer, shout, *values = needles
+
+    def screen(frame: bytes) -> bytes:
+        try:
+            text = frame.decode()
+        except UnicodeDecodeError:
+            return redact(frame)
+        if key in text or bearer in text or shout in text:
+            return redact(frame)
+        for value in values:
+            if value in text:
+                return redact(frame)
+        return frame
+
+    return screen
+
+
 class Redactor:
     """Redact one encoded frame: ``redactor(frame) -> frame``. Thread-safe, stateless per call."""
 
@@ -84,8 +109,15 @@ class Redactor:
         # Secrets containing "sk-" need no search of their own unless the frame holds "sk-".
         self._with_key_prefix = [e for e in encoded if b"sk-" in e]
         self._others = [e for e in encoded if b"sk-" not in e]
+        #: ``redact_record(frame) -> frame``: the emitter calls it for every event, so the
+        #: common case (nothing to redact) is a closure that only searches.
+        self.redact_record: Callable[[bytes], bytes] = _screen(
+            ("sk-", "earer", "EARER", *(e.decode() for e in self._others)), self._redact)
 
     def __call__(self, frame: bytes) -> bytes:
+        return self.redact_record(frame)
+
+    def _redact(self, frame: bytes) -> bytes:
         original = frame
         if b"sk-" in frame:
             for encoded in self._with_key_prefix:

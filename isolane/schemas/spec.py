@@ -44,9 +44,10 @@ class WorkerSpec:
     env: dict[str, str]
     attempt: int = 1
     start_seq: int = 0
-    flush_interval: float = 0.02
-    flush_events: int = 2000
-    max_buffer_events: int = 50_000
+    #: Seconds a burst of events gathers behind one doorbell (a lone event rings at once).
+    flush_interval: float = 0.005
+    #: ``(st_dev, st_ino)`` of the spool the parent opened: the worker refuses another file.
+    spool_identity: tuple[int, int] | None = None
     heartbeat_interval: float = 5.0
     capture_output: bool = True
     sys_path: tuple[str, ...] = ()

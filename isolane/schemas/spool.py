@@ -1,160 +1,419 @@
-"""The spool, ``<run dir>/events.jsonl``: the worker's own record of every event, and its reading.
+"""The spool: a run's own record of every event, ``<run dir>/events.jsonl``, and how to read it.
 
 ::
 
-    worker Emitter ── frame + b"\\n" (one JSON array of envelopes per line, one line per flush)
-        ▶ events.jsonl  (appended before the frame goes to the pipe: the spool holds at least
-                         what the parent received)
-    readers: SpoolTail (a growing spool, decoded as pipe frames are)       parent: import, adopt
-             read_spool / spool_offset_after (by byte position)            a Ray relay replaying it
-             split_complete / spool_lines (complete lines; a torn tail waits) every reader above
+    worker (isolane.worker.emitter)                           readers (parent, relay, recovery)
+    ─────────────────────────────────                         ─────────────────────────────────
+    emit() ── encode one envelope ──▶ copy into the mapped    SpoolReader.read(upto=doorbell)
+              file (MAP_SHARED) ─▶ then store b"\\n"            pread [offset, upto): the complete
+              (the record is published) ─▶ doorbell:            lines, never a byte past the last
+              the tail offset on the event pipe                 b"\\n"; untrusted: no links, regular
+                                                                file only, bounded spans
+    ┌────────────┬────────────┬─────┬──────────────┬──────────────────────────────┐
+    │ {"v":1,…}\\n │ {"v":1,…}\\n │  …  │ {"v":1,"se  │ \\0 \\0 \\0 … (allocated ahead) │
+    └────────────┴────────────┴─────┴──────────────┴──────────────────────────────┘
+                                    last complete ▲  torn (its \\n never written)
 
-The spool is written by the worker, which runs untrusted code: each line goes through the same
-validating decoder as the pipe, a line over the frame limit is refused, and a torn last line
-(the worker died mid-write) is never taken as a record.
+**Records.** One event envelope per line, as JSON (see :mod:`isolane.schemas.envelope`). JSON
+text holds no raw newline and no NUL byte (both are escaped inside strings), so a ``b"\\n"`` can
+only end a record. The writer copies a record's bytes first and stores its ``b"\\n"`` after, in
+program order: a record whose newline is in the file is complete, and a process killed at any
+instant leaves at most one torn record, after the last newline. Readers never take bytes past
+the last newline: a torn record is reported and dropped, never half-stored.
+
+**Space.** The writer grows the file ahead of itself in :data:`GROWTH_BYTES` steps (allocated,
+so a full disk fails at growth with an error, not with SIGBUS in the middle of a copy), which
+reads as NUL bytes until written. A clean close truncates the file to its last record: a
+finished spool is plain JSON Lines. The data of a spool whose writer died ends where the zeros
+allocated ahead begin (:func:`find_tail`); a NUL byte before that is part of an invalid line.
+
+**One writer.** A writer holds an exclusive OFD lock on the file (``fcntl``) for as long as the
+file is open in its process (children it forked without exec included): a second writer refuses
+to start, and :func:`writer_alive` tells, without taking the lock, whether a live process still
+writes the spool.
+
+**Attempts.** A resumed run appends to the same spool after the last complete record (the
+writer clears a torn remnant first); ``seq`` continues, so the file stays in ``seq`` order.
+Spools written before this format (one JSON *array* of envelopes per line) are still read.
+
+A spool is written by the worker, which runs untrusted code. Every reader opens it with
+:func:`open_spool` (no symbolic link followed, a regular file only, never blocking on a FIFO),
+reads bounded spans with ``pread`` (a file truncated under the reader reads short; a mapping
+would raise SIGBUS), and hands the lines to the validating decoder.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import stat
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Final
 
 import orjson
 
-from isolane.errors import InvalidEvent
-from isolane.schemas.envelope import MAX_FRAME_BYTES, WireEvent, decode_frame
+from isolane.errors import InvalidEvent, IsolaneError
 
-__all__ = ["SpoolTail", "read_spool", "split_complete", "spool_lines", "spool_offset_after",
-           "spool_path"]
+__all__ = [
+    "DOORBELL",
+    "GROWTH_BYTES",
+    "MAX_RECORD_BYTES",
+    "SPOOL_NAME",
+    "DoorbellReader",
+    "LineSplitter",
+    "SpoolError",
+    "SpoolReader",
+    "SpoolSpan",
+    "find_tail",
+    "lock_writer",
+    "offset_after",
+    "open_spool",
+    "read_raw",
+    "spool_path",
+    "writer_alive",
+]
+
+#: The spool's file name, beside the run's working directory.
+SPOOL_NAME: Final = "events.jsonl"
+
+#: A doorbell on the event pipe: the writer's tail offset (8 bytes, little-endian). Writes of
+#: this size to a pipe are atomic; the reader only ever uses it as a hint of where to read to.
+DOORBELL: Final = struct.Struct("<Q")
+
+#: The largest record; a longer line is skipped with a problem (the encoder never writes one).
+MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
+
+#: How far ahead of its tail a writer allocates the file (and the span it maps).
+GROWTH_BYTES: Final = 8 * 1024 * 1024
+
+#: One ``read`` takes at most this many bytes (a bound on a reader's memory per call).
+_SPAN_BYTES: Final = 4 * 1024 * 1024
+_NL: Final = b"\n"
+_NUL: Final = b"\0"
+#: Probe size when looking backwards for the end of the data.
+_BACK_CHUNK: Final = 1 << 20
+
+
+class SpoolError(IsolaneError):
+    """A spool cannot be used: not a regular file, a link, locked by a live writer, unreadable."""
 
 
 def spool_path(work_dir: str | os.PathLike[str]) -> Path:
     """The spool of the run whose working directory is ``work_dir`` (its sibling)."""
-    return Path(work_dir).parent / "events.jsonl"
+    return Path(work_dir).parent / SPOOL_NAME
 
 
-def split_complete(data: bytes) -> tuple[bytes, bytes]:
-    """``data`` cut after its last newline: ``(complete lines, torn rest)``.
+def open_spool(path: str | os.PathLike[str], *, write: bool = False, create: bool = False) -> int:
+    """Open a spool without trusting what is at ``path``; returns the fd (close it yourself).
 
-    The rest is a line still being written (or torn by a crash): it waits for more bytes.
+    Refuses a symbolic link (``O_NOFOLLOW``), anything but a regular file, and never blocks on a
+    FIFO put in the spool's place (``O_NONBLOCK`` at open, cleared after the check).
     """
-    cut = data.rfind(b"\n") + 1
-    return data[:cut], data[cut:]
-
-
-def spool_lines(block: bytes, *, max_line: int = MAX_FRAME_BYTES) -> tuple[list[bytes], list[InvalidEvent]]:
-    """The non-empty lines of ``block`` (complete lines) and one problem per line over ``max_line``."""
-    lines: list[bytes] = []
-    problems: list[InvalidEvent] = []
-    for line in block.split(b"\n"):
-        if not line.strip():
-            continue
-        if len(line) > max_line:
-            problems.append(InvalidEvent(
-                f"a spool line of {len(line)} bytes exceeds the {max_line}-byte frame limit",
-                excerpt=line[:200]))
-        else:
-            lines.append(line)
-    return lines, problems
-
-
-class SpoolTail:
-    """Incremental reader of a growing spool: each :meth:`read` returns the new complete lines."""
-
-    def __init__(self, path: Path, run_id: str, *, after_seq: int = 0) -> None:
-        self.path = path
-        self.run_id = run_id
-        self.after_seq = after_seq
-        self._offset = 0
-        self._partial = b""
-
-    def read(self) -> tuple[list[WireEvent], list[str]]:
-        """New events (``seq > after_seq``, in order) and problems since the last call."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return [], []
-        self._offset += len(chunk)
-        complete, self._partial = split_complete(self._partial + chunk)
-        if len(self._partial) > MAX_FRAME_BYTES + 1024:
-            self._partial = b""
-            return [], [f"spool line over {MAX_FRAME_BYTES} bytes skipped"]
-        lines, invalid = spool_lines(complete)
-        events: list[WireEvent] = []
-        problems = [p.reason for p in invalid]
-        for line in lines:
-            decoded = decode_frame(line, self.run_id)
-            problems.extend(p.reason for p in decoded.problems)
-            for event in decoded.events:
-                if event.seq > self.after_seq:
-                    events.append(event)
-                    self.after_seq = event.seq
-        return events, problems
-
-
-# -- reading a spool by position (a Ray relay replaying it to a re-attached parent) -----------
-
-
-def read_spool(path: Path, offset: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the spool from ``offset`` (nothing when it does not exist yet)."""
+    flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if create:
+        flags |= os.O_CREAT
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(limit)
-    except FileNotFoundError:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpoolError(f"the spool {path} is a symbolic link; a worker replaced its own event "
+                             "log (refused: links are never followed)") from exc
+        if exc.errno == errno.ENOENT:
+            raise
+        raise SpoolError(f"cannot open the spool {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SpoolError(f"the spool {path} is not a regular file (a worker replaced its own "
+                             "event log with a device, FIFO or directory?); refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- the one-writer lock ---------------------------------------------------------------------------
+
+_FLOCK: Final = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
+
+
+def _lock_request(kind: int) -> bytes:
+    return _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0)
+
+
+def lock_writer(fd: int) -> None:
+    """Take the spool's writer lock on ``fd`` (held until every copy of the fd is closed).
+
+    Raises :class:`SpoolError` when another live process holds it.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _lock_request(fcntl.F_WRLCK))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise SpoolError("another live worker of this run holds its spool; two workers never "
+                             "write one spool (wait for it to end, or cancel it)") from exc
+        raise SpoolError(f"cannot lock the spool: {exc.strerror}") from exc
+
+
+def writer_alive(fd: int) -> bool:
+    """Whether a live process holds the writer lock of the spool open on ``fd`` (not taken)."""
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _lock_request(fcntl.F_WRLCK))
+    except OSError:
+        return False
+    kind = _FLOCK.unpack(answer)[0]
+    return bool(kind != fcntl.F_UNLCK)
+
+
+# -- finding the end -------------------------------------------------------------------------------
+
+
+def find_tail(fd: int) -> tuple[int, int]:
+    """``(complete, data_end)``: the offset just after the last complete record, and the offset
+    of the end of the data (where the zeros allocated ahead start, or the end of the file).
+
+    Bytes in ``[complete, data_end)`` are a torn record. Reads at most a few chunks from the end
+    beyond the allocated zeros (the writer allocates at most :data:`GROWTH_BYTES` ahead).
+    """
+    size = os.fstat(fd).st_size
+    end = size
+    # Skip the zeros allocated ahead, from the end backwards.
+    while end > 0:
+        start = max(0, end - _BACK_CHUNK)
+        chunk = os.pread(fd, end - start, start)
+        stripped = chunk.rstrip(_NUL)
+        if stripped:
+            end = start + len(stripped)
+            break
+        end = start
+    complete = end
+    while complete > 0:
+        start = max(0, complete - _BACK_CHUNK)
+        chunk = os.pread(fd, complete - start, start)
+        at = chunk.rfind(_NL)
+        if at >= 0:
+            complete = start + at + 1
+            break
+        complete = start
+    return complete, end
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SpoolSpan:
+    """Complete records taken in one step: ``data`` is whole lines, each ending in ``b"\\n"``
+    (possibly empty); ``problems`` says what was skipped and why."""
+
+    data: bytes = b""
+    problems: list[InvalidEvent] = field(default_factory=list)
+
+
+class LineSplitter:
+    """Cuts a stream of spool bytes into complete records, holding at most one partial record.
+
+    ``feed(chunk)`` returns the lines the chunk completes; ``finish()`` reports what is left (a
+    torn last record: its writer died while writing it). A line longer than ``max_record`` is
+    skipped up to its newline, with a problem, so a hostile writer costs the reader a bounded
+    buffer, not its memory.
+    """
+
+    def __init__(self, *, max_record: int = MAX_RECORD_BYTES) -> None:
+        self._max_record = max_record
+        self._partial = b""
+        self._skipping = False
+        #: Bytes taken so far (the offset in the spool, counted from where reading began).
+        self.position = 0
+
+    def feed(self, chunk: bytes) -> SpoolSpan:
+        span = SpoolSpan()
+        start = self.position
+        self.position += len(chunk)
+        if self._skipping:
+            at = chunk.find(_NL)
+            if at < 0:
+                return span
+            chunk = chunk[at + 1:]
+            self._skipping = False
+        last = chunk.rfind(_NL)
+        if last < 0:
+            self._partial += chunk
+        else:
+            span.data = self._partial + chunk[:last + 1] if self._partial else chunk[:last + 1]
+            self._partial = chunk[last + 1:]
+        if len(self._partial) > self._max_record:
+            span.problems.append(InvalidEvent(
+                f"a spool record at byte {start} or later is longer than {self._max_record} "
+                "bytes; skipped", excerpt=self._partial[:200]))
+            self._partial = b""
+            self._skipping = True
+        return span
+
+    def finish(self) -> list[InvalidEvent]:
+        """The end of the stream: a partial record left over is torn; report and drop it."""
+        rest, self._partial = self._partial, b""
+        self._skipping = False
+        if not rest:
+            return []
+        return [InvalidEvent(f"the spool ends inside a record: {len(rest)} bytes after the last "
+                             "complete record were dropped (its writer died while writing it)",
+                             excerpt=rest[:200])]
+
+
+class SpoolReader:
+    """Reads a spool's complete records in order, a bounded span at a time, with ``pread``.
+
+    ``read(upto)`` returns the complete lines in ``[offset, upto)`` (a writer's doorbell says
+    where its tail is); ``read()`` without ``upto`` reads to the end of the data (the writer has
+    ended: see :func:`find_tail`) and, at that end, reports a torn last record. A call reads at
+    most ``max_span`` bytes: call again while :attr:`more` is true.
+    """
+
+    def __init__(self, fd: int, *, offset: int = 0, max_span: int = _SPAN_BYTES,
+                 max_record: int = MAX_RECORD_BYTES) -> None:
+        self.fd = fd
+        #: The next byte to read.
+        self.offset = offset
+        self._max_span = max_span
+        self._lines = LineSplitter(max_record=max_record)
+        self._end: int | None = None  # the end of the data, once the writer has ended
+        #: The last call stopped at its byte bound: call again at once, more is there.
+        self.more = False
+
+    def read(self, upto: int | None = None) -> SpoolSpan:
+        final = upto is None
+        if upto is None:
+            if self._end is None:
+                self._end = find_tail(self.fd)[1]
+            upto = self._end
+        chunk = read_raw(self.fd, self.offset, min(upto - self.offset, self._max_span),
+                         live=not final)
+        bounded = len(chunk) == self._max_span
+        self.offset += len(chunk)
+        span = self._lines.feed(chunk)
+        self.more = bounded and self.offset < upto
+        if final and not self.more:
+            span.problems.extend(self._lines.finish())
+        return span
+
+
+def read_raw(fd: int, offset: int, size: int, *, live: bool) -> bytes:
+    """Up to ``size`` bytes of a spool at ``offset`` (fewer at its end).
+
+    ``live`` (its writer runs): trailing NUL bytes are left out. A record never ends in one, so
+    they are space not written yet, where a doorbell ahead of the data (a lying writer) would
+    lead a reader: what is written there later is read then, not skipped.
+    """
+    if size <= 0:
         return b""
+    chunk = os.pread(fd, size, offset)
+    if live and chunk.endswith(_NUL):
+        return chunk.rstrip(_NUL)
+    return chunk
 
 
-def spool_offset_after(path: Path, start: int, since_seq: int) -> int:
-    """The byte offset, at or after ``start``, of the first spool line whose last event comes
-    after ``since_seq`` (the end of the complete lines if none does).
+def offset_after(fd: int, start: int, since_seq: int) -> int:
+    """The offset, at or after the record start ``start``, of the first record whose ``seq`` is
+    after ``since_seq`` (the end of the complete records if there is none).
 
-    A binary search over byte positions: each probe reads the first complete line after it and
-    parses that line alone, so a re-attach costs O(log size) parses, not a scan of the spool.
-    A line that does not parse counts as "after" (it is sent; the parent diagnoses it).
+    A binary search over byte positions: each probe parses the one record after it, so a
+    re-attach costs O(log size) parses, not a scan of the spool. A record that does not parse
+    counts as "after" (it is sent; the reader diagnoses it).
     """
     if since_seq <= 0:
         return start
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; many seeks on one handle
-    except FileNotFoundError:
-        return start
-    with fh:
-        lo = start  # a line start: every line before it is at or before since_seq
-        hi = fh.seek(0, os.SEEK_END)  # a line start (or the end) at or after the answer
-        while lo < hi:
-            at = _next_line_start(fh, (lo + hi) // 2, start)
-            if at >= hi:  # no line starts in the upper half: look at the line at lo itself
-                at = lo
-            fh.seek(at)
-            line = fh.readline()
-            if not line.endswith(b"\n") or _line_last_seq(line) > since_seq:
-                hi = at  # a torn last line, or a new one: the answer is here or before
-            else:
-                lo = at + len(line)  # old, and so is every line before it
-        return lo
+    lo = start  # a record start: every record before it is at or before since_seq
+    hi = find_tail(fd)[0]  # a record start (or the end) at or after the answer
+    while lo < hi:
+        at = _next_record(fd, (lo + hi) // 2, start, hi)
+        if at >= hi:  # no record starts in the upper half: look at the one at lo itself
+            at = lo
+        line = _record_at(fd, at, hi)
+        if _last_seq(line) > since_seq:
+            hi = at
+        else:
+            lo = at + len(line)
+    return lo
 
 
-def _next_line_start(fh: BinaryIO, pos: int, start: int) -> int:
-    """The first line start at or after ``pos`` (``start`` is one; others follow a newline)."""
+def _next_record(fd: int, pos: int, start: int, end: int) -> int:
+    """The first record start at or after ``pos`` (``start`` is one; others follow a newline)."""
     if pos <= start:
         return start
-    fh.seek(pos - 1)
-    while True:
-        chunk = fh.read(65536)
+    at = pos - 1
+    while at < end:
+        chunk = os.pread(fd, min(_BACK_CHUNK, end - at), at)
         if not chunk:
-            return fh.tell()
-        at = chunk.find(b"\n")
-        if at >= 0:
-            return fh.tell() - len(chunk) + at + 1
+            break
+        nl = chunk.find(_NL)
+        if nl >= 0:
+            return at + nl + 1
+        at += len(chunk)
+    return end
 
 
-def _line_last_seq(line: bytes) -> int:
+def _record_at(fd: int, at: int, end: int) -> bytes:
+    """The record starting at ``at``, its newline included (bounded by ``end``)."""
+    parts: list[bytes] = []
+    while at < end:
+        chunk = os.pread(fd, min(_BACK_CHUNK, end - at), at)
+        if not chunk:
+            break
+        nl = chunk.find(_NL)
+        if nl >= 0:
+            parts.append(chunk[:nl + 1])
+            break
+        parts.append(chunk)
+        at += len(chunk)
+    return b"".join(parts)
+
+
+def _last_seq(record: bytes) -> int:
+    """The ``seq`` of a record (the last one of an array line); unparsable: after everything."""
     try:
-        last = orjson.loads(line)[-1]["seq"]
+        value = orjson.loads(record)
+        seq = value[-1]["seq"] if isinstance(value, list) else value["seq"]
     except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
         return 1 << 62
-    return last if isinstance(last, int) else 1 << 62
+    return seq if isinstance(seq, int) else 1 << 62
+
+
+class DoorbellReader:
+    """Reads a writer's doorbells (its tail offsets) from the non-blocking event pipe ``fd``.
+
+    :meth:`read` drains what is waiting and returns the highest tail announced so far; a
+    misaligned or lying writer only misleads the reading of its own spool, which validates
+    every record anyway.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.tail = 0
+        self.eof = False
+        self._rest = b""
+
+    def read(self) -> int:
+        while not self.eof:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.eof = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            data = self._rest + chunk
+            usable = len(data) - len(data) % DOORBELL.size
+            self._rest = data[usable:]
+            if usable:
+                (tail,) = DOORBELL.unpack_from(data, usable - DOORBELL.size)
+                self.tail = max(self.tail, tail)
+        return self.tail

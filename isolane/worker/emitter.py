@@ -1,20 +1,30 @@
-"""The worker's event emitter: a bounded buffer, a flusher thread, the spool and the event pipe.
+"""The worker's event emitter: every event is in the spool before ``emit()`` returns.
 
 ::
 
-    workflow thread(s)                 flusher thread                         parent
-    ──────────────────                 ──────────────                         ──────
-    emit(type, data) ──append──▶ [ buffer (bounded) ] ──swap every T ms or N events──┐
-         ▲                                                                           │
-         └── blocks while the buffer is full (back-pressure)      encode_batch() once│
-                                                       ┌─────────────────────────────┘
-                                                       ├─▶ os.write(spool)   frame + newline
-                                                       └─▶ os.write(pipe)    4-byte length + frame
+    workflow thread(s)                                   bell thread                 parent
+    ──────────────────                                   ───────────                 ──────
+    emit(type, data) ─ lock ─ seq · encode · redact ─┐
+                                                     ├─▶ SpoolWriter.append(): copy into the
+                                                     │   shared mapping, then b"\\n" (published)
+                                                     └─▶ first event since the last doorbell:
+                                                         wake the bell thread ──▶ (linger inside a
+                                                                burst) ──▶ os.write(pipe, tail)
+                                                                          ──▶ reads the spool up
+                                                                              to the tail
+    idle for heartbeat_interval ──▶ the bell thread emits a ``heartbeat`` event
 
-``emit()`` does the least work possible on the caller's thread: it takes a lock, assigns the next
-``seq`` and appends a tuple. Encoding happens once per batch on the flusher thread, so no encoded
-bytes pile up per event. The spool is written before the frame is sent, so the spool always holds
-at least what the parent received; that is what crash recovery relies on.
+``emit()`` encodes its event on the caller's thread and copies it into the run's spool, mapped
+``MAP_SHARED`` (see :mod:`isolane.worker.spool_writer`): once it returns, the event survives a
+SIGKILL of the worker the next instant, with no system call on the way. The event pipe carries
+only doorbells, the spool's tail offset, so that the parent need not poll; it reads the records
+from the spool itself. A burst rings one doorbell per ``linger`` seconds; an event after a quiet
+spell rings at once.
+
+Secrets are redacted from each encoded record before it is written, so the spool, the store and
+every screen see the same redacted bytes. Events keep the order in which ``emit()`` assigned
+their ``seq``, whatever thread emits them. The spool is bounded (``SpoolWriter(max_bytes=)``):
+past it the run is stopped through ``on_full`` and a reserve remains for its last events.
 """
 
 from __future__ import annotations
@@ -24,29 +34,27 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final
 
-from isolane.schemas.envelope import MAX_FRAME_BYTES, BufferedEvent, encode_batch
-from isolane.schemas.framing import FRAME_HEADER
+from isolane.worker.spool_writer import SpoolWriter
+from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event
+from isolane.schemas.spool import DOORBELL, SpoolError
 
 __all__ = ["Emitter", "EmitterClosed"]
 
 log = logging.getLogger(__name__)
 
 #: A single event larger than this is replaced by an ``error`` event that says so.
-_MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
+MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
+
+
+def _unchanged(record: bytes) -> bytes:
+    return record
 
 
 class EmitterClosed(RuntimeError):
-    """``emit()`` was called after the emitter was closed."""
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    """``emit()`` was called after the emitter was closed (or past the spool's reserve)."""
 
 
 def _rss_bytes() -> int:
@@ -58,51 +66,49 @@ def _rss_bytes() -> int:
 
 
 class Emitter:
-    """Buffer events and ship them in batches to the spool and the parent.
+    """Write events to the run's spool and ring the parent's doorbell.
 
-    Thread-safe: any thread may call :meth:`emit`. Events keep the order in which ``emit`` assigned
-    their ``seq``. ``data`` dicts are encoded at flush time: do not mutate one after emitting it.
+    Thread-safe: any thread may call :meth:`emit`. ``data`` is encoded before ``emit`` returns;
+    values JSON cannot hold are rendered with ``repr``. ``pipe_fd`` (the event pipe) may be
+    None: the spool alone then holds the events (a test, or a relay that reads the spool).
     """
 
     def __init__(
         self,
         run_id: str,
         *,
+        spool: SpoolWriter,
         pipe_fd: int | None,
-        spool_path: str | os.PathLike[str] | None,
         start_seq: int = 0,
-        flush_interval: float = 0.005,
-        flush_events: int = 2000,
-        max_buffer_events: int = 50_000,
+        linger: float = 0.005,
         heartbeat_interval: float = 5.0,
         redact: Callable[[bytes], bytes] | None = None,
+        on_full: Callable[[int], None] | None = None,
     ) -> None:
-        if flush_interval <= 0:
-            raise ValueError("flush_interval must be positive")
-        if not 0 < flush_events <= max_buffer_events:
-            raise ValueError("flush_events must be positive and at most max_buffer_events")
+        if linger < 0:
+            raise ValueError("linger cannot be negative")
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
         self.run_id = run_id
+        self._spool = spool
         self._pipe_fd = pipe_fd
-        self._spool_fd = (
-            os.open(spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            if spool_path is not None else None
-        )
         self._seq = start_seq
-        self._buf: list[BufferedEvent] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._drained = threading.Condition(self._lock)
-        self._flush_interval = flush_interval
-        self._flush_events = flush_events
-        self._max_buffer = max_buffer_events
+        self._lock = threading.RLock()
+        self._bell = threading.Condition(self._lock)
+        self._rung = False  # a doorbell is due: the bell thread has been woken for it
+        self._encoding = False  # emit() is inside its encode (a __repr__ that emits re-enters)
+        self._linger = linger
         self._heartbeat_interval = heartbeat_interval
-        self._redact = redact  # applied to each encoded frame: the spool and the pipe get the same
+        #: Applied to each encoded record: the spool holds redacted bytes only.
+        self._redact: Callable[[bytes], bytes] = _unchanged if redact is None else redact
+        self._on_full = on_full
+        self._full = False
         self._closed = False
+        self._finished = False
         self._pipe_broken = False
-        self._last_send = time.monotonic()
-        self._last_batch = float("-inf")  # when the flusher last sent a batch of events
-        self._send_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="isolane-flusher", daemon=True)
+        self._last_ring = float("-inf")  # when a doorbell last rang (a burst lingers after it)
+        self._last_sign = time.monotonic()  # a doorbell or the start: heartbeats count from it
+        self._thread = threading.Thread(target=self._run, name="isolane-bell", daemon=True)
         self._thread.start()
 
     @property
@@ -110,102 +116,113 @@ class Emitter:
         """The ``seq`` of the most recently emitted event."""
         return self._seq
 
+    @property
+    def spool_tail(self) -> int:
+        """The spool offset just after the last event written."""
+        return self._spool.tail
+
     def emit(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
-        """Queue one event and return its ``seq``; blocks while the buffer is full."""
+        """Write one event to the spool and return its ``seq``; it is durable when this returns."""
         with self._lock:
             if self._closed:
                 raise EmitterClosed(f"emitter of run {self.run_id} is closed")
-            self._seq = seq = self._seq + 1
-            buf = self._buf
-            buf.append((seq, time.time(), type_, node_id, data))
-            n = len(buf)
-            if n == 1 or n >= self._flush_events:
-                self._wake.notify()
-            if n >= self._max_buffer:
-                while len(self._buf) >= self._max_buffer and not self._closed:
-                    self._drained.wait()
+            if self._encoding:
+                raise RuntimeError("emit() was called while another event was being encoded on "
+                                   "this thread (from a __repr__ of its data?); emit it after")
+            self._encoding = True  # encoding may call a value's __repr__ (user code)
+            try:
+                self._seq = seq = self._seq + 1
+                record = self._redact(encode_event(self.run_id, seq, time.time(), type_, node_id,
+                                                   data))
+            finally:
+                self._encoding = False
+            if len(record) > MAX_EVENT_BYTES:
+                record = self._too_large(seq, type_, node_id, len(record))
+            spool = self._spool
+            try:
+                spool.append(record)
+            except SpoolError as exc:
+                raise EmitterClosed(str(exc)) from exc
+            if spool.over_limit and not self._full:
+                self._full = True
+                self._report_full()
+            if not self._rung:
+                self._rung = True
+                self._bell.notify()
         return seq
 
+    def _too_large(self, seq: int, type_: str, node_id: str | None, size: int) -> bytes:
+        log.warning("event %s of type %s is %d bytes; replaced by an error event", seq, type_, size)
+        stub = {"message": f"{type_} event of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit "
+                           "and was not recorded", "error_type": "EventTooLarge"}
+        return encode_event(self.run_id, seq, time.time(), "error", node_id, stub)
+
+    def _report_full(self) -> None:
+        log.warning("run %s: its spool passed its limit (%d bytes)", self.run_id, self._spool.tail)
+        if self._on_full is not None:
+            self._on_full(self._spool.tail)
+
     def flush(self) -> None:
-        """Send everything buffered so far, on the calling thread."""
+        """Ring the doorbell now (a question for a person should not wait for the linger)."""
         with self._lock:
-            batch, self._buf = self._buf, []
-            self._drained.notify_all()
-        self._send(batch)
+            self._rung = False
+            tail = self._spool.tail
+        self._ring(tail)
 
     def close(self) -> None:
-        """Flush what is left, stop the flusher and close the spool and the pipe."""
+        """Stop the bell thread, ring a last doorbell and close the spool and the pipe."""
         with self._lock:
-            if self._closed:
+            if self._finished:
                 return
-            self._closed = True
-            self._wake.notify_all()
-            self._drained.notify_all()
+            self._finished = self._closed = True
+            self._bell.notify_all()
         self._thread.join()
         self.flush()
-        for fd in (self._spool_fd, self._pipe_fd):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._spool_fd = self._pipe_fd = None
+        self._spool.close()
+        if self._pipe_fd is not None:
+            try:
+                os.close(self._pipe_fd)
+            except OSError:
+                pass
+            self._pipe_fd = None
 
-    # -- flusher -------------------------------------------------------------------------------
+    # -- the bell thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not self._buf and not self._closed:
-                    # Idle: sleep until the first event arrives or a heartbeat is due.
-                    self._wake.wait(max(0.0, self._last_send + self._heartbeat_interval - time.monotonic()))
-                if self._buf and len(self._buf) < self._flush_events and not self._closed \
-                        and time.monotonic() - self._last_batch < self._flush_interval:
-                    # Inside a burst (a batch went out moments ago): linger briefly so the rest
-                    # travels as one frame (woken early when full). An event after a quiet spell
-                    # goes at once: a lone message reaches the parent without the linger.
-                    self._wake.wait(self._flush_interval)
+                if not self._rung and not self._closed:
+                    # Idle: sleep until an event arrives or a heartbeat is due.
+                    self._bell.wait(max(0.0, self._last_sign + self._heartbeat_interval
+                                        - time.monotonic()))
+                if self._rung and not self._closed \
+                        and time.monotonic() - self._last_ring < self._linger:
+                    # Inside a burst (a doorbell rang moments ago): let the rest of it gather
+                    # behind one doorbell. An event after a quiet spell rings at once.
+                    self._bell.wait(self._linger)
                 if self._closed:
                     return
-                batch, self._buf = self._buf, []
-                self._drained.notify_all()
-            if batch:
-                self._last_batch = time.monotonic()
-                self._send(batch)
-            elif time.monotonic() - self._last_send >= self._heartbeat_interval:
+                rung, self._rung = self._rung, False
+                tail = self._spool.tail
+            if rung:
+                self._ring(tail)
+            elif time.monotonic() - self._last_sign >= self._heartbeat_interval:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
-                self.emit("heartbeat", {"rss_bytes": _rss_bytes(),
-                                        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)})
+                try:
+                    self.emit("heartbeat", {"rss_bytes": _rss_bytes(),
+                                            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)})
+                except EmitterClosed:
+                    return
 
-    def _send(self, batch: Sequence[BufferedEvent]) -> None:
-        if not batch:
+    def _ring(self, tail: int) -> None:
+        self._last_ring = float("-inf")  # when a doorbell last rang (a burst lingers after it)
+        self._last_sign = time.monotonic()  # a doorbell or the start: heartbeats count from it
+        fd = self._pipe_fd
+        if fd is None or self._pipe_broken:
             return
-        step = self._flush_events  # frames stay small even when back-pressure grew the batch
-        frames = (f for i in range(0, len(batch), step) for f in self._encode(batch[i:i + step]))
-        with self._send_lock:
-            for frame in frames:
-                if self._spool_fd is not None:
-                    _write_all(self._spool_fd, frame + b"\n")
-                if self._pipe_fd is not None and not self._pipe_broken:
-                    try:
-                        _write_all(self._pipe_fd, FRAME_HEADER.pack(len(frame)) + frame)
-                    except (BrokenPipeError, OSError) as exc:
-                        # The parent is gone: keep running into the spool, recovery imports it.
-                        self._pipe_broken = True
-                        log.warning("event pipe closed (%s); events continue in the spool", exc)
-            self._last_send = time.monotonic()
-
-    def _encode(self, batch: Sequence[BufferedEvent]) -> list[bytes]:
-        frame = encode_batch(self.run_id, batch)
-        if self._redact is not None:
-            frame = self._redact(frame)
-        if len(frame) <= MAX_FRAME_BYTES:
-            return [frame]
-        if len(batch) > 1:
-            mid = len(batch) // 2
-            return self._encode(batch[:mid]) + self._encode(batch[mid:])
-        seq, ts, type_, node_id, _ = batch[0]
-        log.warning("event %s of type %s is %d bytes; replaced by an error event", seq, type_, len(frame))
-        stub = {"message": f"{type_} event of {len(frame)} bytes exceeds the {_MAX_EVENT_BYTES}-byte"
-                           " limit and was not sent", "error_type": "EventTooLarge"}
-        return [encode_batch(self.run_id, [(seq, ts, "error", node_id, stub)])]
+        try:
+            os.write(fd, DOORBELL.pack(tail))
+        except OSError as exc:
+            # The parent is gone: keep running into the spool, recovery imports it.
+            self._pipe_broken = True
+            log.warning("event pipe closed (%s); events continue in the spool", exc)

@@ -72,7 +72,7 @@ _STUCK_GRACE: Final = 5.0
 @dataclass(frozen=True, slots=True)
 class Breach:
     """One limit a run passed: which (``memory``, ``cpu``, ``open_files``, ``processes``,
-    ``output``) and the message that names it."""
+    ``output``, ``spool``) and the message that names it."""
 
     limit: str
     message: str
@@ -80,7 +80,7 @@ class Breach:
 
 _RAISE_HINT: Final = {
     "memory": "memory_mb", "cpu": "cpu_seconds", "open_files": "open_files",
-    "processes": "processes", "output": "output_mb",
+    "processes": "processes", "output": "output_mb", "spool": "spool_mb",
 }
 
 
@@ -193,6 +193,18 @@ class LimitEnforcer:
             self.trip(Breach("output", f"output limit of {self.limits.output_mb:g} MB reached "
                                        "(stdout and stderr together); later output was dropped"))
         return allowed
+
+    @property
+    def spool_bytes(self) -> int | None:
+        """The size the run's spool may reach (None: unbounded)."""
+        limits = self.limits
+        return int(limits.spool_mb * _MIB) if limits is not None and limits.spool_mb else None
+
+    def spool_full(self, size: int) -> None:
+        """The emitter's report that the spool passed :attr:`spool_bytes`: stop the run."""
+        assert self.limits is not None and self.limits.spool_mb is not None
+        self.trip(Breach("spool", f"event log limit of {self.limits.spool_mb:g} MB reached "
+                                  f"({size} bytes of events)"))
 
     def trip(self, breach: Breach) -> None:
         """Record a breach (the first one wins), end the run's other processes, stop the workflow."""

@@ -25,6 +25,7 @@ import inspect
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -48,6 +49,7 @@ from isolane.worker.files import final_scan, track_files
 from isolane.worker.output import OutputPump, pump_std_streams
 from isolane.worker.proctree import descendants, kill_until_gone
 from isolane.worker.session import ResumeInfo
+from isolane.worker.spool_writer import SpoolWriter
 from isolane.workflow import WorkflowFn, resolve_workflow
 
 __all__ = ["worker_main"]
@@ -182,16 +184,19 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
 
     pipe_fd = os.dup(event_conn.fileno())
     event_conn.close()
+    # The spool first, before any workflow code: from here on an event is durable when emit()
+    # returns, and the writer lock tells recovery this run has a live worker.
+    spool = SpoolWriter(spec.spool_path, identity=spec.spool_identity,
+                        max_bytes=enforcer.spool_bytes)
     emitter = Emitter(
         spec.run_id,
+        spool=spool,
         pipe_fd=pipe_fd,
-        spool_path=spec.spool_path,
         start_seq=spec.start_seq,
-        flush_interval=spec.flush_interval,
-        flush_events=spec.flush_events,
-        max_buffer_events=spec.max_buffer_events,
+        linger=spec.flush_interval,
         heartbeat_interval=spec.heartbeat_interval,
-        redact=Redactor(spec.secrets),
+        redact=Redactor(spec.secrets).redact_record,
+        on_full=enforcer.spool_full,
     )
     enforcer.start(emitter, exit_code=EXIT_CODES["failed"])
     outcome = "failed"
@@ -223,7 +228,8 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
         if spec.capture_output:
             pumps = pump_std_streams(emitter, ctx, enforcer.take_output)
         emitter.emit("run_started", {"workflow": wf.name, "task": spec.task, "attempt": spec.attempt,
-                                     "pid": os.getpid(), "preloaded": preloaded,
+                                     "pid": os.getpid(), "host": socket.gethostname(),
+                                     "preloaded": preloaded,
                                      "resumed_from_seq": spec.start_seq})
         if not preloaded:
             log.info("worker of run %s started without AG2 preloaded (spawn fallback)", spec.run_id)

@@ -7,7 +7,6 @@ import ctypes
 import os
 import pickle
 import signal
-import struct
 import time
 from typing import Any
 
@@ -90,13 +89,14 @@ class _Exploit:
 
 
 def pickle_attack(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
-    """Writes a crafted pickle (framed and unframed) straight into its event pipe."""
+    """Writes a crafted pickle straight into its spool (as a record) and into its event pipe
+    (where doorbells go), and a record that is not JSON."""
     payload = pickle.dumps(_Exploit(config["marker"]))
-    fd = ctx._emitter._pipe_fd
-    assert fd is not None
-    ctx._emitter.flush()
-    os.write(fd, struct.pack("!I", len(payload)) + payload)
-    os.write(fd, struct.pack("!I", 9) + b"not json!")
+    emitter = ctx._emitter
+    emitter._spool.append(payload)
+    emitter._spool.append(b"not json!")
+    assert emitter._pipe_fd is not None
+    os.write(emitter._pipe_fd, payload)
     ctx.emit("after_attack")
     return "survived"
 

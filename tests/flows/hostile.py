@@ -110,10 +110,6 @@ def prints_gigabyte(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
     return "printed 1 GB"
 
 
-def _frame(payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload)) + payload
-
-
 class _Exploit:
     def __init__(self, marker: str) -> None:
         self.marker = marker
@@ -123,40 +119,40 @@ class _Exploit:
 
 
 def writes_garbage(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
-    """Writes a crafted pickle, random bytes and invalid UTF-8 into its event pipe, all framed."""
-    fd = ctx._emitter._pipe_fd
-    assert fd is not None
-    ctx._emitter.flush()
+    """Writes a crafted pickle, random bytes (NULs and newlines included) and invalid UTF-8
+    straight into its own spool, as records, then goes on as if nothing happened."""
+    spool = ctx._emitter._spool
     rng = random.Random(6)
     bad = [pickle.dumps(_Exploit(config["marker"])),
            *(rng.randbytes(rng.randrange(1, 2000)) for _ in range(5)),
-           b'[{"v":1,"run_id":"' + ctx.run_id.encode() + b'","seq":999,"ts":1.0,"type":"custom",'
-           b'"node_id":null,"data":{"name":"\xff\xfe\xc0\xaf"}}]']
+           b'{"v":1,"run_id":"' + ctx.run_id.encode() + b'","seq":999,"ts":1.0,"type":"custom",'
+           b'"node_id":null,"data":{"name":"\xff\xfe\xc0\xaf"}}']
     for payload in bad:
-        os.write(fd, _frame(payload))
-    ctx.emit("after_garbage", frames=len(bad))
+        spool.append(payload)
+    ctx.emit("after_garbage", records=len(bad))
     return "survived"
 
 
-def huge_length(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
-    """Declares a 4 GB frame in its event pipe, sends some bytes, then goes on as if nothing."""
+def lies_about_its_tail(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Rings doorbells far past its spool's data (and garbage on the pipe), then goes on."""
     fd = ctx._emitter._pipe_fd
     assert fd is not None
-    ctx._emitter.flush()
-    os.write(fd, struct.pack("!I", 0xFFFF_FFF0) + os.urandom(256 * 1024))
-    ctx.emit("after_huge_length")
-    return "the stream is lost after this"
+    ctx.emit("before_the_lie")
+    os.write(fd, struct.pack("<Q", 1 << 62) + os.urandom(13))
+    for i in range(int(config.get("n", 2000))):
+        ctx.emit("after_the_lie", i=i)
+    return "lied"
 
 
 def floods(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
-    """Writes small garbage frames into its event pipe as fast as it can, for up to ``seconds``."""
-    fd = ctx._emitter._pipe_fd
-    assert fd is not None
-    ctx._emitter.flush()
-    chunk = _frame(b"garbage!") * 8192
+    """Writes garbage records into its spool as fast as it can, for up to ``seconds``."""
+    emitter = ctx._emitter
+    spool = emitter._spool
     deadline = time.monotonic() + float(config.get("seconds", 20))
     while time.monotonic() < deadline:
-        os.write(fd, chunk)
+        for _ in range(8192):
+            spool.append(b"garbage!")
+        emitter.flush()
     return "the flood was not stopped"
 
 

@@ -3,23 +3,26 @@
 ::
 
     LocalBackend.launch(spec) ──Launcher.spawn (thread)──▶ WorkerProcess ──▶ LocalWorker
-    LocalWorker.frames():  event pipe fd ──wait_readable──▶ FrameReader.read_available() ──▶ batch
-    LocalWorker.wait():    process sentinel ──wait_readable──▶ WorkerExit (and wakes frames())
+    LocalWorker.records(): event pipe ──wait_readable──▶ DoorbellReader (the tail offset)
+                           spool fd ──SpoolReader.read(upto=tail)──▶ complete records ──▶ batch
+    LocalWorker.wait():    process sentinel ──wait_readable──▶ WorkerExit (and wakes records())
 
 Waiting is on file descriptors, never a sleep loop: a SIGKILLed worker is noticed as soon as its
-sentinel becomes readable, and ``frames()`` then hands out what is left in the pipe and ends,
-even when a process the worker started still holds the pipe open.
+sentinel becomes readable, and ``records()`` then reads the spool to its last complete record
+(what the worker wrote after its last doorbell included) and ends, even when a process the
+worker started still holds the pipe open.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from isolane.backends.channel import FrameReader, ReadResult
 from isolane.backends.environment import DEFAULT_ENV_ALLOW
 from isolane.backends.interface import WorkerExit
 from isolane.backends.local.launcher import (
@@ -28,6 +31,7 @@ from isolane.backends.local.launcher import (
     WorkerProcess,
 )
 from isolane.schemas.spec import WorkerSpec
+from isolane.schemas.spool import DoorbellReader, SpoolReader, SpoolSpan
 
 __all__ = ["LocalBackend", "LocalWorker"]
 
@@ -39,7 +43,8 @@ class LocalWorker:
 
     def __init__(self, process: WorkerProcess) -> None:
         self.process = process
-        self._reader = FrameReader(process.event_fd)
+        self._bells = DoorbellReader(process.event_fd)
+        self._spool = SpoolReader(process.spool_fd, offset=process.spool_start)
         self._exited = anyio.Event()
         self._exit: WorkerExit | None = None
         self._watching = False
@@ -75,24 +80,25 @@ class LocalWorker:
             self._wait_scope.cancel()
         return self._exit
 
-    async def frames(self) -> AsyncIterator[ReadResult]:
-        reader = self._reader
-        fd = reader.fd
-        assert fd is not None
+    async def records(self) -> AsyncIterator[SpoolSpan]:
+        bells, spool = self._bells, self._spool
         while True:
-            if not self._exited.is_set() and not reader.backlog:
-                with anyio.CancelScope() as scope:
-                    self._wait_scope = scope
-                    await anyio.wait_readable(fd)
-                self._wait_scope = None
-            result = reader.read_available()
-            if result.frames or result.problems:
-                yield result
-            if result.eof:
-                # The pipe closed; the worker is ending (or closed it on purpose): wait for it.
-                await self._exited.wait()
-                return
-            if self._exited.is_set() and not result.frames and not result.problems:
+            if not self._exited.is_set() and not spool.more:
+                if bells.eof:  # the pipe closed: the worker is ending (or closed it on purpose)
+                    await self._exited.wait()
+                else:
+                    with anyio.CancelScope() as scope:
+                        self._wait_scope = scope
+                        await anyio.wait_readable(bells.fd)
+                    self._wait_scope = None
+            tail = bells.read()
+            ended = self._exited.is_set()
+            # Once the worker has ended, read to its last complete record: what it wrote after
+            # its last doorbell (a SIGKILL leaves no time to ring one) is in the spool.
+            span = spool.read(None if ended else tail)
+            if span.data or span.problems:
+                yield span
+            if ended and not spool.more:
                 return
 
     def request_cancel(self) -> None:
@@ -106,7 +112,8 @@ class LocalWorker:
         return self.process.kill_tree()
 
     async def aclose(self) -> None:
-        self._reader.close()
+        with contextlib.suppress(OSError):
+            os.close(self._bells.fd)
         self.process.close()
 
 

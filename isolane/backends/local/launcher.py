@@ -5,8 +5,9 @@
     Launcher.start()  → a multiprocess forkserver, started with a scrubbed environment and
                           ``autogen``, ``openai`` and the worker module preloaded (spawn where the
                           platform has no forkserver)
-    Launcher.spawn()  → WorkerProcess: the process, the read end of its event pipe (raw fd),
-                          the write end of its control pipe, its pid and create time
+    Launcher.spawn()  → WorkerProcess: the process, the read end of its event pipe (raw fd:
+                          doorbells), its spool open for reading and where this attempt's
+                          records begin, the write end of its control pipe, its pid and create time
     WorkerProcess.kill_tree() → SIGKILL to the worker's process group and to every descendant
 
 A worker is its own session and process group (it calls ``setsid``) and a child subreaper, so
@@ -34,6 +35,7 @@ from multiprocess import forkserver, popen_forkserver, spawn, util
 from isolane.backends.environment import DEFAULT_ENV_ALLOW, worker_environment
 from isolane.errors import ConfigError
 from isolane.schemas.spec import WorkerSpec
+from isolane.schemas.spool import SpoolError, find_tail, open_spool, writer_alive
 from isolane.worker.entry import worker_main
 from isolane.worker.proctree import (
     ProcessCgroup,
@@ -42,7 +44,7 @@ from isolane.worker.proctree import (
     remove_stale_cgroups,
 )
 
-__all__ = ["DEFAULT_PRELOAD", "Launcher", "WorkerProcess", "portable_spec"]
+__all__ = ["DEFAULT_PRELOAD", "Launcher", "WorkerProcess", "open_run_spool", "portable_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,10 @@ class WorkerProcess:
     control: Any
     pid: int
     create_time: float
+    #: The run's spool, open for reading (the parent's own fd: a worker replacing the file later
+    #: does not change what is read), and the offset where this attempt's records begin.
+    spool_fd: int = -1
+    spool_start: int = 0
     #: The run's pids cgroup, where one could be made: it holds every process of the run.
     cgroup: ProcessCgroup | None = None
 
@@ -148,6 +154,10 @@ class WorkerProcess:
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
+        if self.spool_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.spool_fd)
+            self.spool_fd = -1
         with contextlib.suppress(OSError):
             self.control.close()
         with contextlib.suppress(ValueError, AttributeError):
@@ -221,8 +231,16 @@ class Launcher:
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
         """Start one worker for ``spec`` (blocking; call it from a thread in async code)."""
         self.start()
+        spool_fd, spool_start = open_run_spool(spec.spool_path)
+        info = os.fstat(spool_fd)
+        spec = replace(spec, spool_identity=(info.st_dev, info.st_ino))
         limits = spec.limits
-        cgroup = ProcessCgroup.create(spec.run_id, processes=limits.processes if limits else None)
+        try:
+            cgroup = ProcessCgroup.create(spec.run_id,
+                                          processes=limits.processes if limits else None)
+        except BaseException:
+            os.close(spool_fd)
+            raise
         if cgroup is not None:
             spec = replace(spec, cgroup=str(cgroup.path))
         spec = portable_spec(spec)
@@ -237,6 +255,7 @@ class Launcher:
         try:
             process.start()
         except BaseException:
+            os.close(spool_fd)
             os.close(read_fd)
             event_conn.close()
             control_recv.close()
@@ -252,4 +271,22 @@ class Launcher:
             create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             create_time = 0.0
-        return WorkerProcess(spec.run_id, process, read_fd, control_send, pid, create_time, cgroup)
+        return WorkerProcess(spec.run_id, process, read_fd, control_send, pid, create_time,
+                             spool_fd=spool_fd, spool_start=spool_start, cgroup=cgroup)
+
+
+def open_run_spool(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Open a run's spool for reading before its worker starts: ``(fd, where records begin)``.
+
+    Creates it when new; refuses a link or a non-regular file (:func:`open_spool`) and a spool
+    that a live worker still writes (two workers never write one spool).
+    """
+    fd = open_spool(path, create=True)
+    try:
+        if writer_alive(fd):
+            raise SpoolError(f"a worker of this run is still alive and writing its spool {path}; "
+                             "cancel it, or wait for it to end, before starting another")
+        return fd, find_tail(fd)[0]
+    except BaseException:
+        os.close(fd)
+        raise

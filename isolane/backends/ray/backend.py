@@ -8,17 +8,17 @@
       a warm relay from the pool, or a new one          detached, named isolane-relay-<hex>,
       probe: shared filesystem? (token file)            max_restarts=0, max_task_retries=0)
       start(spec, shared, workspace) ─────────────▶     Launcher.spawn ─▶ worker_main (its child)
-    RayWorker.frames() (ray.handle) ◀── generator ──  D pipe bytes · L spool lines · B blobs · X exit
-      FrameReader / decode_frame / blob hash check
+    RayWorker.records() (ray.handle) ◀── generator ─  L spool bytes · B blobs · X exit
+      LineSplitter / decode_lines / blob hash check
     request_cancel · send_control ── actor calls ───▶  control pipe ({"op": "cancel"|"answer"})
     kill_tree ── relay.kill_tree, release, ray.kill ▶  SIGKILL of the worker's tree, then the relay
     RayBackend.attach(meta, since_seq)  (a new parent after a crash: recovery)
-      ray.get_actor(name) ── stream(since_seq) ────▶  the spool's lines after since_seq, then live
+      ray.get_actor(name) ── stream(since_seq) ────▶  the spool's records after since_seq, then live
 
 The relay never runs the workflow in its own process (``worker_main`` calls ``setsid``, rewires
 fds 1/2 and clears the environment): it starts isolane's worker as a child with the same
 :class:`~isolane.backends.local.launcher.Launcher` the local backend uses. Items of the stream are
-``bytes`` only; the parent splits and validates frames exactly as for a local worker, checks each
+``bytes`` only; the parent splits and validates records exactly as for a local worker, checks each
 shipped blob against its hash, and never interprets anything else a worker produced.
 
 Failure mapping: a lost actor or node raises at the generator (``RayActorError``,

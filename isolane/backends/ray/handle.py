@@ -2,8 +2,8 @@
 
 :class:`RayWorker` is the :class:`~isolane.backends.interface.WorkerHandle` that
 :class:`~isolane.backends.ray.backend.RayBackend` hands the monitor. It iterates the relay's
-streaming generator (items tagged as in :mod:`isolane.backends.ray.relay`: pipe bytes, spool
-lines, blobs, the exit status), splits and size-checks frames as for a local worker, stores
+streaming generator (items tagged as in :mod:`isolane.backends.ray.relay`: spool bytes, blobs,
+the exit status), cuts the spool bytes into complete records as a local reader does, stores
 shipped blobs under their verified hash, and maps a lost actor or node to a ``crashed`` cause
 that names the node. Cancel and human answers are actor calls; ``kill_tree`` kills the worker's
 tree through the relay, then lets the relay clean up and ends it (it is detached: nobody else
@@ -23,12 +23,11 @@ import orjson
 import ray
 import ray.exceptions
 
-from isolane.backends.channel import FrameReader, ReadResult
 from isolane.backends.interface import WorkerExit
-from isolane.backends.ray.relay import BLOB, DATA, EXIT, LINES
+from isolane.backends.ray.relay import BLOB, EXIT, LINES
 from isolane.errors import InvalidEvent
 from isolane.schemas.blobs import BlobStore
-from isolane.schemas.spool import spool_lines
+from isolane.schemas.spool import LineSplitter, SpoolSpan
 
 __all__ = ["Placement", "RayWorker"]
 
@@ -109,8 +108,8 @@ class RayWorker:
         assert self._exit is not None
         return self._exit
 
-    async def frames(self) -> AsyncIterator[ReadResult]:
-        reader = FrameReader(None)
+    async def records(self) -> AsyncIterator[SpoolSpan]:
+        lines = LineSplitter()
         try:
             with anyio.CancelScope() as scope:
                 self._stream_scope = scope
@@ -119,11 +118,8 @@ class RayWorker:
                     if not isinstance(item, bytes) or not item:
                         raise TypeError(f"the relay sent a {type(item).__name__}, not bytes")
                     tag, body = item[:1], item[1:]
-                    if tag == DATA:
-                        result = reader.feed(body)
-                    elif tag == LINES:
-                        frames, problems = spool_lines(body)
-                        result = ReadResult(frames, problems)
+                    if tag == LINES:
+                        result = lines.feed(body)
                     elif tag == BLOB:
                         result = await self._store_blob(body)
                     elif tag == EXIT:
@@ -132,7 +128,7 @@ class RayWorker:
                         continue
                     else:
                         raise TypeError(f"the relay sent an item tagged {tag!r}")
-                    if result.frames or result.problems:
+                    if result.data or result.problems:
                         yield result
         except (ray.exceptions.RayError, TypeError) as exc:
             self._finish(WorkerExit(None, await self._loss_cause(exc)))
@@ -141,20 +137,20 @@ class RayWorker:
         if self._exit is None:
             self._finish(WorkerExit(None, f"the Ray stream from {self.location} ended without "
                                           "the worker's exit status"))
-        tail = reader.feed(b"", eof=True)
-        if tail.problems:
-            yield tail
+        torn = lines.finish()  # the worker died inside a record: reported, never half-stored
+        if torn:
+            yield SpoolSpan(problems=torn)
 
-    async def _store_blob(self, body: bytes) -> ReadResult:
+    async def _store_blob(self, body: bytes) -> SpoolSpan:
         """Store a shipped blob in the parent's blob store, if its bytes match its name."""
         claimed, data = body[:64].decode("ascii", "replace"), body[64:]
         if self._blobs is None:
-            return ReadResult()
+            return SpoolSpan()
         blobs = self._blobs
         actual = await anyio.to_thread.run_sync(lambda: blobs.put_bytes(data))
         if actual == claimed:
-            return ReadResult()
-        return ReadResult(problems=[InvalidEvent(
+            return SpoolSpan()
+        return SpoolSpan(problems=[InvalidEvent(
             f"a blob shipped from {self.location} as {claimed!r} hashes to {actual}; it is stored "
             "under its real hash only", excerpt=body[:64])])
 

@@ -9,18 +9,22 @@
                                                  ship: paths under this node's own directory,
                                                  the workspace written from shipped blobs
                                                  Launcher.spawn ─▶ worker_main (a child)
-    stream(None)  ◀── D + raw event-pipe bytes ─ the first attach: the pipe, relayed as read
-    stream(seq)   ◀── L + spool lines after seq  a re-attach: the worker's spool on this node
+    bell task: the worker's doorbells (its spool tail) wake every stream
+    stream(None)  ◀── L + spool bytes ────────── this attempt's records, as the worker completes
+                                                 them (up to each doorbell; after the exit, up to
+                                                 the last byte it wrote)
+    stream(seq)   ◀── L + spool bytes after seq  a re-attach: the same, from the first record
+                                                 after seq (found by bisection)
                   ◀── B + sha256 + blob bytes ── ship: files the worker stored, from its outbox
                   ◀── X + {"exit_code": …} ───── the last item
     cancel · send_control · kill_tree · release
 
-**Detaching.** The first stream reads the worker's event pipe. When its consumer goes away (the
-parent died: Ray closes the generator), a drain task takes the pipe over and discards what it
-reads: the worker wrote every frame to its spool before the pipe, so nothing is lost and the
-worker never blocks on a full pipe. A new parent calls ``stream(seq)`` with the last sequence
-number its store holds; the relay replays the spool's later lines and follows it, woken by the
-drain, until the worker has exited.
+**Detaching.** Every stream reads the worker's spool on this node (see
+:mod:`isolane.schemas.spool`); the bell task alone reads the event pipe, so the worker never
+blocks on it. When a stream's consumer goes away (the parent died: Ray closes the generator),
+the worker goes on into its spool. A new parent calls ``stream(seq)`` with the last sequence
+number its store holds, and the relay sends the records after it. The relay sends bytes as the
+spool holds them; the parent cuts them into records and validates each one.
 
 **Files.** With ``shared`` (the parent's run directory is visible here: a local cluster or a
 shared filesystem, proved by a token file the parent wrote) the worker uses the parent's paths.
@@ -56,25 +60,23 @@ from isolane.backends.local.launcher import Launcher, WorkerProcess
 from isolane.errors import BlobError
 from isolane.schemas.blobs import BlobStore
 from isolane.schemas.spec import WorkerSpec
-from isolane.schemas.spool import read_spool, split_complete, spool_offset_after
+from isolane.schemas.spool import DoorbellReader, find_tail, offset_after, read_raw
 from isolane.tracking.workspace import WorkspaceFile, write_workspace
 
-__all__ = ["BLOB", "DATA", "EXIT", "LINES", "TOKEN_FILE", "RunRelay"]
+__all__ = ["BLOB", "EXIT", "LINES", "TOKEN_FILE", "RunRelay"]
 
 log = logging.getLogger(__name__)
 
-DATA: Final = b"D"  # the rest of the item: raw bytes of the event pipe, in order
-LINES: Final = b"L"  # the rest: complete spool lines (one frame each), in order
+LINES: Final = b"L"  # the rest of the item: the spool's next bytes, in order
 BLOB: Final = b"B"  # the rest: 64 hex digits of SHA-256, then the blob's bytes
 EXIT: Final = b"X"  # the rest: {"exit_code": int | null}; the last item of a stream
 
 #: A file in the parent's run directory whose content proves the directory is shared.
 TOKEN_FILE: Final = ".isolane-relay-token"
 
-_READ_CHUNK: Final = 1 << 20
-#: At most this many bytes of events per stream item (the emitter batches many per frame).
+#: At most this many bytes of events per stream item.
 _MAX_ITEM: Final = 4 << 20
-#: A re-attached stream looks at the spool at least this often (the drain also wakes it).
+#: A stream looks at the spool at least this often (doorbells wake it sooner).
 _SPOOL_POLL: Final = 0.05
 
 
@@ -88,13 +90,10 @@ class RunRelay:
         self._orphan_grace = orphan_grace
         self._idle_timeout = idle_timeout
         self._worker: WorkerProcess | None = None
-        self._spool: Path | None = None
-        self._spool_start = 0
         self._outbox: BlobStore | None = None
         self._local_root: Path | None = None
-        self._pipe_taken = False
-        self._pipe_relayed = False  # a stream is reading the pipe right now
-        self._drain: asyncio.Task[None] | None = None
+        self._tail = 0  # the spool tail the worker's last doorbell announced
+        self._bell: asyncio.Task[None] | None = None
         self._exited: asyncio.Event | None = None
         self._waiters: set[asyncio.Event] = set()
         self._idle: asyncio.TimerHandle | None = None
@@ -134,15 +133,12 @@ class RunRelay:
         loop = asyncio.get_running_loop()
         if not shared:
             spec = await loop.run_in_executor(None, self._place_locally, spec, workspace or {})
-        self._spool = Path(spec.spool_path)
-        try:
-            self._spool_start = self._spool.stat().st_size  # earlier attempts' lines stay behind
-        except FileNotFoundError:
-            self._spool_start = 0
         worker = await loop.run_in_executor(None, self._launcher.spawn, spec)
         self._worker = worker
+        self._tail = worker.spool_start
         self._exited = asyncio.Event()
         loop.add_reader(worker.sentinel, self._on_exit)
+        self._bell = loop.create_task(self._follow_doorbells())
         return self.placement()
 
     def _place_locally(self, spec: WorkerSpec, workspace: Mapping[str, Any]) -> WorkerSpec:
@@ -211,97 +207,30 @@ class RunRelay:
     # -- streaming ---------------------------------------------------------------------------
 
     async def stream(self, since_seq: int | None = None) -> AsyncIterator[bytes]:
-        """The run's events from the start of this attempt (``None``: live from the pipe, once)
-        or after ``since_seq`` (from the spool: a parent re-attaching); see the module doc."""
-        self._require_worker()
-        if since_seq is None and not self._pipe_taken:
-            self._pipe_taken = True
-            source = self._from_pipe()
-        else:
-            self._start_drain()
-            source = self._from_spool(since_seq or 0)
-        async for item in source:
-            yield item
-
-    async def _from_pipe(self) -> AsyncIterator[bytes]:
+        """The run's records from the start of this attempt (``since_seq`` None), or after
+        ``since_seq`` (a parent re-attaching), then live until the worker has exited."""
         worker, exited = self._require_worker(), self._exited
         assert exited is not None
-        fd = worker.event_fd
-        os.set_blocking(fd, False)
+        loop = asyncio.get_running_loop()
+        fd = worker.spool_fd
+        # A multi-day run's spool is large: find the first record to send by bisection (records
+        # are in seq order), off the event loop.
+        offset = (worker.spool_start if not since_seq else await loop.run_in_executor(
+            None, offset_after, fd, worker.spool_start, since_seq))
         ready = asyncio.Event()
         self._waiters.add(ready)
-        self._pipe_relayed = True
-        eof = False
-        try:
-            while True:
-                if not exited.is_set() and not eof:
-                    await _until_readable(fd, ready)
-                data, eof = _read_available(fd)
-                for blob in self._take_blobs():
-                    yield blob
-                if data:
-                    yield DATA + data
-                if len(data) >= _MAX_ITEM:
-                    continue  # more is waiting: no need to wait for readiness
-                if eof:
-                    await exited.wait()
-                    break
-                if exited.is_set() and not data:
-                    break
-        except BaseException:
-            self._pipe_relayed = False
-            if not eof:  # the consumer went away (parent gone): keep the pipe flowing
-                self._start_drain()
-            raise
-        finally:
-            self._pipe_relayed = False
-            self._waiters.discard(ready)
-        for blob in self._take_blobs():
-            yield blob
-        yield self._exit_item()
-
-    def _start_drain(self) -> None:
-        """Keep the pipe flowing once no stream relays it (a re-attached stream reads the spool)."""
-        self._pipe_taken = True
-        if self._drain is None and not self._pipe_relayed:
-            self._drain = asyncio.get_running_loop().create_task(self._drain_pipe())
-
-    async def _drain_pipe(self) -> None:
-        fd = self._require_worker().event_fd
-        os.set_blocking(fd, False)
-        readable = asyncio.Event()
-        while True:
-            await _until_readable(fd, readable)
-            while True:
-                data, eof = _read_available(fd)
-                if not data:
-                    break
-            self._notify()  # the spool has grown (it is written before the pipe)
-            if eof:
-                return
-
-    async def _from_spool(self, since_seq: int) -> AsyncIterator[bytes]:
-        spool, exited = self._spool, self._exited
-        assert spool is not None and exited is not None
-        ready = asyncio.Event()
-        self._waiters.add(ready)
-        # A multi-day run's spool is large: find the first line to send by bisection (lines are
-        # in seq order), off the event loop.
-        offset = await asyncio.get_running_loop().run_in_executor(
-            None, spool_offset_after, spool, self._spool_start, since_seq)
-        partial = b""
         try:
             while True:
                 done = exited.is_set()  # before the read: a read after the exit sees everything
-                chunk = read_spool(spool, offset, _MAX_ITEM)
+                upto = (await loop.run_in_executor(None, find_tail, fd))[1] if done else self._tail
+                chunk = read_raw(fd, offset, min(upto - offset, _MAX_ITEM), live=not done)
                 offset += len(chunk)
-                lines, partial = split_complete(partial + chunk)
                 for blob in self._take_blobs():
                     yield blob
-                if lines:
-                    yield LINES + lines
-                if len(chunk) >= _MAX_ITEM:
-                    continue
+                if chunk:
+                    yield LINES + chunk
+                if len(chunk) == _MAX_ITEM:
+                    continue  # more is waiting
                 if done:
                     break
                 ready.clear()
@@ -311,12 +240,19 @@ class RunRelay:
                     pass
         finally:
             self._waiters.discard(ready)
-        if partial:
-            log.warning("run %s: the spool ends in a torn line of %d bytes (the worker died "
-                        "mid-write); it is not sent", self._require_worker().run_id, len(partial))
         for blob in self._take_blobs():
             yield blob
         yield self._exit_item()
+
+    async def _follow_doorbells(self) -> None:
+        """Read the worker's doorbells for as long as its pipe is open; wake every stream."""
+        worker = self._require_worker()
+        bells = DoorbellReader(worker.event_fd)
+        readable = asyncio.Event()
+        while not bells.eof:
+            await _until_readable(worker.event_fd, readable)
+            self._tail = max(self._tail, bells.read())
+            self._notify()
 
     def _exit_item(self) -> bytes:
         return EXIT + orjson.dumps({"exit_code": self._require_worker().exitcode()})
@@ -367,19 +303,3 @@ async def _until_readable(fd: int, ready: asyncio.Event) -> None:
         await ready.wait()
     finally:
         loop.remove_reader(fd)
-
-
-def _read_available(fd: int) -> tuple[bytes, bool]:
-    """Up to ``_MAX_ITEM`` bytes that can be read without blocking, and whether EOF was seen."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < _MAX_ITEM:
-        try:
-            chunk = os.read(fd, _READ_CHUNK)
-        except BlockingIOError:
-            break
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks), False

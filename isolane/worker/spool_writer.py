@@ -1,0 +1,140 @@
+"""The worker's end of its spool: records copied into a shared mapping of the file.
+
+::
+
+    SpoolWriter(path)   open (no link, regular file) · take the writer lock · find the tail ·
+                        clear a torn remnant · allocate GROWTH_BYTES ahead · map that window
+    append(record)      copy the record's bytes into the window, then store b"\\n" (published)
+                        past the window: allocate the next span of the file, map it, unmap the old
+    close()             unmap, truncate the file to its last record (plain JSON Lines), unlock
+
+The mapping is ``MAP_SHARED``: a copy into it is a write into the kernel's page cache for that
+file, which outlives the process. A worker SIGKILLed the instant after :meth:`SpoolWriter.append`
+returned leaves the record in the file, with no system call on the way. Only a crash of the
+machine itself can lose it (nothing is fsynced). The format, and how readers take only complete
+records, is :mod:`isolane.schemas.spool`.
+
+Only one window of :data:`~isolane.schemas.spool.GROWTH_BYTES` (or one record, if larger) is
+mapped at a time, so the worker's address space does not grow with the spool. Space is allocated
+with ``posix_fallocate`` before it is mapped: a full disk is an error at growth, never a SIGBUS
+in the middle of a copy.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Final
+
+from isolane.schemas.spool import (
+    GROWTH_BYTES,
+    SpoolError,
+    find_tail,
+    lock_writer,
+    open_spool,
+)
+
+__all__ = ["SpoolWriter"]
+
+_PAGE: Final = mmap.ALLOCATIONGRANULARITY
+_NEWLINE: Final = 10
+
+
+class SpoolWriter:
+    """Appends records to a run's spool. Not thread-safe: the emitter serialises appends.
+
+    ``identity`` (``(st_dev, st_ino)``), when given, is the file the parent opened for reading:
+    a spool that is another file by the time the worker opens it is refused. ``max_bytes``
+    bounds the file: past it (checked as each window is mapped, so within ``growth`` bytes)
+    :attr:`over_limit` is set, and ``reserve`` bytes later :meth:`append` raises
+    :class:`~isolane.schemas.spool.SpoolError` rather than grow the file any further.
+    """
+
+    __slots__ = ("_allocated", "_at", "_base", "_fd", "_growth", "_limit", "_map", "_room",
+                 "over_limit", "path", "start")
+
+    def __init__(self, path: str | os.PathLike[str], *, identity: tuple[int, int] | None = None,
+                 growth: int = GROWTH_BYTES, max_bytes: int | None = None,
+                 reserve: int = 1 << 20) -> None:
+        if growth <= 0 or growth % _PAGE:
+            raise ValueError(f"growth must be a positive multiple of {_PAGE}")
+        self.path = os.fspath(path)
+        self._growth = growth
+        self._limit = (max_bytes, max_bytes + reserve) if max_bytes is not None else None
+        #: The file passed ``max_bytes``: the run should stop (its last events still fit).
+        self.over_limit = False
+        fd = open_spool(path, write=True, create=True)
+        try:
+            lock_writer(fd)
+            info = os.fstat(fd)
+            if identity is not None and (info.st_dev, info.st_ino) != tuple(identity):
+                raise SpoolError(f"the spool {self.path} is not the file the parent opened (it was "
+                                 "replaced); refusing to write it")
+            complete, data_end = find_tail(fd)
+            if data_end > complete:  # a torn record of an earlier attempt: clear it first
+                os.pwrite(fd, bytes(data_end - complete), complete)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._allocated = info.st_size
+        #: Where this writer started (the end of earlier attempts' records).
+        self.start = complete
+        self._map: mmap.mmap | None = None
+        self._base = 0  # the file offset of the mapped window
+        self._at = 0  # where the next record goes, in the window
+        self._room = 0  # the window's size
+        self._remap(complete, 0)
+
+    @property
+    def tail(self) -> int:
+        """The offset just after the last record written: where the next one goes."""
+        return self._base + self._at
+
+    def append(self, record: bytes) -> None:
+        """Write one record (JSON bytes without newline) and publish it."""
+        at = self._at
+        end = at + len(record)
+        if end >= self._room:
+            self._remap(self._base + at, len(record) + 1)
+            at = self._at
+            end = at + len(record)
+        window = self._map
+        window[at:end] = record  # type: ignore[index]
+        window[end] = _NEWLINE  # type: ignore[index]  # stored after the bytes: now complete
+        self._at = end + 1
+
+    def _remap(self, pos: int, need: int) -> None:
+        base = pos - pos % _PAGE
+        length = max(self._growth, -(-(pos - base + need) // _PAGE) * _PAGE)
+        limit = self._limit
+        if limit is not None and base + length > limit[0]:
+            if pos + need > limit[1]:
+                raise SpoolError(f"the spool {self.path} is full: {pos + need} bytes would pass "
+                                 f"its limit of {limit[0]} bytes and its reserve")
+            self.over_limit = True
+            length = min(length, -(-(limit[1] - base) // _PAGE) * _PAGE)
+        if base + length > self._allocated:
+            try:
+                os.posix_fallocate(self._fd, self._allocated, base + length - self._allocated)
+            except OSError as exc:
+                raise SpoolError(f"cannot grow the spool {self.path}: {exc.strerror} (is the disk "
+                                 "full?)") from exc
+            self._allocated = base + length
+        window = mmap.mmap(self._fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                           offset=base)
+        if self._map is not None:
+            self._map.close()
+        self._map, self._base, self._at, self._room = window, base, pos - base, length
+
+    def close(self) -> None:
+        """Unmap, cut the file at its last record and release the writer lock."""
+        if self._map is None:
+            return
+        tail = self.tail
+        self._map.close()
+        self._map = None
+        try:
+            os.ftruncate(self._fd, tail)
+        finally:
+            os.close(self._fd)
