@@ -8,6 +8,7 @@ because this shared machine is noisy; absolute numbers are printed too.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ if str(ROOT) not in sys.path:
 from isolane import Executor, RunSpec
 from isolane.tracking.store import Store
 from isolane.worker.emitter import Emitter
+from isolane.worker.spool_writer import SpoolWriter
 
 log = logging.getLogger("isolane.bench")
 
@@ -58,27 +60,42 @@ def emit_many(ctx: Any, task: str, config: dict[str, Any]) -> int:
     return n
 
 
-def _emit_cost(samples: int = 200_000) -> tuple[float, float]:
-    """Per-call ``emit()`` cost in ns (p50, mean), timer overhead subtracted, flusher running."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    emitter = Emitter("bench", pipe_fd=devnull, spool_path=None, max_buffer_events=1_000_000)
+def emit_timed(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, float]:
+    """Inside a real worker: the cost of ``ctx.emit()`` (its spool, redaction and doorbells on),
+    and of building the same call's dict and appending it to a list, in the same loop."""
+    samples = int(config["samples"])
     clock = time.perf_counter_ns
     overhead = sorted(-(clock() - clock()) for _ in range(50_000))[25_000]
-    emit = emitter.emit
-    data = {"name": "tick", "i": 0}
+    emit = ctx.emit
     costs = []
-    for _ in range(samples):
+    for i in range(samples):
         t0 = clock()
-        emit("custom", data)
+        emit("tick", i=i)
         costs.append(clock() - t0)
-    # The mean from one timed block of many calls (no per-call timer in the loop).
     t0 = clock()
-    for _ in range(samples):
-        emit("custom", data)
+    for i in range(samples):  # the mean from one timed block (no per-call timer in the loop)
+        emit("tick", i=i)
     mean = (clock() - t0) / samples
-    emitter.close()
+    held: list[Any] = []
+    base = []
+    for i in range(samples):
+        t0 = clock()
+        held.append(("tick", {"i": i}))
+        base.append(clock() - t0)
     costs.sort()
-    return max(0.0, costs[len(costs) // 2] - overhead), mean
+    base.sort()
+    return {"p50": max(0.0, costs[samples // 2] - overhead), "mean": mean,
+            "baseline_p50": max(0.0, base[samples // 2] - overhead)}
+
+
+async def _emit_cost(tmp: Path, samples: int = 200_000) -> dict[str, float]:
+    """Per-call ``ctx.emit()`` cost in ns, measured by a real worker on itself."""
+    async with Executor(home=tmp / "home") as ex:
+        outcome = await ex.run(RunSpec(workflow=emit_timed, config={"samples": samples},
+                                       env={"SERVICE_TOKEN": "a-configured-secret-value"}))
+    assert outcome.status == "completed", outcome
+    result: dict[str, float] = outcome.result
+    return result
 
 
 #: The baselines' run id has the shape of the executor's (``uuid4().hex``, 32 characters): the
@@ -188,9 +205,9 @@ async def _e2e(tmp: Path, n: int) -> dict[str, Any]:
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     """Worker emit() cost and 1 worker → SQLite end-to-end rate, against raw sqlite3."""
     n = args.events
-    emit_p50, emit_mean = _emit_cost()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        emit = anyio.run(_emit_cost, tmp)
         e2e = anyio.run(_e2e, tmp, n)
         raw = _raw_sqlite_rate(tmp, n)
         per_event_wal = _per_event_commit_rate(tmp, min(n, 20_000))
@@ -199,8 +216,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     lost = n - e2e["custom"]
     duplicates = e2e["rows"] - (e2e["seq_max"] - e2e["seq_min"] + 1)
     return {
-        "emit_ns_p50": round(emit_p50, 1),
-        "emit_ns_mean": round(emit_mean, 1),
+        "emit_ns_p50": round(emit["p50"], 1),
+        "emit_ns_mean": round(emit["mean"], 1),
+        "emit_baseline_append_ns_p50": round(emit["baseline_p50"], 1),
         "events": n,
         "e2e_status": e2e["status"],
         "e2e_seconds": round(e2e["seconds"], 3),
@@ -283,13 +301,32 @@ async def _crash_and_memory(tmp: Path, trials: int, events: int) -> tuple[list[f
     return noticed, (peak - start_rss) / 2**20
 
 
+async def _launch_ms(tmp: Path, samples: int) -> list[float]:
+    """``submit()`` to the run's first event stored (and seen by a reader), through the Executor."""
+    async with Executor(home=tmp / "home") as ex:
+        await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))  # warm the forkserver
+        figures = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            run = await ex.submit(RunSpec(workflow=emit_many, config={"n": 1}))
+            async for _event in run.events():
+                figures.append((time.perf_counter() - t0) * 1000)
+                break
+            await run.wait()
+    return figures
+
+
 @benchmark("lifecycle")
 def lifecycle(args: argparse.Namespace) -> dict[str, Any]:
-    """Worker start (preloaded forkserver vs AG2 import), crash noticed, parent memory at 1M events."""
+    """Worker start (preloaded forkserver vs AG2 import), submit to first stored event, crash
+    noticed, parent memory at 1M events."""
     forked, spawned = _start_ms(15)
+    with tempfile.TemporaryDirectory() as d:
+        launches = anyio.run(_launch_ms, Path(d), 15)
     with tempfile.TemporaryDirectory() as d:
         noticed, grew_mb = anyio.run(_crash_and_memory, Path(d), 7, args.memory_events)
     return {
+        "launch_ms_p50": round(statistics.median(launches), 1),
         "start_ms_p50": round(statistics.median(forked), 1),
         "spawn_import_ag2_ms_p50": round(statistics.median(spawned), 1),
         "start_speedup_vs_spawn": round(statistics.median(spawned) / statistics.median(forked), 1),
@@ -300,13 +337,86 @@ def lifecycle(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- crash -----------------------------------------------------------------------------------------
+
+
+def burst_then_kill(ctx: Any, task: str, config: dict[str, Any]) -> None:
+    emit = ctx.emit
+    for i in range(int(config["n"])):
+        emit("burst", i=i)
+    if config["how"] == "sigkill":
+        os.kill(os.getpid(), 9)
+    os._exit(3)
+
+
+def streams_with_receipts(ctx: Any, task: str, config: dict[str, Any]) -> None:
+    """Emits until killed; writes each seq to a side file after its emit() returned."""
+    fd = os.open(ctx.work_dir / "receipts.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    i = 0
+    while True:
+        os.write(fd, b"%d\n" % ctx.emit("streamed", i=i))
+        i += 1
+
+
+async def _crashes(tmp: Path, random_kills: int) -> dict[str, int]:
+    import random
+
+    rng = random.Random(5)
+    kills = emitted = stored = 0
+    async with Executor(home=tmp / "home") as ex:
+        for n in (1, 10, 1_000, 100_000):
+            for how in ("sigkill", "os._exit"):
+                run = await ex.submit(RunSpec(workflow=burst_then_kill, config={"n": n, "how": how}))
+                await run.wait()
+                kills += 1
+                emitted += n
+                stored += ex.store.count_events(run.run_id, types=["custom"])
+        for _ in range(random_kills):
+            run = await ex.submit(RunSpec(workflow=streams_with_receipts))
+            async for event in run.events():
+                if event.type == "run_started":
+                    pid = event.data["pid"]
+                    break
+            await anyio.sleep(rng.uniform(0.01, 0.3))
+            os.kill(pid, 9)
+            await run.wait()
+            kills += 1
+            receipts = {int(s) for s in (Path(ex.store.get_run(run.run_id).work_dir)
+                                         / "receipts.log").read_text().split()}
+            seqs = {e.seq for e in ex.store.events(run.run_id, types=["custom"])}
+            emitted += len(receipts)
+            stored += len(receipts & seqs)
+    return {"kills": kills, "emitted": emitted, "stored": stored}
+
+
+@benchmark("crash")
+def crash(args: argparse.Namespace) -> dict[str, Any]:
+    """Workers killed the instant after emit() returned (bursts of 1 to 100k events, then
+    SIGKILL or os._exit; and SIGKILLs from outside at random moments): events lost, and the
+    emit() cost that buys it."""
+    with tempfile.TemporaryDirectory() as d:
+        figures = anyio.run(_crashes, Path(d), 10)
+    with tempfile.TemporaryDirectory() as d:
+        emit = anyio.run(_emit_cost, Path(d))
+    return {**figures, "lost": figures["emitted"] - figures["stored"],
+            "emit_ns_p50": round(emit["p50"], 1), "emit_ns_mean": round(emit["mean"], 1),
+            "emit_baseline_append_ns_p50": round(emit["baseline_p50"], 1)}
+
+
 # -- state -----------------------------------------------------------------------------------------
 
 
 def crash_first_attempt(ctx: Any, task: str, config: dict[str, Any]) -> str:
-    ctx.step("step_1", lambda: 1)
+    """``nodes`` steps of ``events // nodes`` events each, then SIGKILL on the first attempt."""
+    nodes = int(config.get("nodes", 1))
+    per_node = int(config.get("events", 0)) // nodes
+    for n in range(nodes):
+        def work(n: int = n) -> int:
+            for i in range(per_node):
+                ctx.emit("tick", node=n, i=i)
+            return n
+        ctx.step(f"step_{n}", work)
     if ctx.attempt == 1:
-        ctx._emitter.flush()
         os.kill(os.getpid(), 9)
     return "resumed"
 
@@ -315,8 +425,8 @@ def _snapshot_cost_us(history: int, repeats: int = 200) -> float:
     """Median cost of one ``ctx.snapshot()`` that saves one new message after ``history`` others."""
     from isolane.worker.context import RunContext
 
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    emitter = Emitter("bench", pipe_fd=devnull, spool_path=None, max_buffer_events=1_000_000)
+    spool = tempfile.NamedTemporaryFile(suffix=".jsonl")  # noqa: SIM115 - closed below
+    emitter = Emitter("bench", spool=SpoolWriter(spool.name), pipe_fd=None, heartbeat_interval=3600)
     ctx = RunContext(run_id="bench", work_dir=Path("."), task="", config={}, emitter=emitter)
     message = {"role": "assistant", "name": "engineer", "content": "x" * 400}
     for _ in range(history):
@@ -331,36 +441,47 @@ def _snapshot_cost_us(history: int, repeats: int = 200) -> float:
         ctx.snapshot()
         costs.append(time.perf_counter_ns() - t0)
     emitter.close()
+    spool.close()
     return statistics.median(costs) / 1000
 
 
-async def _resume_ms(tmp: Path, trials: int) -> list[float]:
+async def _resume_ms(tmp: Path, trials: int, *, nodes: int = 1, events: int = 0) -> list[float]:
+    """Resume of a crashed run to the new attempt's first stored event, in ms."""
     async with Executor(home=tmp / "home") as ex:
         await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))  # warm the forkserver
         figures = []
         for _ in range(trials):
-            crashed = await ex.run(RunSpec(workflow=crash_first_attempt))
+            crashed = await ex.run(RunSpec(workflow=crash_first_attempt,
+                                           config={"nodes": nodes, "events": events}))
             last = ex.store.seq_stats(crashed.run_id)[2] or 0
             t0 = time.perf_counter()
             handle = await ex.resume(crashed.run_id)
             async for event in handle.events(since=last):
                 figures.append((time.perf_counter() - t0) * 1000)
                 break
-            await handle.wait()
+            outcome = await handle.wait()
+            assert outcome.status == "completed", outcome
     return figures
 
 
 @benchmark("state")
 def state(args: argparse.Namespace) -> dict[str, Any]:
-    """Session-state save cost by history length (flat = O(delta)) and resume latency."""
+    """Session-state save cost by history length (flat = O(delta)); resume latency of a tiny run
+    and of one with 10,000 events and 1,000 nodes."""
     by_history = {str(h): round(_snapshot_cost_us(h), 2) for h in (10, 100, 1_000, 10_000)}
     with tempfile.TemporaryDirectory() as d:
-        resumes = anyio.run(_resume_ms, Path(d), 7)
+        tiny = anyio.run(_resume_ms, Path(d), 7)
+    with tempfile.TemporaryDirectory() as d:
+        big = anyio.run(functools.partial(_resume_ms, Path(d), 5, nodes=1_000, events=10_000))
     return {
         "save_us_by_history": by_history,
         "save_ratio_10000_vs_10": round(by_history["10000"] / by_history["10"], 2),
-        "resume_ms": round(statistics.median(resumes), 1),
-        "resume_ms_samples": [round(r, 1) for r in resumes],
+        "resume_ms": round(statistics.median(tiny), 1),
+        "resume_ms_samples": [round(r, 1) for r in tiny],
+        "resume_big_ms": round(statistics.median(big), 1),
+        "resume_big_events": 10_000,
+        "resume_big_nodes": 1_000,
+        "resume_big_vs_tiny": round(statistics.median(big) / statistics.median(tiny), 2),
     }
 
 
