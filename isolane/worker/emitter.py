@@ -91,6 +91,7 @@ class Emitter:
             raise ValueError("heartbeat_interval must be positive")
         self.run_id = run_id
         self._spool = spool
+        self._append = spool.append  # bound once: emit() is the hot path
         self._pipe_fd = pipe_fd
         self._seq = start_seq
         self._lock = threading.RLock()
@@ -138,12 +139,11 @@ class Emitter:
                 self._encoding = False
             if len(record) > MAX_EVENT_BYTES:
                 record = self._too_large(seq, type_, node_id, len(record))
-            spool = self._spool
             try:
-                spool.append(record)
+                self._append(record)
             except SpoolError as exc:
                 raise EmitterClosed(str(exc)) from exc
-            if spool.over_limit and not self._full:
+            if self._spool.over_limit and not self._full:
                 self._full = True
                 self._report_full()
             if not self._rung:
