@@ -51,12 +51,18 @@ class _Attachment:
 
 
 class Attacher:
-    """Attaches capture to agents and detaches it again; thread-safe."""
+    """Attaches capture to agents and detaches it again; thread-safe.
 
-    def __init__(self, translator: Translator, sink: Sink, *, active: Callable[[], bool]) -> None:
+    ``on_activity`` runs on every callback that reaches capture (an agent noted or seen, a
+    send, :meth:`settle`): the session uses it to follow AG2 into threads it starts.
+    """
+
+    def __init__(self, translator: Translator, sink: Sink, *, active: Callable[[], bool],
+                 on_activity: Callable[[], None] = lambda: None) -> None:
         self._translator = translator
         self._sink = sink
         self._active = active
+        self._on_activity = on_activity
         self._lock = threading.RLock()
         self._attached: weakref.WeakKeyDictionary[Any, _Attachment] = weakref.WeakKeyDictionary()
         self._pending: list[weakref.ref[Any]] = []
@@ -80,6 +86,7 @@ class Attacher:
 
     def settle(self) -> None:
         """Attach every noted agent whose construction has got far enough."""
+        self._on_activity()
         with self._lock:
             if not self._pending:
                 return
@@ -122,13 +129,16 @@ class Attacher:
         return True
 
     def _make_hook(self) -> Callable[..., Any]:
-        translator, active = self._translator, self._active
+        translator, active, on_activity = self._translator, self._active, self._on_activity
 
         def capture_silent_send(sender: Any, message: Mapping[str, Any] | str, recipient: Any,
                                 silent: bool) -> Mapping[str, Any] | str:
-            # Non-silent sends reach capture through the IOStream when the recipient prints them.
-            if silent and active():
-                translator.on_message(sender, recipient, message, silent=True)
+            # Non-silent sends reach capture through the IOStream when the recipient prints them
+            # (on_activity makes sure that stream records, whichever thread this is).
+            if active():
+                on_activity()
+                if silent:
+                    translator.on_message(sender, recipient, message, silent=True)
             return message
 
         return capture_silent_send

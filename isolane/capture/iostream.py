@@ -11,16 +11,34 @@
 The session installs it both as the context default and as the global default, because AG2
 runs some tools in bare threads whose context has no default. After the session ends, a stream
 still cached in some thread's context forwards to whatever the global default is then.
+
+AG2's ``run()`` family (``run``, ``a_run``, ``run_iter``, ``a_run_iter``, ``run_group_chat``,
+``a_run_group_chat``, ``run_group_chat_iter``...) runs the chat in a thread or task of its own
+under its own ``ThreadIOStream``, which queues every event for the caller's ``response.events``.
+:meth:`CaptureIOStream.follow` (called by every capture callback, which AG2 always makes before
+it sends anything in a new thread or task) puts a tee in front of such a stream, in that context
+only::
+
+    thread: with IOStream.set_default(ThreadIOStream()):             (AG2)
+              send hook / runtime logger ─▶ CaptureIOStream.follow()
+                                             └─ this context's stream := tee(ThreadIOStream)
+              IOStream.get_default().send(event) ─▶ tee ─▶ Translator (recorded)
+                                                      └──▶ ThreadIOStream (the caller's events,
+                                                           unchanged, in order)
+
+The tee leaves with AG2's ``with`` block. It is the same for any stream a workflow sets as its
+context default: whatever AG2 sends is recorded, then goes where AG2 sent it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from autogen.io.base import IOStream
-
+from isolane.capture import seams
 from isolane.capture.translate import Translator
 
 __all__ = ["CaptureIOStream"]
@@ -54,8 +72,21 @@ class CaptureIOStream:
 
     def _fallback(self) -> Any:
         """Where a closed stream sends: the global default of the moment (never itself)."""
-        current = IOStream._global_default  # read without get_global_default's raise
+        current = seams.global_stream()
         return None if current is self else current
+
+    def follow(self) -> None:
+        """Record what AG2 sends to another stream set for this thread or task (see the module
+        docstring); a no-op when this context already sends to capture."""
+        if self.closed:
+            return
+        current = seams.context_stream()
+        if current is None or current is self or (isinstance(current, _Tee) and current.owner is self):
+            return
+        tee = _AsyncTee(self, current) if inspect.iscoroutinefunction(getattr(current, "input", None)) \
+            else _SyncTee(self, current)
+        if seams.set_context_stream(tee):
+            logger.debug("capture follows AG2 into %r", current)
 
     def print(self, *objects: Any, sep: str = " ", end: str = "\n", flush: bool = False) -> None:
         """Record printed text as an ``output`` event."""
@@ -98,3 +129,50 @@ class CaptureIOStream:
             raise RuntimeError("no IOStream to read human input from; install one before capture_ag2")
         answer = source.input(prompt, password=password)
         return str(answer)
+
+
+class _Tee:
+    """Records what AG2 sends to ``inner`` (a stream AG2 or the workflow set for one thread or
+    task), then passes it on unchanged. Once ``owner`` is closed it only passes on."""
+
+    def __init__(self, owner: CaptureIOStream, inner: Any) -> None:
+        self.owner = owner
+        self.inner = inner
+
+    def print(self, *objects: Any, sep: str = " ", end: str = "\n", flush: bool = False) -> None:
+        """Record printed text as an ``output`` event, then print it to ``inner``."""
+        if not self.owner.closed:
+            self.owner._translator.on_print(sep.join(str(o) for o in objects) + end)
+        self.inner.print(*objects, sep=sep, end=end, flush=flush)
+
+    def send(self, message: Any) -> None:
+        """Record one AG2 event, then send it to ``inner`` (which may block: ``run_iter``)."""
+        if not self.owner.closed:
+            self.owner._translator.on_ag2_event(message)
+        self.inner.send(message)
+
+    def _asks_human(self) -> Callable[..., str] | None:
+        return None if self.owner.closed else self.owner.human
+
+
+class _SyncTee(_Tee):
+    def input(self, prompt: str = "", *, password: bool = False) -> str:
+        """In a worker, ask through the parent (as the capture stream does); else record the
+        request and let ``inner`` answer it (``ThreadIOStream`` hands it to the caller)."""
+        human = self._asks_human()
+        if human is not None:
+            return str(human(prompt, password=password))
+        if not self.owner.closed:
+            self.owner._translator.on_input_request(prompt, password=password)
+        return str(self.inner.input(prompt, password=password))
+
+
+class _AsyncTee(_Tee):
+    async def input(self, prompt: str = "", *, password: bool = False) -> str:
+        """:meth:`_SyncTee.input` for an async stream (``AsyncThreadIOStream``)."""
+        human = self._asks_human()
+        if human is not None:
+            return str(await asyncio.to_thread(human, prompt, password=password))
+        if not self.owner.closed:
+            self.owner._translator.on_input_request(prompt, password=password)
+        return str(await self.inner.input(prompt, password=password))

@@ -24,6 +24,9 @@ ExecuteCodeBlockEvent (legacy code execution)      ``code_execution`` with ``exi
 GenerateCodeExecutionReplyEvent                    nothing when the agent's executor is wrapped
                                                    (the wrapper emits ``code_execution``)
 StreamEvent (``stream``)                           nothing (token chunks; the whole message follows)
+RunCompletionEvent (``run_completion``)            ``custom`` ``ag2.run_completion`` with ``summary`` and
+                                                   ``last_speaker`` only (the history and cost it
+                                                   carries were recorded as they happened)
 any other (TerminationEvent, UsingAutoReplyEvent,  ``custom`` named ``ag2.<type>`` with the
 SelectSpeakerEvent, PostCarryover..., ...)         event's fields under ``fields``
 
@@ -267,6 +270,11 @@ class Translator:
         if e.recipient not in self.code_agents:
             self._custom("generate_code_execution_reply", e)
 
+    def _run_completion(self, e: Any) -> None:
+        emit_payload(self.sink, "custom", Custom(name="ag2.run_completion"), extra={"fields": {
+            "summary": to_data(getattr(e, "summary", None)),
+            "last_speaker": _name(getattr(e, "last_speaker", None))}})
+
     def _custom(self, type_: str, e: Any) -> None:
         fields = to_data(e)
         if isinstance(fields, dict):
@@ -288,4 +296,5 @@ Translator._HANDLERS.update({
     "print": Translator._print,
     "execute_code_block": Translator._legacy_code_block,
     "generate_code_execution_reply": Translator._code_reply,
+    "run_completion": Translator._run_completion,
 })
