@@ -2,7 +2,7 @@
 
 ::
 
-    OpenAIWrapper.create ─ log_chat_completion ─▶ CaptureLogger ─▶ ``llm_call`` then ``cost_update``
+    OpenAIWrapper.create ─ log_chat_completion ─▶ CaptureLogger ─▶ LlmCalls: ``llm_call``, ``cost_update``
     ConversableAgent()   ─ log_new_agent       ─▶               ─▶ Attacher.note_new (auto-attach)
     receive / tool use   ─ log_event, ...      ─▶               ─▶ Attacher.seen
                                                      └─▶ delegate (a logger that was running before)
@@ -14,7 +14,9 @@ on entry and on exit stops it and puts back any logger that was running before (
 receiving every record meanwhile).
 
 A failed call (AG2 logs the error text instead of a response) becomes an ``error`` event with
-``error_type="LlmCallFailed"``; it is not an ``llm_call`` (nothing was answered or billed).
+``error_type="LlmCallFailed"``; it is not an ``llm_call`` (nothing was answered or billed). A
+cache hit (``is_cached``) is an ``llm_call`` with ``cached=True`` and cost 0; its tokens are not
+billed.
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from autogen.logger.base_logger import BaseLogger, LLMConfig
 
-from isolane.capture.pricing import CostLedger
-from isolane.capture.sink import LockedSink, emit_payload
-from isolane.schemas.payloads import CostUpdate, ErrorPayload, LlmCall
+from isolane.capture.calls import LlmCalls
 
 if TYPE_CHECKING:
     from autogen import Agent, ConversableAgent, OpenAIWrapper
@@ -72,16 +72,14 @@ class CaptureLogger(BaseLogger):
 
     def __init__(
         self,
-        sink: LockedSink,
-        ledger: CostLedger,
+        calls: LlmCalls,
         *,
         on_new_agent: Callable[[Any], None] = lambda agent: None,
         on_agent: Callable[[Any], None] = lambda agent: None,
         active: Callable[[], bool] = lambda: True,
         delegate: BaseLogger | None = None,
     ) -> None:
-        self._sink = sink
-        self._ledger = ledger
+        self._calls = calls
         self._on_new_agent = on_new_agent
         self._on_agent = on_agent
         self._active = active
@@ -116,35 +114,17 @@ class CaptureLogger(BaseLogger):
         requested_model = requested if isinstance(requested, str) else ""
         duration = _duration_since(start_time)
         if isinstance(response, str):
-            emit_payload(self._sink, "error", ErrorPayload(message=f"LLM call failed: {response}",
-                                                           error_type="LlmCallFailed"),
-                         extra={"agent": agent, "model": requested_model, "duration_s": duration})
+            self._calls.failed(agent=agent, model=requested_model, message=response, duration_s=duration)
             return
         usage = getattr(response, "usage", None)
         prompt = _int(getattr(usage, "prompt_tokens", 0))
         completion = _int(getattr(usage, "completion_tokens", 0))
-        total = _int(getattr(usage, "total_tokens", 0)) or prompt + completion
         answered = getattr(response, "model", None)
-        model = answered if isinstance(answered, str) and answered else requested_model or "unknown"
-        cached = bool(is_cached)
-        with self._sink.lock:
-            quote, first_unknown = self._ledger.record(
-                (model, requested_model), prompt, completion,
-                reported_cost=cost if isinstance(cost, int | float) else None, cached=cached)
-            if first_unknown:
-                logger.warning("no price known for model %r; its calls are recorded with cost=None", model)
-                emit_payload(self._sink, "error", ErrorPayload(
-                    message=(f"no price is known for model {model!r}: its calls are recorded with cost=null "
-                             f"(cost_source='unknown_model'); pass prices={{{model!r}: "
-                             "(usd_per_1k_prompt, usd_per_1k_completion)} to capture_ag2 to price them"),
-                    error_type="UnknownModelPrice"), extra={"model": model})
-            emit_payload(self._sink, "llm_call", LlmCall(
-                model=model, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total,
-                cost=quote.cost, cost_source=quote.source, duration_s=duration, cached=cached, agent=agent))
-            totals = self._ledger.totals
-            emit_payload(self._sink, "cost_update", CostUpdate(
-                total_cost=totals.total_cost, prompt_tokens=totals.prompt_tokens,
-                completion_tokens=totals.completion_tokens, unpriced_calls=totals.unpriced_calls))
+        self._calls.answered(
+            agent=agent, models=(answered if isinstance(answered, str) else "", requested_model),
+            prompt_tokens=prompt, completion_tokens=completion,
+            total_tokens=_int(getattr(usage, "total_tokens", 0)), duration_s=duration, cached=bool(is_cached),
+            reported_cost=cost if isinstance(cost, int | float) else None)
 
     def log_new_agent(self, agent: ConversableAgent, init_args: dict[str, Any]) -> None:
         """Note the agent for auto-attachment (it is still being built)."""

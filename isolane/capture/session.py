@@ -31,6 +31,8 @@ from typing import Any
 from autogen import runtime_logging
 from autogen.io.base import IOStream
 
+from isolane.capture import seams
+from isolane.capture.calls import LlmCalls
 from isolane.capture.hooks import Attacher
 from isolane.capture.iostream import CaptureIOStream
 from isolane.capture.llm_logger import CaptureLogger
@@ -60,8 +62,9 @@ class CaptureSession:
         self._sink = LockedSink(sink)
         self._active = False
         self.ledger = CostLedger(PriceBook(prices))
+        self.calls = LlmCalls(self._sink, self.ledger)
         self.translator = Translator(self._sink)
-        self.attacher = Attacher(self.translator, self._sink, active=self.is_active)
+        self.attacher = Attacher(self.translator, self._sink, active=self.is_active, on_activity=self._follow)
         self.iostream: CaptureIOStream | None = None
         self.logger: CaptureLogger | None = None
 
@@ -86,17 +89,6 @@ class CaptureSession:
         for agent in agents:
             self.attach(agent)
 
-    def observe(self, event: Any) -> None:
-        """Translate an AG2 event that did not pass through the IOStream.
-
-        AG2's ``agent.run()``/``run_group_chat()`` hand events to their own ``RunResponse``
-        stream instead of the default IOStream; a caller iterating ``response.events`` passes
-        each one here.
-        """
-        if self._active:
-            self.attacher.settle()
-            self.translator.on_ag2_event(event)
-
     @property
     def echo(self) -> bool:
         """Whether AG2's output is also forwarded to the previous IOStream (the console)."""
@@ -110,8 +102,11 @@ class CaptureSession:
     @property
     def totals(self) -> CostTotals:
         """Calls, tokens and cost captured so far."""
-        with self._sink.lock:
-            return self.ledger.totals
+        return self.calls.totals
+
+    def _follow(self) -> None:
+        if self.iostream is not None:
+            self.iostream.follow()
 
     # -- installation (used by capture_ag2) -------------------------------------------------------
 
@@ -121,12 +116,12 @@ class CaptureSession:
 
         previous_logger = runtime_logging.autogen_logger if runtime_logging.logging_enabled() else None
         self.logger = CaptureLogger(
-            self._sink, self.ledger, on_new_agent=self.attacher.note_new, on_agent=self.attacher.seen,
+            self.calls, on_new_agent=self.attacher.note_new, on_agent=self.attacher.seen,
             active=self.is_active, delegate=previous_logger)
         runtime_logging.start(logger=self.logger)
         stack.callback(_restore_runtime_logging, previous_logger)
 
-        previous_global = IOStream._global_default  # get_global_default raises when unset
+        previous_global = seams.global_stream()
         try:
             inner = IOStream.get_default()
         except RuntimeError:

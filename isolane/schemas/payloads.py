@@ -211,10 +211,16 @@ class LlmCall(Payload):
 
 
 class CostUpdate(Payload):
+    """The worker's running totals after one more ``llm_call``: tokens are billed tokens (cache
+    hits left out), ``total_cost`` sums the priced calls (0.0 when none is priced: read it with
+    ``calls - unpriced_calls``, as :mod:`isolane.tracking.cost` does)."""
+
     total_cost: float
     prompt_tokens: int = 0
     completion_tokens: int = 0
     unpriced_calls: int = 0
+    calls: int = 0
+    cached_calls: int = 0
 
 
 class FileEvent(Payload):
