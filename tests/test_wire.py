@@ -94,6 +94,7 @@ def test_every_declared_type_accepts_its_minimal_payload() -> None:
         "code_execution": {"language": "python", "exit_code": 0},
         "llm_call": {"model": "m", "prompt_tokens": 1, "completion_tokens": 1, "cost": None,
                      "cost_source": "unknown_model"},
+        "llm_retry": {"endpoint": "/chat/completions"},
         "cost_update": {"total_cost": 0.0}, "file_created": {"path": "a", "size": 1, "sha256": "x"},
         "file_modified": {"path": "a", "size": 1, "sha256": "x"},
         "file_deleted": {"path": "a", "version": 2},

@@ -15,9 +15,13 @@ channel (another agent's creation, its first received message, an LLM call, an I
 silent send. Everything is undone by :meth:`Attacher.detach_all`.
 
 AG2's group chat creates two throw-away agents for every "auto" speaker selection
-(``checking_agent`` and ``speaker_selection_agent``); they are not auto-attached (their chat is
-internal and silent; its LLM calls are still captured by the runtime logger and its outcome by
+(``checking_agent`` and ``speaker_selection_agent``); their chat is internal and silent, so they
+get only the LLM-request hooks (its LLM calls are captured by the runtime logger, its outcome by
 the ``handoff`` event).
+
+The LLM-request hooks (``safeguard_llm_inputs``/``safeguard_llm_outputs``, which AG2 calls right
+before and after each LLM request, in the thread that makes it) change nothing: they name the
+calling agent for :mod:`~isolane.capture.retries`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from isolane.capture.code import CapturingCodeExecutor
+from isolane.capture.retries import note_caller
 from isolane.capture.sink import Sink
 from isolane.capture.translate import Translator
 from isolane.errors import ConfigError
@@ -42,11 +47,13 @@ logger = logging.getLogger(__name__)
 INTERNAL_AGENT_NAMES: Final = frozenset({"checking_agent", "speaker_selection_agent"})
 
 HOOK: Final = "process_message_before_send"
+LLM_INPUT_HOOK: Final = "safeguard_llm_inputs"
+LLM_OUTPUT_HOOK: Final = "safeguard_llm_outputs"
 
 
 @dataclass(slots=True)
 class _Attachment:
-    hook: Callable[..., Any]
+    hooks: list[tuple[str, Callable[..., Any]]]
     wrapper: CapturingCodeExecutor | None
 
 
@@ -116,17 +123,36 @@ class Attacher:
             raise ConfigError(f"cannot attach {agent!r}: capture hooks need an AG2 ConversableAgent "
                               "(an object with register_hook and hook_lists)")
         name = str(getattr(agent, "name", ""))
-        if auto and name in INTERNAL_AGENT_NAMES:
-            return False
+        internal = auto and name in INTERNAL_AGENT_NAMES
         with self._lock:
             if agent in self._attached:
-                return True
-            hook = self._make_hook()
-            agent.register_hook(HOOK, hook)
-            wrapper = self._wrap_executor(agent, name)
-            self._attached[agent] = _Attachment(hook, wrapper)
+                return not internal
+            hooks = self._llm_hooks(agent, name)
+            wrapper = None
+            if not internal:
+                hooks.append((HOOK, self._make_hook()))
+                wrapper = self._wrap_executor(agent, name)
+            for method, hook in hooks:
+                agent.register_hook(method, hook)
+            self._attached[agent] = _Attachment(hooks, wrapper)
         logger.debug("capture attached to agent %r", name)
-        return True
+        return not internal
+
+    def _llm_hooks(self, agent: Any, name: str) -> list[tuple[str, Callable[..., Any]]]:
+        if LLM_INPUT_HOOK not in agent.hook_lists or LLM_OUTPUT_HOOK not in agent.hook_lists:
+            return []
+        active, model = self._active, _configured_model(agent)
+
+        def name_llm_caller(messages: Any) -> Any:
+            if active():
+                note_caller(name, model)
+            return messages
+
+        def forget_llm_caller(response: Any) -> Any:
+            note_caller(None, None)
+            return response
+
+        return [(LLM_INPUT_HOOK, name_llm_caller), (LLM_OUTPUT_HOOK, forget_llm_caller)]
 
     def _make_hook(self) -> Callable[..., Any]:
         translator, active, on_activity = self._translator, self._active, self._on_activity
@@ -161,12 +187,23 @@ class Attacher:
             self._attached = weakref.WeakKeyDictionary()
             self._pending = []
         for agent, attachment in attached:
-            hooks = agent.hook_lists.get(HOOK, [])
-            if attachment.hook in hooks:
-                hooks.remove(attachment.hook)
+            for method, hook in attachment.hooks:
+                hooks = agent.hook_lists.get(method, [])
+                if hook in hooks:
+                    hooks.remove(hook)
             current = getattr(agent, "_code_executor", None)
             if isinstance(current, CapturingCodeExecutor) and current is attachment.wrapper:
                 agent._code_executor = current.inner
+
+
+def _configured_model(agent: Any) -> str | None:
+    """The model of the agent's first LLM config entry (the one AG2 tries first), if any."""
+    entries = getattr(getattr(agent, "llm_config", None), "config_list", None) or ()
+    for entry in entries:
+        model = entry.get("model") if isinstance(entry, dict) else getattr(entry, "model", None)
+        if isinstance(model, str) and model:
+            return model
+    return None
 
 
 def _is_built(agent: Any) -> bool:

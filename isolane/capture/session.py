@@ -7,14 +7,21 @@
         ├─ CaptureIOStream  (context + global IOStream default) ─▶ agent_message, tool_call,
         │                                                          tool_result, handoff, output,
         │                                                          human_input_request, error, custom
+        │    └─ tees in front of the streams AG2's run() family sets for its own threads
         ├─ CaptureLogger    (autogen.runtime_logging)            ─▶ llm_call, cost_update, error
-        └─ Attacher         (send hooks + code-executor wrappers) ─▶ agent_message (silent),
-                                                                    code_execution
+        ├─ Attacher         (send hooks + code-executor wrappers) ─▶ agent_message (silent),
+        │                                                          code_execution
+        ├─ BetaCapture      (a middleware on every autogen.beta   ─▶ agent_message, llm_call,
+        │                    Agent turn)                            cost_update, tool_call/result
+        └─ RetryWatch       (filters on the httpx and openai      ─▶ llm_retry
+                             loggers)
     on exit: runtime logging stopped (a previous logger restored), IOStream defaults restored,
-             hooks removed, executors unwrapped.
+             hooks removed, executors unwrapped, the beta turn seam and the loggers put back.
 
-Nothing in AG2 is monkey-patched: capture uses AG2's own extension points (IOStream defaults,
-the runtime-logger interface, agent hooks, the ``CodeExecutor`` protocol).
+Capture uses AG2's own extension points (IOStream defaults, the runtime-logger interface, agent
+hooks, the ``CodeExecutor`` protocol, beta middleware) and Python's logging. Where AG2 offers
+none (a ThreadIOStream's thread, a beta turn), the AG2 internal used is in
+:mod:`~isolane.capture.seams`, checked against the supported AG2 range.
 
 One session at a time per process: the runtime logger and the global IOStream are
 process-wide. A second ``capture_ag2`` while one is active raises :class:`RunStateError`.
@@ -32,11 +39,13 @@ from autogen import runtime_logging
 from autogen.io.base import IOStream
 
 from isolane.capture import seams
+from isolane.capture.beta import BetaCapture
 from isolane.capture.calls import LlmCalls
 from isolane.capture.hooks import Attacher
 from isolane.capture.iostream import CaptureIOStream
 from isolane.capture.llm_logger import CaptureLogger
 from isolane.capture.pricing import CostLedger, CostTotals, PriceBook
+from isolane.capture.retries import RetryWatch
 from isolane.capture.sink import LockedSink, Sink
 from isolane.capture.translate import Translator
 from isolane.errors import RunStateError
@@ -131,6 +140,9 @@ class CaptureSession:
         stack.callback(_restore_global_iostream, previous_global)
         stack.callback(self.iostream.close)
         stack.enter_context(IOStream.set_default(self.iostream))
+
+        stack.callback(BetaCapture(self._sink, self.calls, active=self.is_active).install())
+        stack.callback(RetryWatch(self._sink, active=self.is_active).install())
         stack.callback(self._deactivate)  # runs first on exit: nothing is emitted while unwinding
 
     def _deactivate(self) -> None:

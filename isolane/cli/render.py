@@ -146,6 +146,9 @@ _SUMMARIES: Final[Mapping[str, _Summary]] = {
                                  f"{short(d.get('output', ''), 100)}"),
     "llm_call": lambda d: (f"{d.get('model', '?')} {d.get('prompt_tokens', 0)}+"
                            f"{d.get('completion_tokens', 0)} tokens {_cost(d.get('cost'))}"),
+    "llm_retry": lambda d: (f"{d.get('agent') or '?'} ({d.get('model') or '?'}) {d.get('endpoint', '?')} "
+                            f"got {d.get('status') or d.get('reason') or 'no answer'}, "
+                            f"retry in {float(d.get('retry_in_s', 0.0)):.2f}s"),
     "cost_update": lambda d: f"total {_cost(d.get('total_cost'))}",
     "file_created": lambda d: f"{d.get('path', '?')} ({d.get('size', 0)} B)",
     "file_modified": lambda d: f"{d.get('path', '?')} ({d.get('size', 0)} B, v{d.get('version', 1)})",

@@ -38,6 +38,7 @@ __all__ = [
     "HumanInputRequest",
     "HumanInputResponse",
     "LlmCall",
+    "LlmRetry",
     "NodeSpec",
     "NodeStatus",
     "Output",
@@ -210,6 +211,20 @@ class LlmCall(Payload):
     agent: str | None = None
 
 
+class LlmRetry(Payload):
+    """One attempt of an LLM request that failed and that the client retries by itself (the
+    OpenAI SDK retries 408/409/429/5xx and connection errors). ``status`` is ``None`` when no
+    answer came (timeout, connection error); ``endpoint`` is the request path only (no host, no
+    query); ``agent`` and ``model`` name who was calling, when capture knows."""
+
+    endpoint: str
+    status: int | None = None
+    reason: str = ""
+    retry_in_s: float = 0.0
+    agent: str | None = None
+    model: str | None = None
+
+
 class CostUpdate(Payload):
     """The worker's running totals after one more ``llm_call``: tokens are billed tokens (cache
     hits left out), ``total_cost`` sums the priced calls (0.0 when none is priced: read it with
@@ -294,6 +309,7 @@ PAYLOADS: Final[dict[str, type[Payload]]] = {
     "tool_result": ToolResult,
     "code_execution": CodeExecution,
     "llm_call": LlmCall,
+    "llm_retry": LlmRetry,
     "cost_update": CostUpdate,
     "file_created": FileEvent,
     "file_modified": FileEvent,
