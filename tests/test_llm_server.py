@@ -115,6 +115,20 @@ def test_http_errors_from_script_and_fail_next() -> None:
     assert (served.errors, served.calls) == (2, 1)
 
 
+def test_retry_after_makes_the_sdk_retry_at_once_and_errors_are_counted_by_status() -> None:
+    """A 429 with retry_after_s sends retry-after-ms; the SDK's own retry then succeeds, and the
+    server counts the 429 apart from the answer."""
+    with FakeLLM(Script(default="ok")) as llm, _client(llm, max_retries=2) as client:
+        llm.fail_next(429, times=2, retry_after_s=0.01)
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "a"}])
+        served = llm.served
+    assert raw.retries_taken == 2 and raw.parse().choices[0].message.content == "ok"
+    assert (served.calls, served.errors, dict(served.errors_by_status)) == (1, 2, {429: 2})
+    with pytest.raises(ConfigError, match="error replies"):
+        Reply(content="x", retry_after_s=1.0)
+
+
 def test_malformed_request_is_a_400() -> None:
     """A body without messages is refused with 400 invalid_request_error."""
     with FakeLLM() as llm, _client(llm) as client, pytest.raises(openai.BadRequestError, match="messages"):
@@ -172,10 +186,10 @@ def test_script_from_dict() -> None:
     script = Script.from_dict({
         "rules": [{"system": "coder", "reply": ["one", {"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}]},
                   {"speaker_selection": True, "reply": "coder"}],
-        "default": {"status": 503, "error": "down"},
+        "default": {"status": 503, "error": "down", "retry_after_s": 0.5},
     })
     assert script.rules[0].reply == (text("one"), Reply(tool_calls=(ToolCallSpec("f", {"x": 1}),)))
-    assert script.rules[1].speaker_selection and script.default == fail(503, "down")
+    assert script.rules[1].speaker_selection and script.default == fail(503, "down", retry_after_s=0.5)
 
 
 def test_speaker_selection_markers_match_ag2_prompts() -> None:

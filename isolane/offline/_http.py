@@ -89,14 +89,15 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ConfigError("the request body must be a JSON object")
             request = fake._runner.make_request(body)
         except (ValueError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
-            fake._count_error()
+            fake._count_error(400)
             self._send_error(400, f"invalid chat completion request: {exc}", "invalid_request_error")
             return
         reply = fake._next_reply(request)
         fake._wait(reply.latency_s + fake.latency_s)
         if reply.is_error:
-            fake._count_error()
-            self._send_error(reply.status, reply.error, "scripted_error")
+            fake._count_error(reply.status)
+            headers = {} if reply.retry_after_s is None else {"retry-after-ms": str(round(reply.retry_after_s * 1000))}
+            self._send_error(reply.status, reply.error, "scripted_error", headers=headers)
             return
         completion = fake._completion(request, reply)
         if body.get("stream"):
@@ -106,17 +107,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _send_json(self, status: int, payload: Mapping[str, Any]) -> None:
+    def _send_json(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_error(self, status: int, message: str, kind: str) -> None:
+    def _send_error(self, status: int, message: str, kind: str, *, headers: Mapping[str, str] | None = None) -> None:
         self._send_json(status, {"error": {"message": message, "type": kind, "param": None,
-                                           "code": HTTPStatus(status).phrase.lower().replace(" ", "_")}})
+                                           "code": HTTPStatus(status).phrase.lower().replace(" ", "_")}},
+                        headers)
 
     def _send_sse(self, completion: Mapping[str, Any], *, include_usage: bool) -> None:
         self.send_response(200)

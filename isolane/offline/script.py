@@ -107,8 +107,9 @@ class Reply:
 
     ``status`` 200 answers with ``content`` and/or ``tool_calls`` (``finish_reason`` is
     ``"tool_calls"`` when there are tool calls, else ``"stop"``); any status >= 400 answers with an
-    OpenAI-shaped error body carrying ``error``. ``latency_s`` delays this answer (added to the
-    server's own latency).
+    OpenAI-shaped error body carrying ``error``, and with ``retry_after_s`` set, a
+    ``retry-after-ms`` header (the OpenAI SDK waits that long before it retries, instead of its
+    own ~0.5-8 s backoff). ``latency_s`` delays this answer (added to the server's own latency).
     """
 
     content: str | None = None
@@ -116,12 +117,15 @@ class Reply:
     status: int = 200
     error: str = "scripted failure"
     latency_s: float = 0.0
+    retry_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.status != 200 and not 400 <= self.status <= 599:
             raise ConfigError(f"Reply.status must be 200 or an HTTP error (400-599), got {self.status}")
         if self.latency_s < 0:
             raise ConfigError("Reply.latency_s cannot be negative")
+        if self.retry_after_s is not None and (self.retry_after_s < 0 or self.status == 200):
+            raise ConfigError("Reply.retry_after_s is for error replies and cannot be negative")
 
     @property
     def is_error(self) -> bool:
@@ -142,9 +146,10 @@ def tool_call(
     return Reply(content=content, tool_calls=(ToolCallSpec(name, arguments or {}, id),))
 
 
-def fail(status: int = 500, error: str = "scripted failure") -> Reply:
-    """An HTTP error answer (note: the OpenAI SDK retries 408/409/429/5xx by itself)."""
-    return Reply(status=status, error=error)
+def fail(status: int = 500, error: str = "scripted failure", *, retry_after_s: float | None = None) -> Reply:
+    """An HTTP error answer (note: the OpenAI SDK retries 408/409/429/5xx by itself, after
+    ``retry_after_s`` when given)."""
+    return Reply(status=status, error=error, retry_after_s=retry_after_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +282,7 @@ class Script:
         ``{"rules": [{"system": ..., "last": ..., "model": ..., "speaker_selection": bool,
         "times": int, "reply": R | [R, ...]}], "default": R}`` where ``R`` is a string (text), or
         ``{"content": ..., "tool_calls": [{"name", "arguments", "id"}], "status", "error",
-        "latency_s"}``.
+        "latency_s", "retry_after_s"}``.
         """
         rules = []
         for raw in spec.get("rules", ()):
@@ -297,9 +302,11 @@ def _reply_from(raw: Any) -> Reply:
     calls = tuple(
         ToolCallSpec(c["name"], c.get("arguments", {}), c.get("id")) for c in raw.get("tool_calls", ())
     )
+    retry_after = raw.get("retry_after_s")
     return Reply(
         content=raw.get("content"), tool_calls=calls, status=int(raw.get("status", 200)),
         error=str(raw.get("error", "scripted failure")), latency_s=float(raw.get("latency_s", 0.0)),
+        retry_after_s=None if retry_after is None else float(retry_after),
     )
 
 

@@ -70,8 +70,9 @@ class Served:
     """A snapshot of everything the server answered.
 
     ``calls`` and the token totals count successful answers only; ``errors`` counts the HTTP
-    errors served (scripted, injected with :meth:`FakeLLM.fail_next`, or malformed requests).
-    ``speaker_selection_calls`` is the part of ``calls`` that were AG2 speaker selections.
+    errors served (scripted, injected with :meth:`FakeLLM.fail_next`, or malformed requests),
+    ``errors_by_status`` the same per HTTP status. ``speaker_selection_calls`` is the part of
+    ``calls`` that were AG2 speaker selections.
     """
 
     calls: int = 0
@@ -80,6 +81,7 @@ class Served:
     errors: int = 0
     speaker_selection_calls: int = 0
     per_model: Mapping[str, ModelUsage] = field(default_factory=dict)
+    errors_by_status: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -130,7 +132,7 @@ class FakeLLM:
         self._lock = threading.Lock()
         self._models: list[str] = list(models)
         self._usage: dict[str, ModelUsage] = {}
-        self._errors = 0
+        self._errors: dict[int, int] = {}
         self._selections = 0
         self._requests: deque[ChatRequest] = deque(maxlen=max_recorded_requests)
         self._ids = 0
@@ -218,9 +220,10 @@ class FakeLLM:
                 calls=sum(u.calls for u in per_model.values()),
                 prompt_tokens=sum(u.prompt_tokens for u in per_model.values()),
                 completion_tokens=sum(u.completion_tokens for u in per_model.values()),
-                errors=self._errors,
+                errors=sum(self._errors.values()),
                 speaker_selection_calls=self._selections,
                 per_model=per_model,
+                errors_by_status=dict(self._errors),
             )
 
     @property
@@ -229,11 +232,13 @@ class FakeLLM:
         with self._lock:
             return list(self._requests)
 
-    def fail_next(self, status: int = 500, *, times: int = 1, error: str = "injected failure") -> None:
-        """Answer the next ``times`` chat requests with HTTP ``status`` before consulting the script."""
+    def fail_next(self, status: int = 500, *, times: int = 1, error: str = "injected failure",
+                  retry_after_s: float | None = None) -> None:
+        """Answer the next ``times`` chat requests with HTTP ``status`` before consulting the script
+        (with a ``retry-after-ms`` header when ``retry_after_s`` is given)."""
         if times < 1:
             raise ConfigError("times must be at least 1")
-        reply = fail(status, error)
+        reply = fail(status, error, retry_after_s=retry_after_s)
         with self._lock:
             self._failures.extend([reply] * times)
 
@@ -250,9 +255,9 @@ class FakeLLM:
         if seconds > 0:
             self._stopping.wait(seconds)  # latency that a stop() interrupts
 
-    def _count_error(self) -> None:
+    def _count_error(self, status: int) -> None:
         with self._lock:
-            self._errors += 1
+            self._errors[status] = self._errors.get(status, 0) + 1
 
     def _next_reply(self, request: ChatRequest) -> Reply:
         with self._lock:
