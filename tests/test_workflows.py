@@ -22,7 +22,6 @@ import pytest
 
 from isolane import Executor, RunSpec, SyncExecutor
 from isolane.cli.console import UsageFailure
-from isolane.cli.cost import roll_up
 from isolane.cli.dag import DagView, to_dot, to_json, to_mermaid
 from isolane.cli.llm import llm_for_stored_run
 from isolane.cli.options import Location, open_store
@@ -289,24 +288,7 @@ def test_one_shot_writes_runs_and_checks_code(tmp_path: Path) -> None:
     assert stored.config["llm"]["model"] == "fake-model" and "api_key" not in stored.config["llm"]
 
 
-# -- cost and DAG rendering (pure) -----------------------------------------------------------------
-
-
-def _call(seq: int, model: str, cost: float | None, *, agent: str = "a", node: str = "n") -> LlmCallRow:
-    return LlmCallRow(run_id="r", seq=seq, node_id=node, agent=agent, model=model, prompt_tokens=10,
-                      completion_tokens=5, total_tokens=15, cost=cost, cost_source="x", duration_s=0.0,
-                      cached=False, ts=0.0)
-
-
-def test_cost_roll_up_never_counts_unpriced_calls_as_zero() -> None:
-    """Unpriced calls are counted apart; a group with none priced has cost None, not 0."""
-    rollup = roll_up([_call(1, "gpt-4o-mini", 0.25), _call(2, "mystery", None), _call(3, "gpt-4o-mini", 0.5)],
-                     "model")
-    assert (rollup.total.calls, rollup.total.cost, rollup.total.unpriced_calls) == (3, 0.75, 1)
-    assert rollup.total.unpriced_models == ("mystery",) and not rollup.total.complete
-    assert rollup.groups["mystery"].cost is None and rollup.groups["gpt-4o-mini"].cost == 0.75
-    assert list(rollup.groups) == ["gpt-4o-mini", "mystery"]
-    assert roll_up([], "node").total.cost is None
+# -- DAG rendering (pure) ---------------------------------------------------------------------------
 
 
 def _view() -> DagView:

@@ -31,7 +31,6 @@ from isolane.cli.durability import recover_command, resume_command
 from isolane.cli.files import checkout_command, files_command
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
 from isolane.cli.render import (
-    cost_summary,
     event_line,
     run_duration,
     runs_table,
@@ -39,6 +38,7 @@ from isolane.cli.render import (
 )
 from isolane.cli.run import RUN_HELP, run_command
 from isolane.cli.serve import serve_command
+from isolane.tracking.cost import roll_up
 from isolane.tracking.rows import RUN_STATUSES
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def show_command(
         nodes, edges = store.dag(row.id)
         counts = _count_by_type(store, row.id)
         diagnostics = store.diagnostics(row.id)
-        cost = cost_summary(store.llm_calls(row.id))
+        cost = roll_up(store.llm_calls(row.id)).total
         failures = store.events(row.id, types=["run_failed"])
     traceback = failures[-1].data.get("traceback") if failures else None
     if json_:
@@ -141,7 +141,7 @@ def show_command(
             "traceback": traceback,
             "events": sum(counts.values()),
             "event_counts": counts,
-            "cost": cost,
+            "cost": cost.as_data(),
             "dag": {"nodes": [dataclasses.asdict(n) for n in nodes],
                     "edges": [dataclasses.asdict(e) for e in edges]},
             "diagnostics": [dataclasses.asdict(d) for d in diagnostics],

@@ -28,6 +28,7 @@ from isolane.cli.options import (
 )
 from isolane.cli.run import follow, make_sink
 from isolane.executor.racing import STRATEGIES
+from isolane.tracking.cost import CostTotals, money
 
 if TYPE_CHECKING:
     from isolane.executor.racing import RaceOutcome
@@ -156,9 +157,10 @@ def compare_command(
         ("parent", [(s["parent_run_id"] or "")[:12] + (f" @{s['branch_point_node']}" if s["branch_point_node"] else "")
                     for s in summaries]),
         ("duration", ["" if s["duration_s"] is None else f"{s['duration_s']:.2f} s" for s in summaries]),
-        ("cost", [f"${s['cost_usd']:.4f}" + (f" (+{s['unpriced_calls']} unpriced)" if s["unpriced_calls"] else "")
+        ("cost", [money(CostTotals(calls=s["calls"], cost=s["cost_usd"], unpriced_calls=s["unpriced_calls"]))
                   for s in summaries]),
-        ("tokens", [f"{s['prompt_tokens']}+{s['completion_tokens']}" for s in summaries]),
+        ("tokens", [f"{s['prompt_tokens']}+{s['completion_tokens']}"
+                    + (f" ({s['cached_calls']} cached calls)" if s["cached_calls"] else "") for s in summaries]),
     ]
     for node in data["node_ids"]:
         rows.append((f"node {node}", [s["nodes"].get(node, "—") for s in summaries]))

@@ -2,23 +2,20 @@
 
 ::
 
-    Store.llm_calls(run) ──▶ roll_up(calls, by) ──▶ CostRollup(total, groups)
-                                                     ├─ table + notes on stdout
-                                                     └─ one JSON object (--json)
+    Store.llm_calls(run) ──▶ roll_up(calls)  (isolane.tracking.cost: the one rollup)
+                               ├─ table + notes on stdout
+                               └─ one JSON object (--json)
 
-Totals come from the stored ``llm_calls`` rows only (one per ``llm_call`` event). A call whose model
-has no known price has ``cost = None``: it is counted in ``unpriced_calls`` and left out of
-``cost``; a run with such calls says so and never shows them as $0. ``cost`` is ``None`` when no
-call of the group is priced.
+The rules are :mod:`isolane.tracking.cost`'s: tokens are billed tokens (a call answered from
+AG2's cache is counted as cached, its tokens not billed); a call whose model has no known price
+is counted in ``unpriced_calls`` and left out of ``cost``, which is ``null`` when no call of the
+group is priced -- never $0.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Final
+from typing import Annotated
 
 import orjson
 import typer
@@ -27,75 +24,9 @@ from rich.text import Text
 
 from isolane.cli.console import fail, out
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
-from isolane.tracking.rows import LlmCallRow
+from isolane.tracking.cost import GROUPINGS, CostRollup, CostTotals, money, roll_up
 
-__all__ = ["GROUPINGS", "CostRollup", "CostTotals", "cost_command", "roll_up"]
-
-#: ``--by`` choices: how a call is assigned to a group.
-GROUPINGS: Final[Mapping[str, Callable[[LlmCallRow], str]]] = {
-    "model": lambda call: call.model,
-    "agent": lambda call: call.agent or "-",
-    "node": lambda call: call.node_id or "-",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class CostTotals:
-    """The totals of some LLM calls. ``cost`` sums the priced calls (``None`` if none is priced)."""
-
-    calls: int = 0
-    cached_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None
-    unpriced_calls: int = 0
-    unpriced_models: tuple[str, ...] = ()
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @property
-    def complete(self) -> bool:
-        """Whether every call is priced, so ``cost`` is the whole spend."""
-        return self.unpriced_calls == 0
-
-    @classmethod
-    def of(cls, calls: Sequence[LlmCallRow]) -> CostTotals:
-        priced = [c.cost for c in calls if c.cost is not None]
-        return cls(
-            calls=len(calls),
-            cached_calls=sum(1 for c in calls if c.cached),
-            prompt_tokens=sum(c.prompt_tokens for c in calls),
-            completion_tokens=sum(c.completion_tokens for c in calls),
-            cost=sum(priced) if priced else None,
-            unpriced_calls=len(calls) - len(priced),
-            unpriced_models=tuple(sorted({c.model for c in calls if c.cost is None})),
-        )
-
-    def as_data(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.update(total_tokens=self.total_tokens, complete=self.complete,
-                    unpriced_models=list(self.unpriced_models))
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class CostRollup:
-    """A run's totals and the same totals per group (in order of each group's first call)."""
-
-    by: str
-    total: CostTotals
-    groups: dict[str, CostTotals] = field(default_factory=dict)
-
-
-def roll_up(calls: Sequence[LlmCallRow], by: str) -> CostRollup:
-    """Totals of ``calls`` overall and per ``by`` (a key of :data:`GROUPINGS`)."""
-    key = GROUPINGS[by]
-    grouped: dict[str, list[LlmCallRow]] = {}
-    for call in sorted(calls, key=lambda c: c.seq):
-        grouped.setdefault(key(call), []).append(call)
-    return CostRollup(by, CostTotals.of(calls), {name: CostTotals.of(group) for name, group in grouped.items()})
+__all__ = ["cost_command"]
 
 
 def _calls(n: int) -> str:
@@ -103,26 +34,19 @@ def _calls(n: int) -> str:
 
 
 def _money(totals: CostTotals) -> Text:
-    if totals.calls == 0:
-        return Text("-")
-    if totals.cost is None:
-        return Text(f"unpriced ({_calls(totals.unpriced_calls)})", style="yellow")
-    text = Text(f"${totals.cost:.6f}")
-    if totals.unpriced_calls:
-        text.append(f" + {totals.unpriced_calls} unpriced", style="yellow")
-    return text
+    return Text(money(totals), style="yellow" if totals.unpriced_calls else "")
 
 
-def _table(rollup: CostRollup) -> Table:
+def _table(rollup: CostRollup, by: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column(rollup.by)
-    for column in ("calls", "prompt", "completion", "cost"):
+    table.add_column(by)
+    for column in ("calls", "cached", "prompt", "completion", "cost"):
         table.add_column(column, justify="right")
-    rows = list(rollup.groups.items()) + [("total", rollup.total)]
+    rows = list(rollup.by(by).items()) + [("total", rollup.total)]
     for i, (name, totals) in enumerate(rows):
         style = "bold" if i == len(rows) - 1 else ""
-        table.add_row(Text(name, style=style), str(totals.calls), str(totals.prompt_tokens),
-                      str(totals.completion_tokens), _money(totals))
+        table.add_row(Text(name, style=style), str(totals.calls), str(totals.cached_calls or ""),
+                      str(totals.prompt_tokens), str(totals.completion_tokens), _money(totals))
     return table
 
 
@@ -138,7 +62,8 @@ def _notes(total: CostTotals) -> list[str]:
                      f"({models}): {spent}; price it for the next run with "
                      f"--config 'prices.{example}=[usd_per_1k_prompt,usd_per_1k_completion]'")
     if total.cached_calls:
-        notes.append(f"{total.cached_calls} calls were answered from AG2's cache (cost 0)")
+        notes.append(f"{_calls(total.cached_calls)} answered from AG2's cache: cost 0, and their "
+                     f"{total.cached_tokens} tokens are not billed (not in prompt/completion)")
     return notes
 
 
@@ -156,16 +81,16 @@ def cost_command(
     with open_store(Location.of(db, home)) as store:
         row = store.get_run(run)
         calls = store.llm_calls(row.id)
-    rollup = roll_up(calls, by)
+    rollup = roll_up(calls)
     if json_:
         sys.stdout.buffer.write(orjson.dumps({
             "run_id": row.id, "workflow": row.workflow, "status": row.status, "by": by,
             "total": rollup.total.as_data(),
-            "groups": [{"key": name, **totals.as_data()} for name, totals in rollup.groups.items()],
+            "groups": [{"key": name, **totals.as_data()} for name, totals in rollup.by(by).items()],
         }) + b"\n")
         return
     out.print(f"run {row.id} ({row.workflow}, {row.status}): {rollup.total.calls} LLM calls")
     if rollup.total.calls:
-        out.print(_table(rollup))
+        out.print(_table(rollup, by))
     for note in _notes(rollup.total):
         out.print(Text(f"note: {note}", style="yellow"))

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from isolane.cli.render import format_duration, short, short_id, status_text, summarize
 from isolane.schemas.envelope import Event
+from isolane.tracking.cost import CostTotals, money, totals_of_update
 
 __all__ = ["RunView"]
 
@@ -52,9 +53,7 @@ class RunView:
         self.nodes: dict[str, _Node] = {}
         self.tail: deque[tuple[str, str]] = deque(maxlen=_TAIL)
         self.events = 0
-        self.cost: float | None = None
-        self.tokens = 0
-        self.unpriced_calls = 0
+        self.cost = CostTotals()
         self.started = time.monotonic()
         self.ended: float | None = None
 
@@ -98,18 +97,9 @@ class RunView:
             node = self.nodes.setdefault(event.node_id, _Node(label=event.node_id, depth=0))
             node.status = str(data.get("status", node.status))
 
-    def _llm_call(self, event: Event, data: Mapping[str, Any]) -> None:
-        self.tokens += int(data.get("prompt_tokens", 0)) + int(data.get("completion_tokens", 0))
-        cost = data.get("cost")
-        if cost is None:
-            self.unpriced_calls += 1
-        else:
-            self.cost = (self.cost or 0.0) + float(cost)
-
     def _cost_update(self, event: Event, data: Mapping[str, Any]) -> None:
-        # The worker's running total is authoritative over the sum of the calls seen so far.
-        self.cost = float(data.get("total_cost", self.cost or 0.0))
-        self.unpriced_calls = int(data.get("unpriced_calls", self.unpriced_calls))
+        # The worker's running totals follow each llm_call; read by the rules of every other reader.
+        self.cost = totals_of_update(data)
 
     # -- drawing ----------------------------------------------------------------------------------
 
@@ -120,11 +110,10 @@ class RunView:
             f"  {self.workflow}", ("  phase ", "dim"), self.phase or "-",
             ("  events ", "dim"), str(self.events), ("  elapsed ", "dim"), format_duration(elapsed),
         )
-        if self.cost is not None or self.unpriced_calls:
-            cost = "-" if self.cost is None else f"${self.cost:.4f}"
-            extra = f" (+{self.unpriced_calls} unpriced)" if self.unpriced_calls else ""
-            head.append_text(Text.assemble(("  cost ", "dim"), f"{cost}{extra}",
-                                           ("  tokens ", "dim"), str(self.tokens)))
+        if self.cost.calls:
+            cached = f" ({self.cost.cached_calls} cached)" if self.cost.cached_calls else ""
+            head.append_text(Text.assemble(("  cost ", "dim"), money(self.cost),
+                                           ("  tokens ", "dim"), f"{self.cost.total_tokens}{cached}"))
         parts: list[RenderableType] = [head]
         if self.task:
             parts.append(Text(short(self.task, 200), style="dim"))
@@ -166,6 +155,5 @@ _HANDLERS: Final[Mapping[str, _Handler]] = {
     "dag_created": RunView._dag_created,
     "dag_node_added": RunView._node_added,
     "dag_node_update": RunView._node_update,
-    "llm_call": RunView._llm_call,
     "cost_update": RunView._cost_update,
 }

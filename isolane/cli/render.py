@@ -18,11 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from isolane.schemas.envelope import Event
-from isolane.tracking.rows import DagEdgeRow, DagNodeRow, LlmCallRow, RunRow
+from isolane.tracking.cost import CostTotals, money
+from isolane.tracking.rows import DagEdgeRow, DagNodeRow, RunRow
 
 __all__ = [
     "STATUS_STYLES",
-    "cost_summary",
     "error_text",
     "event_line",
     "format_duration",
@@ -195,19 +195,6 @@ def runs_table(rows: Sequence[RunRow], event_counts: Mapping[str, int]) -> Table
     return table
 
 
-def cost_summary(calls: Sequence[LlmCallRow]) -> dict[str, Any]:
-    """Totals of a run's LLM calls; ``cost`` leaves out unpriced calls and counts them apart."""
-    priced = [c.cost for c in calls if c.cost is not None]
-    return {
-        "calls": len(calls),
-        "prompt_tokens": sum(c.prompt_tokens for c in calls),
-        "completion_tokens": sum(c.completion_tokens for c in calls),
-        "cost": sum(priced) if priced else None,  # unpriced calls are never shown as $0
-        "unpriced_calls": len(calls) - len(priced),
-        "models": sorted({c.model for c in calls}),
-    }
-
-
 def _dag_table(nodes: Sequence[DagNodeRow], edges: Sequence[DagEdgeRow], limit: int) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False,
                   title=f"DAG: {len(nodes)} nodes, {len(edges)} edges", title_justify="left")
@@ -243,7 +230,7 @@ def show_page(
     edges: Sequence[DagEdgeRow],
     event_counts: Mapping[str, int],
     diagnostics: int,
-    cost: Mapping[str, Any],
+    cost: CostTotals,
     traceback: str | None,
     node_limit: int = 60,
 ) -> RenderableType:
@@ -273,12 +260,11 @@ def show_page(
         parts.append(Text(traceback.rstrip(), style="dim"))
     if row.result is not None:
         parts.append(Text("\nresult: ", style="bold") + Text(short(row.result, 2000)))
-    if cost.get("calls"):
-        amount = "unknown" if cost["cost"] is None else f"${cost['cost']:.4f}"
-        unpriced = f", {cost['unpriced_calls']} unpriced" if cost["unpriced_calls"] else ""
+    if cost.calls:
+        cached = f" ({cost.cached_calls} answered from cache)" if cost.cached_calls else ""
         parts.append(Text(
-            f"\nLLM: {cost['calls']} calls, {cost['prompt_tokens']}+{cost['completion_tokens']} "
-            f"tokens, cost {amount}{unpriced} ({', '.join(cost['models'])})"))
+            f"\nLLM: {cost.calls} calls{cached}, {cost.prompt_tokens}+{cost.completion_tokens} billed "
+            f"tokens, cost {money(cost)} ({', '.join(cost.models)})"))
     if nodes:
         parts.append(Text(""))
         parts.append(_dag_table(nodes, edges, node_limit))

@@ -43,7 +43,7 @@ __all__ = ["STRATEGIES", "Race", "RaceOutcome", "Racer", "start_race"]
 
 log = logging.getLogger(__name__)
 
-Scorer = Callable[[Any, dict[str, str], float], float]
+Scorer = Callable[[Any, dict[str, str], float | None], float]  # cost None: no call was priced
 
 #: Grace for a loser between the cooperative cancel and SIGKILL: losers must go fast.
 _LOSER_GRACE: Final = 0.5

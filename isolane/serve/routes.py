@@ -52,7 +52,7 @@ from isolane.serve.http import (
     options_of,
 )
 from isolane.tracking.branching import racing_group
-from isolane.tracking.rows import LlmCallRow
+from isolane.tracking.cost import roll_up
 from isolane.workflow import registered_workflows
 
 __all__ = ["JSONResponse", "api_routes", "error_response", "resolve_handle"]
@@ -236,33 +236,13 @@ async def show_race(request: Request) -> Response:
     return JSONResponse(group)
 
 
-def cost_rollup(calls: list[LlmCallRow]) -> dict[str, Any]:
-    """Totals of a run's LLM calls, and the same per model, per agent and per node."""
-
-    def totals(group: list[LlmCallRow]) -> dict[str, Any]:
-        priced = [c.cost for c in group if c.cost is not None]
-        return {"calls": len(group), "prompt_tokens": sum(c.prompt_tokens for c in group),
-                "completion_tokens": sum(c.completion_tokens for c in group),
-                "cost": round(sum(priced), 10) if priced else (0.0 if group else None),
-                "unpriced_calls": len(group) - len(priced)}
-
-    def by(key: Callable[[LlmCallRow], str | None]) -> dict[str, Any]:
-        groups: dict[str, list[LlmCallRow]] = {}
-        for call in calls:
-            groups.setdefault(key(call) or "-", []).append(call)
-        return {name: totals(group) for name, group in sorted(groups.items())}
-
-    return {**totals(calls), "by_model": by(lambda c: c.model), "by_agent": by(lambda c: c.agent),
-            "by_node": by(lambda c: c.node_id)}
-
-
 async def run_cost(request: Request) -> Response:
     executor = _executor(request)
     run_id = request.path_params["run_id"]
 
     def read() -> dict[str, Any]:
         row = executor.store.get_run(run_id)
-        return {"run_id": row.id, **cost_rollup(executor.store.llm_calls(row.id))}
+        return {"run_id": row.id, **roll_up(executor.store.llm_calls(row.id)).as_data()}
 
     return JSONResponse(await anyio.to_thread.run_sync(read))
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from isolane.errors import ConfigError
+from isolane.tracking.cost import roll_up
 from isolane.tracking.store import Store
 
 __all__ = ["Comparison", "RunSummary", "compare_runs", "summarize_run"]
@@ -25,11 +26,14 @@ class RunSummary:
     parent_run_id: str | None
     branch_point_node: str | None
     duration_s: float | None
-    cost_usd: float
+    #: :mod:`isolane.tracking.cost`'s rules: ``None`` when no call is priced; billed tokens only.
+    cost_usd: float | None
     unpriced_calls: int
     calls: int
+    cached_calls: int
     prompt_tokens: int
     completion_tokens: int
+    #: Per model: :meth:`CostTotals.as_data <isolane.tracking.cost.CostTotals.as_data>`.
     by_model: dict[str, dict[str, Any]]
     nodes: dict[str, str]
     files: dict[str, str]
@@ -50,23 +54,7 @@ class Comparison:
 def summarize_run(store: Store, run_id: str) -> RunSummary:
     """One run's comparable facts (blocking)."""
     row = store.get_run(run_id)
-    by_model: dict[str, dict[str, Any]] = {}
-    cost = 0.0
-    unpriced = 0
-    calls = store.llm_calls(row.id)
-    for call in calls:
-        entry = by_model.setdefault(call.model, {"calls": 0, "prompt_tokens": 0,
-                                                 "completion_tokens": 0, "cost_usd": 0.0,
-                                                 "unpriced_calls": 0})
-        entry["calls"] += 1
-        entry["prompt_tokens"] += call.prompt_tokens
-        entry["completion_tokens"] += call.completion_tokens
-        if call.cost is None:
-            entry["unpriced_calls"] += 1
-            unpriced += 1
-        else:
-            entry["cost_usd"] += call.cost
-            cost += call.cost
+    cost = roll_up(store.llm_calls(row.id))
     nodes, _ = store.dag(row.id)
     files: dict[str, str] = {}
     for version in store.files(row.id):
@@ -78,9 +66,10 @@ def summarize_run(store: Store, run_id: str) -> RunSummary:
     return RunSummary(
         run_id=row.id, name=row.name, workflow=row.workflow, status=row.status,
         parent_run_id=row.parent_run_id, branch_point_node=row.branch_point_node,
-        duration_s=duration, cost_usd=round(cost, 10), unpriced_calls=unpriced, calls=len(calls),
-        prompt_tokens=sum(c.prompt_tokens for c in calls),
-        completion_tokens=sum(c.completion_tokens for c in calls), by_model=by_model,
+        duration_s=duration, cost_usd=cost.total.cost, unpriced_calls=cost.total.unpriced_calls,
+        calls=cost.total.calls, cached_calls=cost.total.cached_calls, prompt_tokens=cost.total.prompt_tokens,
+        completion_tokens=cost.total.completion_tokens,
+        by_model={model: totals.as_data() for model, totals in cost.by("model").items()},
         nodes={n.node_id: n.status for n in nodes if n.node_type != "branch_point"}, files=files)
 
 

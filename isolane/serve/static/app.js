@@ -3,7 +3,9 @@
 // State of the open run is folded from its events, in seq order, exactly as they arrive:
 //   dag_created / dag_node_added  -> graph nodes and edges (branch points drawn as diamonds)
 //   dag_node_update               -> node status (colour), without re-layout
-//   llm_call                      -> cost per model      agent_message / handoff -> conversation
+//   llm_call                      -> refetch GET /api/runs/{id}/cost (the one rollup the CLI and
+//                                    REST use: billed tokens, cached and unpriced calls, cost)
+//   agent_message / handoff       -> conversation
 //   human_input_request/_response -> questions waiting   file_created/_modified  -> files
 // The socket resumes with ?since=<last seq> after a drop, so nothing is missed or shown twice.
 "use strict";
@@ -84,7 +86,8 @@
 
   function freshState(runId) {
     return { id: runId, lastSeq: 0, ended: false, status: "", phase: "", nodes: new Map(), edges: new Set(),
-             requests: new Map(), cost: new Map(), files: new Map(), events: 0, layoutDue: false };
+             requests: new Map(), cost: null, costDue: false, costBusy: false, files: new Map(), events: 0,
+             layoutDue: false };
   }
 
   const graph = cytoscape({
@@ -168,13 +171,7 @@
         break;
       }
       case "dag_node_update": if (event.node_id) setStatus(event.node_id, d.status); break;
-      case "llm_call": {
-        const row = run.cost.get(d.model) || { calls: 0, tokens: 0, usd: 0, unpriced: 0 };
-        row.calls += 1; row.tokens += (d.prompt_tokens || 0) + (d.completion_tokens || 0);
-        if (d.cost == null) row.unpriced += 1; else row.usd += d.cost;
-        run.cost.set(d.model, row);
-        break;
-      }
+      case "llm_call": refreshCost(); break;
       case "agent_message":
         if (!d.silent) chat(d.sender, d.recipient, asText(d.content), false);
         break;
@@ -227,15 +224,16 @@
     $("dag-summary").textContent = nodes.filter((n) => n.status === "completed").length + "/" + nodes.length + " completed";
     $("nodes").replaceChildren(...nodes.map((n) =>
       el("li", { "data-node-id": n.id, "data-status": n.status, title: n.status }, short(n.label, 40))));
-    // cost
-    let total = 0, unpriced = 0;
-    const rows = [...run.cost.entries()].map(([model, r]) => {
-      total += r.usd; unpriced += r.unpriced;
-      return el("tr", {}, el("td", {}, model), el("td", {}, r.calls), el("td", {}, r.tokens),
-                el("td", {}, r.unpriced && !r.usd ? "?" : r.usd.toFixed(4)));
-    });
+    // cost: as the server rolled it up (never summed here, so the page says what the CLI says)
+    const cost = run.cost;
+    const rows = cost ? Object.entries(cost.by_model).map(([model, t]) =>
+      el("tr", {}, el("td", {}, model), el("td", {}, t.calls), el("td", {}, t.cached_calls || ""),
+         el("td", {}, t.total_tokens), el("td", {}, t.cost == null ? "unpriced" : t.cost.toFixed(4)))) : [];
     $("cost").tBodies[0].replaceChildren(...rows);
-    $("cost-total").textContent = "$" + total.toFixed(4) + (unpriced ? " + " + unpriced + " unpriced" : "");
+    $("cost-total").textContent = !cost || !cost.calls ? ""
+      : (cost.cost == null ? "unpriced (" + cost.unpriced_calls + " calls)" : "$" + cost.cost.toFixed(4)
+         + (cost.unpriced_calls ? " + " + cost.unpriced_calls + " unpriced" : ""))
+        + (cost.cached_calls ? " · " + cost.cached_calls + " cached" : "");
     // files
     const files = [...run.files.entries()].map(([path, f]) => el("li", {}, path + "  (" + f.size + " B, v" + f.version + ")"));
     $("files").replaceChildren(...(files.length ? files : [el("li", { class: "muted" }, "none yet")]));
@@ -278,6 +276,21 @@
     if (run) { try { await api("/api/runs/" + run.id + "/cancel", { method: "POST" }); } catch (err) { /* shown by status */ } }
   });
 
+  // The run's cost from the server: at most one request in flight, one more if calls came meanwhile.
+  function refreshCost() {
+    const mine = run;
+    if (!mine) return;
+    if (mine.costBusy) { mine.costDue = true; return; }
+    mine.costBusy = true;
+    mine.costDue = false;
+    api("/api/runs/" + mine.id + "/cost").then((data) => {
+      if (run === mine) { mine.cost = data; scheduleRender(); }
+    }).catch(() => {}).finally(() => {
+      mine.costBusy = false;
+      if (mine.costDue && run === mine) setTimeout(refreshCost, 500);
+    });
+  }
+
   function setConn(state, text) { $("conn").dataset.state = state; $("conn").textContent = text; }
 
   let renderDue = false;
@@ -311,6 +324,7 @@
         run.status = frame.status;
         setConn("idle", "run ended: " + frame.status);
         refreshRuns();
+        refreshCost();
       }
     };
     ws.onclose = (e) => {
@@ -343,6 +357,7 @@
       }
     }).catch((err) => setConn("idle", err.message));
     render();
+    refreshCost();
     connect();
   }
 
