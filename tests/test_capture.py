@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,9 @@ from autogen import (
     register_function,
     runtime_logging,
 )
+from autogen.beta import Agent as BetaAgent
 from autogen.coding import LocalCommandLineCodeExecutor
+from autogen.events.agent_events import InputRequestEvent
 from autogen.io.base import IOStream
 from autogen.logger.base_logger import BaseLogger
 from autogen.oai.openai_utils import OAI_PRICE1K
@@ -31,6 +35,7 @@ from isolane.schemas.payloads import validate_payload
 from isolane.testing import FakeLLM, ListSink, Rule, Script, text, tool_call
 
 TASK = "Add 2 and 3, then print the sum."
+AG2_TURN_SCOPE = BetaAgent.__dict__["_turn_scope"]  # as AG2 defines it, before any capture
 
 
 def add(a: int, b: int) -> int:
@@ -208,15 +213,22 @@ def test_bad_price_is_refused() -> None:
 
 
 def test_everything_is_uninstalled_on_exit(group_run: GroupRun) -> None:
-    """After the block: runtime logging off, IOStream defaults restored, hooks and wrappers removed."""
+    """After the block: runtime logging off, IOStream defaults restored, hooks and wrappers removed,
+    the beta turn seam and the watched loggers as they were."""
     assert not runtime_logging.logging_enabled()
     assert not isinstance(IOStream.get_global_default(), isolane.capture.CaptureIOStream)
     assert not isinstance(IOStream.get_default(), isolane.capture.CaptureIOStream)
     for agent in group_run.agents.values():
-        assert not [h for h in agent.hook_lists["process_message_before_send"]
-                    if h.__name__ == "capture_silent_send"]
+        for hooks in agent.hook_lists.values():
+            assert not [h for h in hooks if h.__name__ in ("capture_silent_send", "name_llm_caller",
+                                                           "forget_llm_caller")]
     executor = group_run.agents["executor"].code_executor
     assert isinstance(executor, LocalCommandLineCodeExecutor)
+    assert BetaAgent.__dict__["_turn_scope"] is AG2_TURN_SCOPE
+    for name in ("httpx", "openai._base_client"):
+        watched = logging.getLogger(name)
+        assert watched.level == logging.NOTSET
+        assert not [f for f in watched.filters if type(f).__module__.startswith("isolane")]
 
 
 def test_a_failing_llm_call_is_an_error_event() -> None:
@@ -404,3 +416,74 @@ def test_echo_forwards_output_to_the_previous_stream() -> None:
     assert echoed == ["Say something.", "Echoed answer."]
     assert "not echoed" not in previous.sent
     assert [e.data["content"] for e in sink.of("agent_message")] == ["Say something.", "Echoed answer."]
+
+
+# -- AG2's run() family: its own threads and streams -----------------------------------------------
+
+
+def _travel(llm: FakeLLM) -> ConversableAgent:
+    def get_weather(city: str) -> str:
+        """Get the weather of a city."""
+        return f"{city}: sunny"
+
+    return ConversableAgent("assistant", system_message="You are travel.", llm_config=LLMConfig(llm.config()),
+                            functions=[get_weather])
+
+
+def _travel_script() -> Script:
+    return Script(Rule(system="You are travel", reply=[tool_call("get_weather", {"city": "Oslo"}),
+                                                       text("Oslo is sunny. TERMINATE")]))
+
+
+def test_run_events_reach_the_caller_unchanged_and_in_order() -> None:
+    """With capture on, response.events yields the same events, in the same order, as without it."""
+
+    def event_names(capture: bool) -> tuple[list[str], ListSink]:
+        sink = ListSink()
+        with FakeLLM(_travel_script()) as llm:
+            agent = _travel(llm)
+            with (capture_ag2(sink) if capture else contextlib.nullcontext()):
+                response = agent.run(message="Weather in Oslo?", max_turns=2, user_input=False)
+                names = [type(event).__name__ for event in response.events]
+        return names, sink
+
+    plain, _ = event_names(capture=False)
+    captured, sink = event_names(capture=True)
+    assert captured == plain and "ToolCallEvent" in plain and plain[-1] == "RunCompletionEvent"
+    assert [e.data["tool"] for e in sink.of("tool_call")] == ["get_weather"]
+    assert [e.data["content"] for e in sink.of("tool_result")] == ["Oslo: sunny"]
+    (completion,) = [e.data for e in sink.of("custom") if e.data["name"] == "ag2.run_completion"]
+    assert set(completion["fields"]) == {"summary", "last_speaker"}  # not the whole history again
+
+
+def test_a_run_asks_the_human_through_the_worker_channel_when_one_is_set() -> None:
+    """In a worker (iostream.human set), input asked in AG2's run() thread goes there, not to the caller."""
+    asked: list[str] = []
+
+    def human(prompt: str, *, password: bool = False) -> str:
+        asked.append(prompt)
+        return "exit"
+
+    sink = ListSink()
+    with FakeLLM(Script(default="Hello.")) as llm, capture_ag2(sink) as session:
+        assert session.iostream is not None
+        session.iostream.human = human
+        agent = ConversableAgent("greeter", llm_config=LLMConfig(llm.config()))
+        response = agent.run(message="hi", max_turns=2, user_input=True)
+        seen = [type(event).__name__ for event in response.events]
+    assert len(asked) == 1 and InputRequestEvent.__name__ not in seen
+    assert [e.data["content"] for e in sink.of("agent_message")] == ["hi", "Hello."]
+
+
+def test_retries_are_observed_without_new_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A retried 429 is an llm_retry event; no httpx/openai record reaches the root handlers."""
+    sink = ListSink()
+    with FakeLLM(Script(default="fine")) as llm, capture_ag2(sink):
+        llm.fail_next(429, times=2, retry_after_s=0.01)
+        asker = ConversableAgent("asker", llm_config=False, human_input_mode="NEVER")
+        answerer = ConversableAgent("answerer", llm_config=LLMConfig(llm.config("m-1")), human_input_mode="NEVER")
+        asker.initiate_chat(answerer, message="hi", max_turns=1)
+    retries = [e.data for e in sink.of("llm_retry")]
+    assert [(r["status"], r["agent"], r["model"]) for r in retries] == [(429, "answerer", "m-1")] * 2
+    assert len(sink.of("llm_call")) == 1
+    assert not [r for r in caplog.records if r.name.startswith(("httpx", "openai"))]
