@@ -82,8 +82,7 @@ class BetaCapture:
             logger.warning("autogen.beta agents are not captured: %s", exc)
             emit_payload(self.sink, "error", ErrorPayload(
                 message=f"autogen.beta agents are not captured in this run: {exc} (isolane supports "
-                        f"AG2 {'.'.join(map(str, seams.SUPPORTED_AG2[0]))} up to "
-                        f"{'.'.join(map(str, seams.SUPPORTED_AG2[1]))}, exclusive)",
+                        f"{seams.supported_range()})",
                 error_type="CaptureUnavailable"))
             return lambda: None
 

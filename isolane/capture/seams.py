@@ -36,16 +36,24 @@ from autogen.io.base import IOStream
 __all__ = [
     "SUPPORTED_AG2",
     "add_turn_middleware",
+    "can_set_context_stream",
     "check",
     "context_stream",
     "global_stream",
     "set_context_stream",
+    "supported_range",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: The AG2 versions these seams were checked against (``pyproject.toml`` pins the same range).
 SUPPORTED_AG2: Final = ((0, 14), (1, 0))
+
+
+def supported_range() -> str:
+    """:data:`SUPPORTED_AG2` as people read it: ``0.14 <= AG2 < 1.0``."""
+    low, high = SUPPORTED_AG2
+    return f"{'.'.join(map(str, low))} <= AG2 < {'.'.join(map(str, high))}"
 
 
 def _version() -> tuple[int, ...]:
@@ -71,6 +79,11 @@ def context_stream() -> Any:
     """The IOStream AG2 would use in this thread or task, if one is set for it (else ``None``:
     AG2 then uses the global default)."""
     return None if _DEFAULT_VAR is None else _DEFAULT_VAR.get()
+
+
+def can_set_context_stream() -> bool:
+    """Whether :func:`set_context_stream` works with the installed AG2."""
+    return _DEFAULT_VAR is not None
 
 
 def set_context_stream(stream: Any) -> bool:
@@ -160,8 +173,7 @@ def check() -> list[str]:
     problems = []
     low, high = SUPPORTED_AG2
     if not low <= _version()[:2] < high:
-        problems.append(f"AG2 {autogen.__version__} is outside the supported range "
-                        f"{'.'.join(map(str, low))} <= version < {'.'.join(map(str, high))}")
+        problems.append(f"AG2 {autogen.__version__} is outside the supported range {supported_range()}")
     if _default_var() is None:
         problems.append("autogen.io.base.IOStream._default_io_stream is not a ContextVar")
     if not hasattr(IOStream, "_global_default"):

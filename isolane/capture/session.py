@@ -46,9 +46,10 @@ from isolane.capture.iostream import CaptureIOStream
 from isolane.capture.llm_logger import CaptureLogger
 from isolane.capture.pricing import CostLedger, CostTotals, PriceBook
 from isolane.capture.retries import RetryWatch
-from isolane.capture.sink import LockedSink, Sink
+from isolane.capture.sink import LockedSink, Sink, emit_payload
 from isolane.capture.translate import Translator
 from isolane.errors import RunStateError
+from isolane.schemas.payloads import ErrorPayload
 
 __all__ = ["CaptureSession", "capture_ag2"]
 
@@ -140,6 +141,11 @@ class CaptureSession:
         stack.callback(_restore_global_iostream, previous_global)
         stack.callback(self.iostream.close)
         stack.enter_context(IOStream.set_default(self.iostream))
+        if not seams.can_set_context_stream():
+            emit_payload(self._sink, "error", ErrorPayload(
+                message="AG2's run() family (run, a_run, run_iter, run_group_chat...) is not captured in this "
+                        "run: autogen.io.base.IOStream._default_io_stream is no longer a ContextVar (isolane "
+                        f"supports {seams.supported_range()})", error_type="CaptureUnavailable"))
 
         stack.callback(BetaCapture(self._sink, self.calls, active=self.is_active).install())
         stack.callback(RetryWatch(self._sink, active=self.is_active).install())
