@@ -6,11 +6,15 @@
         ...build and run AG2 agents...
         session.totals.total_cost
 
-Channels (one module each): :mod:`~isolane.capture.iostream` (AG2's structured output events),
-:mod:`~isolane.capture.llm_logger` (every LLM call, via the runtime logger),
-:mod:`~isolane.capture.hooks` (silent sends; attaching agents), :mod:`~isolane.capture.code`
-(code executions), :mod:`~isolane.capture.pricing` (cost), :mod:`~isolane.capture.translate`
-(AG2 event -> isolane event mapping), :mod:`~isolane.capture.session` (installs them all).
+Channels (one module each): :mod:`~isolane.capture.iostream` (AG2's structured output events,
+in whichever thread AG2 runs a chat), :mod:`~isolane.capture.llm_logger` (every LLM call, via
+the runtime logger), :mod:`~isolane.capture.hooks` (silent sends; attaching agents),
+:mod:`~isolane.capture.code` (code executions), :mod:`~isolane.capture.beta` (``autogen.beta``
+agents), :mod:`~isolane.capture.retries` (LLM requests the OpenAI SDK retries),
+:mod:`~isolane.capture.calls` (recording a call), :mod:`~isolane.capture.pricing` (cost),
+:mod:`~isolane.capture.translate` (AG2 event -> isolane event mapping),
+:mod:`~isolane.capture.seams` (the AG2 internals relied on, and the supported range),
+:mod:`~isolane.capture.session` (installs them all).
 """
 
 from __future__ import annotations
