@@ -27,6 +27,7 @@ from isolane.serve import BackgroundServer
 from isolane.testing import FakeLLM, Rule, Script, Served, fail, text, tool_call
 from isolane.tracking.cost import totals_of_update
 from isolane.tracking.rows import LlmCallRow
+from tests.cdp import Chromium, find_chromium
 
 PROGRAMS = Path(__file__).resolve().parent / "ag2_programs"
 
@@ -316,3 +317,29 @@ def test_compare_agrees_with_the_other_readers(runs: Runs, ag2_home: Path, rest:
     for name, run in stored.items():
         assert _facts(compared[run.run_id], "cost_usd") == _facts(rest.get(f"/api/runs/{run.run_id}/cost").json()), name
         assert _facts(compared[run.run_id], "cost_usd")[:5] == _truth(name, run), name
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Chromium]:
+    binary = find_chromium()
+    if binary is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
+        if os.environ.get("ISOLANE_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with Chromium(binary, tmp_path / "chromium-profile") as browser:
+        yield browser
+
+
+@pytest.mark.parametrize("name", ["cache_disk", "local_model_retry"])
+def test_the_page_shows_the_rollup_rest_gives(name: str, runs: Runs, rest: httpx.Client, chromium: Chromium) -> None:
+    """The page's cost panel holds the REST /cost answer: the cached call, and null for an unpriced run."""
+    run = runs[name]
+    chromium.navigate(f"{str(rest.base_url).rstrip('/')}/runs/{run.run_id}")
+    chromium.wait_for("window.isolanePage.state() && window.isolanePage.state().cost !== null")
+    assert chromium.evaluate("window.isolanePage.state().cost") == rest.get(f"/api/runs/{run.run_id}/cost").json()
+    total = chromium.evaluate("document.getElementById('cost-total').textContent")
+    if name == "cache_disk":
+        assert total.startswith("$") and total.endswith("· 1 cached")
+    else:
+        assert total == "unpriced (1 calls)"

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from isolane.schemas.envelope import Event
-from isolane.tracking.cost import CostTotals, money
+from isolane.tracking.cost import CostTotals, money, totals_of_update
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, RunRow
 
 __all__ = [
@@ -149,7 +149,7 @@ _SUMMARIES: Final[Mapping[str, _Summary]] = {
     "llm_retry": lambda d: (f"{d.get('agent') or '?'} ({d.get('model') or '?'}) {d.get('endpoint', '?')} "
                             f"got {d.get('status') or d.get('reason') or 'no answer'}, "
                             f"retry in {float(d.get('retry_in_s', 0.0)):.2f}s"),
-    "cost_update": lambda d: f"total {_cost(d.get('total_cost'))}",
+    "cost_update": lambda d: f"total {money(totals_of_update(d))}",
     "file_created": lambda d: f"{d.get('path', '?')} ({d.get('size', 0)} B)",
     "file_modified": lambda d: f"{d.get('path', '?')} ({d.get('size', 0)} B, v{d.get('version', 1)})",
     "output": lambda d: f"[{d.get('stream', '?')}] {short(str(d.get('text', '')).rstrip(), 200)}",
