@@ -81,7 +81,10 @@ class CaptureIOStream:
         if self.closed:
             return
         current = seams.context_stream()
-        if current is None or current is self or (isinstance(current, _Tee) and current.owner is self):
+        # A CaptureIOStream (even an ended one: it forwards to the global default, this one)
+        # already reaches capture; a tee of ours already records.
+        if current is None or isinstance(current, CaptureIOStream) or (
+                isinstance(current, _Tee) and current.owner is self):
             return
         tee = _AsyncTee(self, current) if inspect.iscoroutinefunction(getattr(current, "input", None)) \
             else _SyncTee(self, current)
