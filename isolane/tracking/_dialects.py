@@ -155,7 +155,7 @@ SQLITE: Final = Backend(
 _PG_INSERT_EVENTS: Final = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) "
     "SELECT r, s, t, y, n, d::jsonb FROM unnest("
-    "%s::text[], %s::integer[], %s::float8[], %s::text[], %s::text[], %s::text[]) AS u(r, s, t, y, n, d) "
+    "%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[], %s::text[]) AS u(r, s, t, y, n, d) "
     "ON CONFLICT (run_id, seq) DO NOTHING"
 )
 #: Key of the advisory lock that serializes migrations; fixed, so every isolane version agrees.

@@ -82,6 +82,9 @@ JSONType: Final[TypeEngine[Any]] = JSON(none_as_null=True).with_variant(JSONB(no
 # SQLite only aliases the rowid (a cheap autoincrement key) for a column declared exactly
 # ``INTEGER PRIMARY KEY``; PostgreSQL gets a 64-bit key for the tables that grow without bound.
 _BigId: Final = BigInteger().with_variant(Integer(), "sqlite")
+#: An event ``seq`` (the wire allows ``1 <= seq < 2**63``): 64-bit everywhere, spelled INTEGER on
+#: SQLite, whose integers are 64-bit whatever the declared type (migration 0003 says why).
+_Seq: Final = BigInteger().with_variant(Integer(), "sqlite")
 
 #: What the migrations must yield (the conformance test compares a migrated database with it).
 METADATA: Final = MetaData(naming_convention=NAMING_CONVENTION)
@@ -137,7 +140,7 @@ RUNS_TABLE: Final = Table(
     _col("error_type", String(), null=True),
     _col("result", JSONType, null=True),
     _col("work_dir", String(), default=""),
-    _col("last_seq", Integer(), default=0, server_default=text("0")),
+    _col("last_seq", _Seq, default=0, server_default=text("0")),
     _col("name", String(), null=True),
     _col("meta", JSONType, default=dict),
     Index(None, "status"),
@@ -210,7 +213,7 @@ LLM_CALLS_TABLE: Final = Table(
     "llm_calls", METADATA,
     _col("id", _BigId, primary_key=True, autoincrement=True),
     _run_fk("run_id"),
-    _col("seq", Integer()),
+    _col("seq", _Seq),
     _col("node_id", String(), null=True),
     _col("agent", String(), null=True),
     _col("model", String()),
@@ -230,7 +233,7 @@ FILES_TABLE: Final = Table(
     "files", METADATA,
     _col("id", _BigId, primary_key=True, autoincrement=True),
     _run_fk("run_id"),
-    _col("seq", Integer()),
+    _col("seq", _Seq),
     _col("path", Text()),
     _col("sha256", String()),
     _col("size", BigInteger()),
@@ -248,7 +251,7 @@ FILES_TABLE: Final = Table(
 STATES_TABLE: Final = Table(
     "session_states", METADATA,
     _run_fk("run_id", primary_key=True),
-    _col("seq", Integer()),
+    _col("seq", _Seq),
     _col("state", JSONType),
     _col("updated_at", Double(), default=_now),
 )
