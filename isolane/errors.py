@@ -16,6 +16,7 @@ __all__ = [
     "PathEscape",
     "RunNotFound",
     "RunStateError",
+    "StoreRefused",
     "StoreUnavailable",
     "WorkerCrashed",
     "WorkflowError",
@@ -84,6 +85,16 @@ class WorkerCrashed(IsolaneError):
 
 class StoreUnavailable(IsolaneError):
     """The database cannot be reached or written; events stay in the run's spool meanwhile."""
+
+
+class StoreRefused(IsolaneError):
+    """The database refused what was written for its content (a value out of range, a row too
+    large, text it cannot hold), not for an outage: writing it again cannot succeed. ``reason``
+    is the database's one-line explanation."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class BudgetExceeded(IsolaneError):

@@ -1,25 +1,40 @@
-"""The parent's single database writer: group commit, retry on outage, then publish.
+"""The parent's single database writer: group commit, retry on outage, isolate refused rows.
 
 ::
 
     run supervisors ──WriteItem──▶ [bounded stream] ──▶ StoreWriter.run()
                                     (back-pressure:      takes every item waiting (≤ max_batch rows),
                                      a full stream         writes them in ONE transaction (thread),
-                                     stops the readers)    retries with backoff while the store is
-                                                           unreachable, then publishes each item's
-                                                           rows, as stored, to the Hub (no decoding:
-                                                           see isolane.executor.hub) and sets its
+                                     stops the readers)    then publishes each item's rows, as
+                                                           stored, to the Hub (no decoding: see
+                                                           isolane.executor.hub) and sets its
                                                            ``committed`` event
 
 While a write is in flight more items queue up, so batches grow with load (group commit) and an
 idle run's events still reach the store within one round trip.
+
+A write that fails is one of two things, told apart by the store (see
+:func:`isolane.tracking._engine.transaction`):
+
+* **an outage** (:class:`StoreUnavailable`: connection refused or lost, server shutting down, a
+  timeout, a lock, a full disk): the same rows are written again with backoff, for as long as it
+  takes. The events are safe in the runs' spools and the full stream back-pressures the runs. A
+  ``store_outage`` diagnostic records how long it lasted.
+* **a refusal** (:class:`StoreRefused`: the database will never take one of the rows, e.g. a value
+  out of range; or :class:`RunNotFound`): the batch is split in halves, and halves again, until
+  every row the database takes is stored and each refused row is alone. A refused row becomes a
+  ``store_refused`` diagnostic naming its run, what it was and the database's reason; the event
+  itself stays in the run's spool. A refused row never holds back the batch or another run.
+  (Text the database cannot hold, U+0000, never gets here: the store writes it as U+FFFD, see
+  :mod:`isolane.tracking.storable`.)
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -27,26 +42,88 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy.exc import DBAPIError
 
-from isolane.errors import StoreUnavailable
+from isolane.errors import RunNotFound, StoreRefused, StoreUnavailable
 from isolane.executor.hub import Hub
 from isolane.schemas.envelope import EventRow
 from isolane.tracking.rows import DiagnosticRow
+from isolane.tracking.storable import storable_events
 from isolane.tracking.store import Store
 
 __all__ = ["StoreWriter", "WriteItem"]
 
 log = logging.getLogger(__name__)
 
+#: What makes a write retried as it is (the store may come back).
+_OUTAGE = (StoreUnavailable, DBAPIError)
+#: What makes a write split until the rows the database refuses are alone.
+_REFUSED = (StoreRefused, RunNotFound)
+
 
 @dataclass(slots=True)
 class WriteItem:
-    """Rows to persist together; ``committed`` is set once they are durable."""
+    """Rows to persist together; ``committed`` is set once they are durable (or, for a row the
+    database refused, recorded as a ``store_refused`` diagnostic)."""
 
     run_id: str | None = None
-    events: list[EventRow] = field(default_factory=list)
+    events: Sequence[EventRow] = field(default_factory=list)
     diagnostics: list[DiagnosticRow] = field(default_factory=list)
     run_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     committed: anyio.Event | None = None
+
+
+@dataclass(slots=True)
+class _Rows:
+    """A piece of a batch: events first, then diagnostics, then run updates (the order in which
+    they are written, so a run's final status never lands before its events)."""
+
+    events: Sequence[EventRow] = ()
+    diagnostics: Sequence[DiagnosticRow] = ()
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def split(self) -> tuple[_Rows, _Rows] | None:
+        """Two smaller pieces, in write order; ``None`` for a single row."""
+        events, diagnostics, updates = self.events, self.diagnostics, self.updates
+        if len(events) > 1:
+            half = len(events) // 2
+            return _Rows(events[:half]), _Rows(events[half:], diagnostics, updates)
+        if events and (diagnostics or updates):
+            return _Rows(events), _Rows((), diagnostics, updates)
+        if len(diagnostics) > 1:
+            half = len(diagnostics) // 2
+            return _Rows((), diagnostics[:half]), _Rows((), diagnostics[half:], updates)
+        if diagnostics and updates:
+            return _Rows((), diagnostics), _Rows((), (), updates)
+        fields = [(run_id, name, value) for run_id, changes in updates.items()
+                  for name, value in changes.items()]
+        if len(fields) > 1:
+            half = len(fields) // 2
+            return _Rows(updates=_updates(fields[:half])), _Rows(updates=_updates(fields[half:]))
+        return None
+
+    def refusal(self, reason: str) -> DiagnosticRow:
+        """The ``store_refused`` diagnostic that stands for this single refused row."""
+        now = time.time()
+        if self.events:
+            run_id, seq, _, type_, node_id, data = self.events[0]
+            message = (f"the database refused event seq {seq} ({type_}, node {node_id!r}): "
+                       f"{reason}; the event is kept in the run's spool only")
+            return DiagnosticRow(run_id, now, "store_refused", message, data)
+        if self.diagnostics:
+            refused = self.diagnostics[0]
+            return DiagnosticRow(refused.run_id, now, "store_refused",
+                                 f"the database refused a {refused.kind!r} diagnostic: {reason}")
+        (run_id, changes), = self.updates.items()
+        (name, value), = changes.items()
+        return DiagnosticRow(run_id, now, "store_refused",
+                             f"the database refused the run's {name!r}: {reason}; it was not "
+                             "stored", repr(value))
+
+
+def _updates(fields: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
+    updates: dict[str, dict[str, Any]] = {}
+    for run_id, name, value in fields:
+        updates.setdefault(run_id, {})[name] = value
+    return updates
 
 
 class StoreWriter:
@@ -60,6 +137,7 @@ class StoreWriter:
         max_batch_rows: int = 10_000,
         max_pending_items: int = 4,
         retry_max_delay: float = 5.0,
+        on_outage_end: Callable[[float, str], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -68,6 +146,10 @@ class StoreWriter:
         self._send: MemoryObjectSendStream[WriteItem]
         self._recv: MemoryObjectReceiveStream[WriteItem]
         self._send, self._recv = anyio.create_memory_object_stream[WriteItem](max_pending_items)
+        self.rows_written = 0
+        self.batches = 0
+        #: Rows the database refused for their content (each recorded as a diagnostic).
+        self.rows_refused = 0
 
     async def put(self, item: WriteItem) -> None:
         """Queue ``item``; waits while the writer is behind (back-pressure)."""
@@ -106,43 +188,102 @@ class StoreWriter:
         diagnostics: list[DiagnosticRow] = []
         updates: dict[str, dict[str, Any]] = {}
         for item in batch:
+            # The stored form, so that what is published below is what readers find later.
+            item.events = storable_events(item.events)
             events.extend(item.events)
             diagnostics.extend(item.diagnostics)
             for run_id, fields in item.run_updates.items():
                 updates.setdefault(run_id, {}).update(fields)
-        delay = 0.05
-        outage_started: float | None = None
-        last_error = ""
-        while True:
-            try:
-                await anyio.to_thread.run_sync(
-                    lambda: self.store.write_batch(events=events, diagnostics=diagnostics,
-                                                   run_updates=updates))
-                break
-            except (DBAPIError, StoreUnavailable) as exc:
-                # Events are also in each run's spool; holding the batch back-pressures the runs.
-                if outage_started is None:
-                    outage_started = time.time()
-                    log.warning("store write failed, retrying (events are safe in the spools): %s",
-                                str(exc).splitlines()[0])
-                last_error = str(exc).splitlines()[0][:200]
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_delay)
-        if outage_started is not None:
-            seconds = time.time() - outage_started
-            log.warning("store is back after %.1f s", seconds)
-            runs: set[str | None] = set()
-            runs.update(row[0] for row in events)
-            runs.update(updates)
-            runs.update(d.run_id for d in diagnostics)
-            runs = runs or {None}
-            await anyio.to_thread.run_sync(lambda: self.store.write_batch(diagnostics=[
-                DiagnosticRow(run_id, time.time(), "store_outage",
-                              f"store unavailable for {seconds:.1f} s; writes retried: {last_error}")
-                for run_id in runs]))
+        rows = _Rows(events, diagnostics, updates)
+        outage = _Outage()
+        refused = await self._store(rows, outage)
+        if outage.started is not None:
+            await self._record_outage(rows, outage)
+        self.rows_written += len(rows.events) - len(refused)
+        self.batches += 1
         for item in batch:
             if item.run_id is not None:
                 # The rows as stored (data still JSON text): readers build what they need, once.
-                self.hub.publish(item.run_id, item.events)
+                stored: Sequence[EventRow] = item.events
+                if refused:
+                    stored = [row for row in stored if (row[0], row[1]) not in refused]
+                self.hub.publish(item.run_id, stored)
             if item.committed is not None:
                 item.committed.set()
+
+    async def _store(self, rows: _Rows, outage: _Outage) -> set[tuple[str, int]]:
+        """Write ``rows``, splitting around refused ones; return the keys of refused events."""
+        refused: set[tuple[str, int]] = set()
+        pending = [rows]  # a stack, so pieces are written in order
+        while pending:
+            piece = pending.pop()
+            try:
+                await self._write_retrying(piece, outage)
+                continue
+            except _REFUSED as exc:
+                reason = exc.reason if isinstance(exc, StoreRefused) else str(exc)
+            halves = piece.split()
+            if halves is not None:
+                pending.extend(reversed(halves))
+                continue
+            self.rows_refused += 1
+            refused.update((row[0], row[1]) for row in piece.events)
+            await self._record_refusal(piece, reason, outage)
+        return refused
+
+    async def _record_refusal(self, piece: _Rows, reason: str, outage: _Outage) -> None:
+        diagnostic = piece.refusal(reason)
+        log.warning("run %s: %s", diagnostic.run_id, diagnostic.reason)
+        for attempt in (diagnostic, replace(diagnostic, excerpt="")):
+            try:
+                await self._write_retrying(_Rows(diagnostics=[attempt]), outage)
+                return
+            except _REFUSED:
+                continue  # the excerpt may be what the database refuses: once more without it
+        log.error("run %s: the database refused even the diagnostic of a refused row: %s",
+                  diagnostic.run_id, diagnostic.reason)
+
+    async def _write_retrying(self, rows: _Rows, outage: _Outage) -> None:
+        """Write ``rows`` in one transaction, again and again while the store is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                await anyio.to_thread.run_sync(lambda: self.store.write_batch(
+                    events=rows.events, diagnostics=rows.diagnostics, run_updates=rows.updates))
+                return
+            except _REFUSED:
+                raise
+            except _OUTAGE as exc:
+                # Events are also in each run's spool; holding the batch back-pressures the runs.
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+                if outage.started is None:
+                    outage.started = time.time()
+                    log.warning("store write failed, retrying (events are safe in the spools): %s",
+                                first_line)
+                outage.last_error = first_line[:200]
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+
+    async def _record_outage(self, rows: _Rows, outage: _Outage) -> None:
+        assert outage.started is not None
+        seconds = time.time() - outage.started
+        log.warning("store is back after %.1f s", seconds)
+        runs: set[str | None] = set()
+        runs.update(row[0] for row in rows.events)
+        runs.update(rows.updates)
+        runs.update(d.run_id for d in rows.diagnostics)
+        diagnostics = [DiagnosticRow(run_id, time.time(), "store_outage",
+                                     f"store unavailable for {seconds:.1f} s; writes retried: "
+                                     f"{outage.last_error}") for run_id in (runs or {None})]
+        try:
+            await self._write_retrying(_Rows(diagnostics=diagnostics), _Outage())
+        except _REFUSED as exc:
+            log.error("the database refused the store_outage diagnostic: %s", exc)
+
+
+@dataclass(slots=True)
+class _Outage:
+    """When the store first failed during one batch, and its last error."""
+
+    started: float | None = None
+    last_error: str = ""

@@ -17,6 +17,7 @@ lock that serializes migrations. Everything else in :mod:`isolane.tracking` is p
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy import Connection, Engine, Table, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.dml import Insert
 
 from isolane.errors import ConfigError, StoreUnavailable
@@ -120,11 +122,16 @@ def _sqlite_prepare(engine: Engine) -> None:
 
 
 def _sqlite_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
-    # The driver cursor directly: no per-row work in SQLAlchemy on the hot path.
+    # The driver cursor directly: no per-row work in SQLAlchemy on the hot path. Its errors are
+    # wrapped as SQLAlchemy would (the store tells an outage from a refused row by those types).
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.executemany(_SQLITE_INSERT_EVENTS, events)
         return int(cursor.rowcount)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(_SQLITE_INSERT_EVENTS, None, exc, sqlite3.Error) from exc
+    except (OverflowError, TypeError, ValueError) as exc:  # a value sqlite3 cannot bind
+        raise StatementError(str(exc), _SQLITE_INSERT_EVENTS, None, exc) from exc
     finally:
         cursor.close()
 

@@ -12,7 +12,10 @@
 Threading: one writer thread plus any number of reader threads may share a :class:`Store`; each
 call checks a connection out of the engine's pool for its own duration. Times are float epoch
 seconds (UTC), like the wire ``ts``. Connection-level failures raise :class:`StoreUnavailable`
-(retry later; the events are safe in the run's spool), never a raw driver error.
+(retry later; the events are safe in the run's spool), never a raw driver error. Every text
+written (event data, node ids, run fields, diagnostics, JSON columns) is stored in the one form
+of :mod:`isolane.tracking.storable`: U+0000, which PostgreSQL refuses, becomes U+FFFD on every
+backend.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from isolane.tracking.rows import (
     RunRow,
     columns_of,
 )
+from isolane.tracking.storable import storable_text
 from isolane.tracking.urls import display_url
 from isolane.tracking.writes import (
     RUN_COLUMNS,
@@ -188,7 +192,7 @@ class Store:
         A prefix needs at least :data:`MIN_PREFIX` characters. Raises :class:`RunNotFound` when
         nothing matches and :class:`ConfigError` listing the candidates when several do.
         """
-        key = run_id_or_prefix.strip()
+        key = storable_text(run_id_or_prefix.strip())  # no stored id holds a NUL
         with self.transaction(write=False) as conn:
             found = conn.execute(select(*RUN_COLUMNS).where(RUNS_TABLE.c.id == key)).first()
             if found is not None:
@@ -235,7 +239,8 @@ class Store:
     ) -> int:
         """Store events, diagnostics and run changes in ONE transaction; return new event rows.
 
-        ``events`` are ``(run_id, seq, ts, type, node_id, data_json_text)``; a ``(run_id, seq)``
+        ``events`` are ``(run_id, seq, ts, type, node_id, data_json_text)``, stored in the form
+        :mod:`isolane.tracking.storable` gives every text (U+0000 becomes U+FFFD); a ``(run_id, seq)``
         already stored (or repeated in the batch) is skipped, so a batch can be written again
         harmlessly. Events new to the database are projected (see
         :mod:`isolane.tracking.projections`); each run's ``last_seq`` rises to the largest seq

@@ -5,6 +5,7 @@ the branching writes that put several tables in one transaction.
 ::
 
     write_in(conn, events, diagnostics, run_updates)
+        text in its stored form (isolane.tracking.storable: U+0000 becomes U+FFFD)
         runs (lock + last_seq) → events (executemany, duplicates ignored)
         → projections (dag, phase, llm_calls, files) → diagnostics → run updates
 """
@@ -32,6 +33,7 @@ from isolane.tracking.projections import (
     to_project,
 )
 from isolane.tracking.rows import EXCERPT_LIMIT, DiagnosticRow, RunRow, columns_of
+from isolane.tracking.storable import storable_events, storable_fields
 
 __all__ = ["RUN_COLUMNS", "check_fields", "check_status", "insert_run", "update_run_in", "write_in"]
 
@@ -59,7 +61,8 @@ def insert_run(conn: Connection, backend: Backend, row: RunRow) -> None:
     if row.session_id is not None:
         conn.execute(backend.insert_ignore(SESSIONS_TABLE, ("id",)),
                      {"id": row.session_id, "name": None, "created_at": row.created_at, "meta": {}})
-    conn.execute(RUNS_TABLE.insert().values({c.name: getattr(row, c.name) for c in RUN_COLUMNS}))
+    conn.execute(RUNS_TABLE.insert().values(
+        storable_fields({c.name: getattr(row, c.name) for c in RUN_COLUMNS})))
 
 
 def write_in(
@@ -71,6 +74,7 @@ def write_in(
     run_updates: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> int:
     """The body of :meth:`Store.write_batch`, inside the caller's transaction."""
+    events = storable_events(events)
     top_seq = _top_seq_per_run(events)
     problems = [_diagnostic_params(d) for d in diagnostics]
     inserted = 0
@@ -114,7 +118,8 @@ def check_fields(fields: Mapping[str, Any]) -> None:
 
 def update_run_in(conn: Connection, run_id: str, fields: Mapping[str, Any]) -> None:
     """Set ``fields`` of run ``run_id`` inside the caller's transaction; :class:`RunNotFound`."""
-    if conn.execute(update(RUNS_TABLE).where(RUNS_TABLE.c.id == run_id).values(dict(fields))).rowcount == 0:
+    stmt = update(RUNS_TABLE).where(RUNS_TABLE.c.id == run_id).values(storable_fields(fields))
+    if conn.execute(stmt).rowcount == 0:
         raise RunNotFound(run_id)
 
 
@@ -140,4 +145,4 @@ def _diagnostic_params(diagnostic: DiagnosticRow | tuple[str | None, float, str,
         values = tuple(diagnostic)
     params = dict(zip(_DIAGNOSTIC_FIELDS, values, strict=True))
     params["excerpt"] = (params["excerpt"] or "")[:EXCERPT_LIMIT]
-    return params
+    return storable_fields(params)
