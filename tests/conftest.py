@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +59,26 @@ def pg_admin(pg_admin_url: URL) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@contextmanager
+def fresh_pg_schema(admin: sa.Engine, admin_url: URL) -> Iterator[str]:
+    """A URL whose ``search_path`` is a new, empty schema; the schema is dropped on exit."""
+    schema = f"isolane_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SET lock_timeout = '10s'")
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 @pytest.fixture
 def pg_schema_url(pg_admin: sa.Engine, pg_admin_url: URL) -> Iterator[str]:
     """A URL whose ``search_path`` is a fresh schema of this test only; dropped afterwards."""
-    schema = f"isolane_test_{uuid.uuid4().hex[:12]}"
-    with pg_admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = pg_admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with pg_admin.connect() as conn:
-        conn.exec_driver_sql("SET lock_timeout = '10s'")
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    with fresh_pg_schema(pg_admin, pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

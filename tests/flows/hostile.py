@@ -186,3 +186,62 @@ def swallows_limits(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
         except BaseException:  # noqa: BLE001, S110 - ignoring everything is this flow's point
             pass
     return "never stopped"
+
+
+# -- content the database may refuse (tests/test_hardening_store.py) -----------------------------
+
+
+def _raw_frames(ctx: RunContext, *payloads: bytes) -> None:
+    """Write ``payloads`` as frames straight into the event pipe, after what was emitted."""
+    fd = ctx._emitter._pipe_fd
+    assert fd is not None
+    ctx._emitter.flush()
+    for payload in payloads:
+        os.write(fd, _frame(payload))
+
+
+def _envelope(ctx: RunContext, seq: int, type_: str, data: bytes) -> bytes:
+    return (b'{"v":1,"run_id":"' + ctx.run_id.encode() + b'","seq":' + str(seq).encode()
+            + b',"ts":1.0,"type":"' + type_.encode() + b'","node_id":null,"data":' + data + b"}")
+
+
+def prints_nul(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Prints NUL characters on stdout and stderr."""
+    print("before\x00after", flush=True)
+    os.write(2, b"err\x00\n")
+    return "printed"
+
+
+def emits_nul(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Emits NUL in a value, in a key and in a node id, and returns a string holding one."""
+    with ctx.node("step\x00one", label="label\x00"):
+        ctx.emit("nul", text="a\x00b", **{"key\x00": ["\x00", "\\u0000 stays as written"]})
+    return "res\x00ult"
+
+
+def frames_raw_bytes(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Writes a frame of raw bytes holding NULs (its diagnostic's excerpt quotes them)."""
+    _raw_frames(ctx, b"\x00\x01raw\x00bytes\xff")
+    ctx.emit("after_raw_bytes")
+    return "survived"
+
+
+def frames_huge_seqs(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Writes events with seq 2**31 and 2**62, and its own ``run_completed`` after them."""
+    big = 2**62
+    _raw_frames(ctx, b"[" + b",".join([
+        _envelope(ctx, 2**31, "custom", b'{"name":"seq_2_31"}'),
+        _envelope(ctx, big, "custom", b'{"name":"seq_2_62"}'),
+        _envelope(ctx, big + 1, "run_completed", b'{"result":"huge seqs"}')]) + b"]")
+    return "not reported: the seqs above came first"
+
+
+def frames_unstorable(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Writes a number beyond PostgreSQL's numeric range and a result nested 300 deep (more than
+    any JSON column can be encoded with), then an ordinary event."""
+    deep = b"[" * 300 + b"]" * 300
+    _raw_frames(ctx, b"[" + b",".join([
+        _envelope(ctx, 1000, "custom", b'{"name":"huge_number","n":1e1000000}'),
+        _envelope(ctx, 1001, "custom", b'{"name":"after_huge_number"}'),
+        _envelope(ctx, 1002, "run_completed", b'{"result":' + deep + b"}")]) + b"]")
+    return "not reported: the run_completed above came first"
