@@ -14,6 +14,8 @@ it too), dropped at teardown. An unreachable server skips the postgres tests, or
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from sqlalchemy.engine import URL
 from isolane.tracking import Store
 from isolane.tracking.urls import display_url, normalize_url
 from tests.helpers import import_ray
+from tests.pgcluster import PgCluster, PgClusterUnavailable
 
 PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_URL_ENV = "ISOLANE_TEST_PG_URL"
@@ -79,6 +82,30 @@ def pg_schema_url(pg_admin: sa.Engine, pg_admin_url: URL) -> Iterator[str]:
     """A URL whose ``search_path`` is a fresh schema of this test only; dropped afterwards."""
     with fresh_pg_schema(pg_admin, pg_admin_url) as url:
         yield url
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL server, started, that the test may stop and start again (see
+    :mod:`tests.pgcluster`); never the machine's own. Skipped with the reason when it cannot be
+    made here (a failure when ``ISOLANE_REQUIRE_POSTGRES=1``); always stopped at teardown."""
+    parent = Path(tempfile.mkdtemp(prefix="isolane-pg-"))
+    parent.chmod(0o755)  # the server may run as another user (`postgres`, when we are root)
+    cluster: PgCluster | None = None
+    try:
+        try:
+            cluster = PgCluster.create(parent / "cluster")
+            cluster.start()
+        except PgClusterUnavailable as exc:
+            message = f"no private PostgreSQL cluster: {exc}"
+            if os.environ.get(REQUIRE_PG_ENV) == "1":
+                pytest.fail(message)
+            pytest.skip(message)
+        yield cluster
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

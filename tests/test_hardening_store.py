@@ -21,6 +21,7 @@ import anyio
 import orjson
 import psutil
 import pytest
+import sqlalchemy as sa
 
 from isolane import Executor, RunSpec
 from isolane.errors import RunNotFound
@@ -31,6 +32,7 @@ from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.storable import NUL_REPLACEMENT, storable_json
 from tests.conftest import fresh_pg_schema
 from tests.neighbours import NEIGHBOUR_EVENTS
+from tests.pgcluster import PgCluster
 
 pytestmark = pytest.mark.anyio
 
@@ -325,3 +327,44 @@ async def test_a_refused_row_is_isolated_and_the_rest_of_its_batch_stored(store:
     assert writer.rows_refused == 4 and writer.rows_written == 250
     published = [e.seq for e in subscription.take()]
     assert published == list(range(1, 201))
+
+
+# -- a store write that really fails -------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_write_that_really_fails_is_retried_until_the_store_is_back(
+        pg_cluster: PgCluster, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A private PostgreSQL stopped mid-run: the writes really fail and are retried until it is
+    back; the run completes, a store_outage diagnostic says how long it lasted, and every event
+    is stored exactly once."""
+    n = 2000
+    async with Executor(home=home, db_url=pg_cluster.url) as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows:gated", config={"n": n}))
+        async for event in run.events():
+            if event.type == "custom" and event.data["i"] == n - 1:
+                break  # the first half is stored; the run waits for its gate
+        gate = Path(ex.store.get_run(run.run_id).work_dir) / "go"
+        await anyio.to_thread.run_sync(pg_cluster.stop)
+        try:
+            with pytest.raises(sa.exc.OperationalError):  # the server is really gone
+                sa.create_engine(pg_cluster.url, poolclass=sa.pool.NullPool).connect()
+            gate.touch()  # the second half of the run's events, with no store to take them
+            with anyio.fail_after(30):
+                while not any("store write failed" in r.getMessage() for r in caplog.records):
+                    await anyio.sleep(0.05)
+            assert not run.done, "the run cannot end before its events are stored"
+        finally:
+            # Back in any case: an executor cannot shut down while its writes wait for a store.
+            await anyio.to_thread.run_sync(pg_cluster.start)
+        with anyio.fail_after(60):
+            outcome = await run.wait()
+        assert outcome.status == "completed", outcome
+        assert ex.store.count_events(run.run_id, types=["custom"]) == 2 * n
+        count, low, high = ex.store.seq_stats(run.run_id)
+        assert (low, count) == (1, high), "a gap or a duplicate in the log"
+        assert high is not None
+        [last] = ex.store.events(run.run_id, after_seq=high - 1)
+        assert last.type == "run_completed"  # and nothing after it was lost
+        outages = [d for d in ex.store.diagnostics(run.run_id) if d.kind == "store_outage"]
+        assert outages and all("store unavailable for" in d.reason for d in outages), outages
