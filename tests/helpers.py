@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -13,7 +20,10 @@ import pytest
 
 from isolane import Executor
 
-__all__ = ["RAY_OPTIONS", "REQUIRE_RAY_ENV", "RssPeak", "alive", "executor_on", "import_ray"]
+__all__ = ["RAY_OPTIONS", "REQUIRE_RAY_ENV", "RssPeak", "alive", "executor_on", "import_ray",
+           "serve_process"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REQUIRE_RAY_ENV: Final = "ISOLANE_REQUIRE_RAY"
 #: Light relays for the contract tests: many fit on the 2-CPU session cluster, and their
@@ -78,3 +88,42 @@ class RssPeak:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
+
+
+@contextlib.contextmanager
+def serve_process(home: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``isolane serve --port 0`` as a real parent process; yields it and its URL, and stops it
+    (SIGTERM, then SIGKILL) at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isolane.cli", "serve", "--port", "0", "--home", str(home)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env={k: v for k, v in os.environ.items() if k != "ISOLANE_TOKEN"})
+    url: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write("[serve] " + line)
+            match = re.search(r"http://127\.0\.0\.1:\d+", line)
+            if match and not url:
+                url.append(match.group(0))
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60) and url, "isolane serve did not report its URL"
+        yield proc, url[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        reader.join(10)
+        assert proc.stderr is not None
+        proc.stderr.close()

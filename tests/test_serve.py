@@ -5,11 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -33,7 +29,7 @@ from isolane.tracking.branching import racing_group
 from isolane.tracking.store import Store
 from isolane.workflow import registered_workflows
 from tests.cdp import Chromium, find_chromium
-from tests.helpers import alive
+from tests.helpers import alive, serve_process
 
 with warnings.catch_warnings():
     # Importing AG2 (through the workflow registry) can warn about optional third-party extras
@@ -468,48 +464,10 @@ def test_origin_host_and_workflow_allow_lists(tmp_path: Path) -> None:
 # -- a parent restarted while a question is pending -------------------------------------------------
 
 
-@contextlib.contextmanager
-def _serve_process(home: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``isolane serve --port 0`` as a real parent process; yields it and its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "isolane.cli", "serve", "--port", "0", "--home", str(home)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, env={k: v for k, v in os.environ.items() if k != "ISOLANE_TOKEN"})
-    url: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write("[serve] " + line)
-            match = re.search(r"http://127\.0\.0\.1:\d+", line)
-            if match and not url:
-                url.append(match.group(0))
-                ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(60) and url, "isolane serve did not report its URL"
-        yield proc, url[0]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        reader.join(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
 def test_parent_restarted_while_a_question_is_pending_re_asks_it(tmp_path: Path) -> None:
     """The parent dies with a question pending; a new parent still lists it, resumes, re-asks; the run completes."""
     home = tmp_path / "home"
-    with _serve_process(home) as (first, url):
+    with serve_process(home) as (first, url):
         client = _closing(httpx.Client(base_url=url, timeout=30))
         run_id = _submit(client, "tests.flows.human:asks")
         with connect(_ws_url(url, run_id)) as ws:
@@ -521,7 +479,7 @@ def test_parent_restarted_while_a_question_is_pending_re_asks_it(tmp_path: Path)
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(worker_pid).wait(30)
 
-    with _serve_process(home) as (_second, url):
+    with serve_process(home) as (_second, url):
         client = _closing(httpx.Client(base_url=url, timeout=30))
         shown = client.get(f"/api/runs/{run_id}").json()
         assert [p["request_id"] for p in shown["pending_requests"]] == [asked["data"]["request_id"]]

@@ -31,8 +31,9 @@ from isolane import settings
 from isolane.errors import ConfigError, IsolaneError
 from isolane.executor.executor import Executor
 from isolane.serve.auth import LOOPBACK_HOSTS, Guard, GuardPolicy
+from isolane.serve.http import query_int
 from isolane.serve.routes import api_routes, resolve_handle
-from isolane.serve.ws import DEFAULT_QUEUE_SIZE, stream_run
+from isolane.serve.ws import DEFAULT_QUEUE_SIZE, close_reason, stream_run
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -75,16 +76,17 @@ def create_app(
     async def run_socket(websocket: WebSocket) -> None:
         # Accepted first, so that a refusal reaches the client as a close code and reason.
         await websocket.accept()
-        raw_since = websocket.query_params.get("since", "0")
-        if not raw_since.isdigit():
-            await websocket.close(_WS_BAD_REQUEST, reason="since must be a seq >= 0")
+        try:
+            since = query_int(websocket.query_params.get("since"), "since", 0)
+        except ConfigError as exc:
+            await websocket.close(_WS_BAD_REQUEST, reason=close_reason(str(exc)))
             return
         try:
             handle = await resolve_handle(executor, websocket.path_params["run_id"])
         except IsolaneError as exc:
-            await websocket.close(_WS_NOT_FOUND, reason=str(exc)[:120])
+            await websocket.close(_WS_NOT_FOUND, reason=close_reason(str(exc)))
             return
-        await stream_run(websocket, executor, handle, int(raw_since), queue_size=client_queue)
+        await stream_run(websocket, executor, handle, since, queue_size=client_queue)
 
     app = Starlette(
         routes=[

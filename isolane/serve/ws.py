@@ -41,7 +41,7 @@ from isolane.executor.executor import Executor, RunHandle
 from isolane.executor.hub import READ_PAGE, Batch
 from isolane.schemas.payloads import EVENT_TYPES
 
-__all__ = ["CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "stream_run"]
+__all__ = ["CONTROL_FRAMES", "DEFAULT_QUEUE_SIZE", "close_reason", "stream_run"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ assert not CONTROL_FRAMES & EVENT_TYPES
 _MAX_CLIENT_MESSAGE: Final = 512 * 1024
 #: Messages sent in one frame at most (what is queued when the socket is writable goes together).
 _MAX_BATCH: Final = 256
+#: Close code when the server cannot go on (RFC 6455 "internal error").
+_SERVER_ERROR: Final = 1011
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame may carry (123 bytes of UTF-8)."""
+    return text.encode()[:123].decode(errors="ignore")
 
 
 def _control(**fields: Any) -> str:
@@ -70,6 +77,9 @@ class _Outbox:
         self._items: deque[list[str]] = deque()
         self._used = 0
         self._closed = False
+        #: The close frame the writer ends the socket with.
+        self.close_code = 1000
+        self.close_reason = ""
         self._filled = anyio.Event()
         self._freed: anyio.Event | None = None
 
@@ -103,8 +113,11 @@ class _Outbox:
             self._freed = anyio.Event()
         await self._freed.wait()
 
-    def close(self) -> None:
-        """No more messages; the writer sends what is queued, then ends."""
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """No more messages; the writer sends what is queued, then closes the socket with
+        ``code`` and ``reason`` (the first close decides)."""
+        if not self._closed:
+            self.close_code, self.close_reason = code, reason
         self._closed = True
         self._filled.set()
         if self._freed is not None:
@@ -140,7 +153,13 @@ async def stream_run(websocket: WebSocket, executor: Executor, handle: RunHandle
         async with anyio.create_task_group() as tg:
             tg.start_soon(_write, websocket, outbox, tg.cancel_scope)
             tg.start_soon(_read, websocket, executor, handle, outbox, tg.cancel_scope)
-            last = await _produce(executor, handle, since, outbox)
+            try:
+                last = await _produce(executor, handle, since, outbox)
+            except IsolaneError as exc:
+                # The store failed while serving: a proper close frame that says so, not a drop.
+                log.warning("websocket of run %s: %s", handle.run_id, exc)
+                outbox.close(_SERVER_ERROR, close_reason(f"cannot read the run's events: {exc}"))
+                return
             outcome = await handle.wait()
             await outbox.put(_control(type="end", status=outcome.status, last_seq=last))
             outbox.close()  # the writer sends what is queued, then closes the socket
@@ -193,7 +212,7 @@ async def _write(websocket: WebSocket, outbox: _Outbox, scope: anyio.CancelScope
     try:
         while (messages := await outbox.take(_MAX_BATCH)) is not None:
             await websocket.send_text("\n".join(messages))
-        await websocket.close(1000)
+        await websocket.close(outbox.close_code, outbox.close_reason)
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the client left
     scope.cancel()
