@@ -317,7 +317,7 @@ def test_blob_store_deduplicates_verifies_and_never_leaves_temporaries(tmp_path:
     sha = blobs.put_bytes(b"hello")
     assert blobs.put_bytes(b"hello") == sha == hashlib.sha256(b"hello").hexdigest()
     assert blobs.read(sha) == b"hello" and blobs.has(sha)
-    assert stat.S_IMODE(blobs.path_of(sha).stat().st_mode) == 0o444
+    assert stat.S_IMODE(blobs.path_of(sha).stat().st_mode) == 0o400  # no source: owner only
     source = tmp_path / "big"
     source.write_bytes(b"y" * 100)
     fd = os.open(source, os.O_RDONLY)

@@ -13,6 +13,13 @@ A blob is the exact bytes of one file version, named by their SHA-256 in lowerca
 two characters are a directory, the other 62 the file name. Writes are atomic (a temporary file
 in the same directory, then :func:`os.replace`), so a reader never sees half a blob.
 
+Permissions: a blob is never wider than any file it was stored from. It keeps the read bits of
+its source (a 0600 file becomes a 0400 blob, a 0644 one 0444), is always readable by its owner,
+never writable or executable; when the same bytes are stored again from a file with narrower
+permissions, the blob is narrowed to what both allow. Blob directories (the root and each
+two-character prefix) are ``0700``: only their owner may list or enter them, and an older,
+wider one is narrowed when the store writes into it.
+
 The directory is shared by every run and written by workers, which run code an LLM wrote: a blob
 may have been planted with the wrong content, or replaced by a link. Readers therefore open blobs
 without following links and verify the hash of what they read; a mismatch raises
@@ -54,6 +61,15 @@ CHUNK_BYTES: Final = 1024 * 1024
 
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 _TMP_PREFIX: Final = ".tmp-"
+#: Permission bits of blob directories: their owner only.
+_DIR_MODE: Final = 0o700
+#: Permission bits of a blob stored from bytes with no source file (shipped from a node).
+_BYTES_MODE: Final = 0o400
+
+
+def _blob_mode(source_mode: int) -> int:
+    """A blob's permission bits for a source file's: its read bits, always the owner's."""
+    return (source_mode & 0o444) | 0o400
 
 
 def check_digest(sha256: str) -> str:
@@ -112,20 +128,24 @@ class BlobStore:
 
     # -- writing (worker side) ----------------------------------------------------------------
 
-    def put_bytes(self, data: bytes) -> str:
-        """Store ``data``; return its digest (nothing is written if the blob exists)."""
+    def put_bytes(self, data: bytes, *, mode: int = _BYTES_MODE) -> str:
+        """Store ``data``; return its digest (an existing blob is only narrowed to ``mode``'s
+        read bits). ``mode``: the permission bits of the file the bytes came from, if known."""
         sha256 = hashlib.sha256(data).hexdigest()
-        if not self._present(sha256, len(data)):
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, name = _mkstemp(self.root)
-            tmp = Path(name)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                self._commit(tmp, sha256)
-            except BaseException:
-                _unlink(tmp)
-                raise
+        blob_mode = _blob_mode(mode)
+        if self._present(sha256, len(data)):
+            self._narrow(sha256, blob_mode)
+            return sha256
+        _private_dir(self.root)
+        fd, name = _mkstemp(self.root)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            self._commit(tmp, sha256, blob_mode)
+        except BaseException:
+            _unlink(tmp)
+            raise
         return sha256
 
     def ingest(self, fd: int, *, max_bytes: int | None = DEFAULT_MAX_BLOB_BYTES) -> Ingested:
@@ -133,11 +153,13 @@ class BlobStore:
 
         One read pass: the bytes hashed are exactly the bytes stored, even if the file changes
         meanwhile. Once more than ``max_bytes`` (``None``: no limit) have been read the copy is
-        abandoned and hashing continues (``stored=False``). The caller keeps ownership of ``fd``.
+        abandoned and hashing continues (``stored=False``). The blob's permissions follow the
+        file's (see the module docstring). The caller keeps ownership of ``fd``.
         """
         digest = hashlib.sha256()
         size = 0
-        self.root.mkdir(parents=True, exist_ok=True)
+        blob_mode = _blob_mode(os.fstat(fd).st_mode)
+        _private_dir(self.root)
         out: int | None
         out, tmp_name = _mkstemp(self.root)
         tmp: Path | None = Path(tmp_name)
@@ -163,8 +185,9 @@ class BlobStore:
             out = None
             if self._present(sha256, size):
                 _unlink(tmp)
+                self._narrow(sha256, blob_mode)
             else:
-                self._commit(tmp, sha256)
+                self._commit(tmp, sha256, blob_mode)
             tmp = None
             return Ingested(sha256, size, stored=True)
         finally:
@@ -182,12 +205,29 @@ class BlobStore:
             return False
         return stat.S_ISREG(info.st_mode) and info.st_size == size
 
-    def _commit(self, tmp: Path, sha256: str) -> None:
-        """Move a finished temporary file into place, read-only, atomically."""
+    def _commit(self, tmp: Path, sha256: str, mode: int) -> None:
+        """Move a finished temporary file into place, read-only (``mode``), atomically."""
         target = self.path_of(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp, 0o444)
+        _private_dir(target.parent)
+        os.chmod(tmp, mode)  # mkstemp made it 0600: never wider than mode on the way
         os.replace(tmp, target)  # same filesystem: tmp lives in root
+
+    def _narrow(self, sha256: str, mode: int) -> None:
+        """Take from an existing blob every permission bit ``mode`` lacks (the same bytes came
+        from a file with narrower permissions)."""
+        try:  # by descriptor, without following a link planted in its place
+            fd = os.open(self.path_of(sha256), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            log.warning("cannot narrow the permissions of blob %s: %s", sha256[:12], exc)
+            return
+        try:
+            current = stat.S_IMODE(os.fstat(fd).st_mode)
+            if current & ~mode:
+                os.fchmod(fd, current & mode)
+        except OSError as exc:  # another user's blob in a shared directory
+            log.warning("cannot narrow the permissions of blob %s: %s", sha256[:12], exc)
+        finally:
+            os.close(fd)
 
     # -- reading (parent side) ----------------------------------------------------------------
 
@@ -265,6 +305,20 @@ class BlobStore:
                 "directory): delete it and re-run the run that produced the file",
                 sha256=sha256, reason="corrupt")
         return size
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) a directory only its owner may list or enter; narrow
+    an existing one that is wider (made by an older isolane), when it is ours."""
+    try:
+        path.mkdir(mode=_DIR_MODE, parents=True)
+        return
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) & ~_DIR_MODE \
+            and info.st_uid == os.geteuid():
+        os.chmod(path, stat.S_IMODE(info.st_mode) & _DIR_MODE)
 
 
 def _mkstemp(root: Path) -> tuple[int, str]:

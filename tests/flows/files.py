@@ -127,3 +127,38 @@ def agent_code(ctx: RunContext, task: str, config: dict[str, Any]) -> None:
         ctx.emit("after_code")
     with ctx.node("plain"):
         (ctx.work_dir / "plain.txt").write_text("no agent here")
+
+
+def permissions(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Files of three permission sets; the same bytes again under a narrower file at step 2."""
+    work = ctx.work_dir
+
+    def write(name: str, data: bytes, mode: int) -> None:
+        path = work / name
+        path.write_bytes(data)
+        path.chmod(mode)
+
+    def one() -> None:
+        write("public.txt", b"anyone may read this\n", 0o644)
+        write("group.txt", b"the group may read this\n", 0o640)
+        write("secret.txt", b"only its owner may read this\n", 0o600)
+        write("script.sh", b"#!/bin/sh\necho hi\n", 0o755)
+        write("shared-wide.txt", b"the same bytes, first wide\n", 0o644)
+
+    def two() -> None:
+        write("shared-narrow.txt", b"the same bytes, first wide\n", 0o600)
+
+    ctx.step("step_1", one)
+    ctx.step("step_2", two)
+    return "written"
+
+
+def hard_links(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
+    """Hard-links a file from outside the work dir (``config["outside"]``) into it, and writes
+    ``notes.txt``."""
+    def one() -> None:
+        os.link(config["outside"], ctx.work_dir / "linked.txt")
+        (ctx.work_dir / "notes.txt").write_text("from the run\n")
+
+    ctx.step("step_1", one)
+    return "linked"
