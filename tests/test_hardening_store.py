@@ -178,13 +178,17 @@ def _framed_unstorable(ev: Evidence) -> None:
     assert any("'result'" in d.reason and "cannot be encoded" in d.reason for d in refused), refused
     assert [e.data["name"] for e in ev.stored(after=1000, types=["custom"])] == ["after_huge_number"]
     assert [e.seq for e in ev.stored(after=1000, types=["run_completed"])] == [1002]
+    long_nodes = [n for n in ev.store.dag(ev.run_id)[0] if n.label == "long"]
     if ev.dialect == "postgresql":
-        # Beyond jsonb's numeric range: the event is refused alone, the rest of its batch kept.
+        # Beyond jsonb's numeric range, too long for a B-tree index: each event is refused
+        # alone, the rest of its batch kept.
         [number] = [d for d in refused if "seq 1000" in d.reason]
         assert "numeric" in number.reason and "1e1000000" in number.excerpt
+        [node] = [d for d in refused if "seq 999" in d.reason]
+        assert "index row" in node.reason and not long_nodes
         assert ev.store.count_events(ev.run_id, types=["custom"]) == 1
-    else:
-        assert ev.store.count_events(ev.run_id, types=["custom"]) == 2  # SQLite keeps JSON as text
+    else:  # SQLite keeps JSON as text and has no index size limit
+        assert ev.store.count_events(ev.run_id, types=["custom"]) == 2 and len(long_nodes) == 1
 
 
 BAD_INPUTS = [
@@ -192,7 +196,7 @@ BAD_INPUTS = [
     pytest.param("emits_nul", _emitted_nul, id="emits-NUL-in-data-key-node-result"),
     pytest.param("frames_raw_bytes", _framed_raw_bytes, id="frame-of-raw-bytes"),
     pytest.param("frames_huge_seqs", _framed_huge_seqs, id="seq-2^31-and-2^62"),
-    pytest.param("frames_unstorable", _framed_unstorable, id="refused-number-and-result"),
+    pytest.param("frames_unstorable", _framed_unstorable, id="refused-node-number-and-result"),
 ]
 
 

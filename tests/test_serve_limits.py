@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 from isolane.serve import BackgroundServer
 from isolane.serve.http import MAX_BODY, MAX_JSON_DEPTH
 from tests.helpers import serve_process
+from tests.pgcluster import PgCluster
 
 _MIB = 1024 * 1024
 #: What the hostile client offers to send.
@@ -195,3 +196,32 @@ def test_a_config_at_the_depth_limit_is_accepted(client: httpx.Client) -> None:
     assert response.status_code == 201, response.text[:300]
     shown = client.get(f"/api/runs/{response.json()['run_id']}").json()
     assert shown["run"]["config"] == config
+
+
+@pytest.mark.postgres
+def test_a_store_that_is_down_is_a_503_and_a_close_frame(pg_cluster: PgCluster,
+                                                          tmp_path: Path) -> None:
+    """With its database stopped, the service answers REST with 503 saying what to check, and a
+    WebSocket with a close frame 1011 and the reason, never a 500 or a dropped connection."""
+    with BackgroundServer(executor_options={"home": tmp_path / "home",
+                                            "db_url": pg_cluster.url}) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as http:
+        submitted = http.post("/api/runs", json={"workflow": "tests.flows:ok"})
+        assert submitted.status_code == 201, submitted.text
+        run = submitted.json()["run_id"]
+        with connect(f"{srv.url.replace('http://', 'ws://')}/ws/runs/{run}") as ws:
+            while "end" not in str(ws.recv(timeout=60)):
+                pass
+        pg_cluster.stop()
+        try:
+            shown = http.get(f"/api/runs/{run}")
+            assert shown.status_code == 503, shown.text
+            assert "check that it is running" in shown.json()["error"]
+            with connect(f"{srv.url.replace('http://', 'ws://')}/ws/runs/{run}") as ws, \
+                    pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd is not None, "no close frame: the connection was dropped"
+            assert closed.value.rcvd.code == 1011
+            assert "cannot read the database" in closed.value.rcvd.reason
+        finally:
+            pg_cluster.start()

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from isolane import settings
-from isolane.errors import ConfigError, IsolaneError
+from isolane.errors import ConfigError, IsolaneError, RunNotFound
 from isolane.executor.executor import Executor
 from isolane.serve.auth import LOOPBACK_HOSTS, Guard, GuardPolicy
 from isolane.serve.http import query_int
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 _WS_NOT_FOUND: Final = 4404
 _WS_BAD_REQUEST: Final = 4400
+_WS_SERVER_ERROR: Final = 1011
 
 
 def create_app(
@@ -83,8 +84,11 @@ def create_app(
             return
         try:
             handle = await resolve_handle(executor, websocket.path_params["run_id"])
-        except IsolaneError as exc:
+        except RunNotFound as exc:
             await websocket.close(_WS_NOT_FOUND, reason=close_reason(str(exc)))
+            return
+        except IsolaneError as exc:  # the store cannot be read: the server's trouble
+            await websocket.close(_WS_SERVER_ERROR, reason=close_reason(str(exc)))
             return
         await stream_run(websocket, executor, handle, since, queue_size=client_queue)
 

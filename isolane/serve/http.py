@@ -2,7 +2,7 @@
 
 Errors are JSON ``{"error": message, "type": name}`` with the status of the error's kind: 400
 bad input, 404 unknown run, 409 wrong state for the operation, 413 a body over
-:data:`MAX_BODY` (:func:`error_response`).
+:data:`MAX_BODY`, 503 the store cannot be reached (:func:`error_response`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from isolane.errors import (
     IsolaneError,
     RunNotFound,
     RunStateError,
+    StoreUnavailable,
     WorkflowNotFound,
 )
 
@@ -53,6 +54,8 @@ def error_response(exc: Exception) -> JSONResponse:
     status = 500
     if isinstance(exc, _BodyTooLarge):
         status = 413
+    elif isinstance(exc, StoreUnavailable):
+        status = 503
     elif isinstance(exc, RunNotFound):
         status = 404
     elif isinstance(exc, RunStateError):

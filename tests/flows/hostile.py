@@ -200,9 +200,12 @@ def _raw_frames(ctx: RunContext, *payloads: bytes) -> None:
         os.write(fd, _frame(payload))
 
 
-def _envelope(ctx: RunContext, seq: int, type_: str, data: bytes) -> bytes:
+def _envelope(ctx: RunContext, seq: int, type_: str, data: bytes, node_id: str | None = None,
+              ) -> bytes:
+    node = b"null" if node_id is None else b'"' + node_id.encode() + b'"'
     return (b'{"v":1,"run_id":"' + ctx.run_id.encode() + b'","seq":' + str(seq).encode()
-            + b',"ts":1.0,"type":"' + type_.encode() + b'","node_id":null,"data":' + data + b"}")
+            + b',"ts":1.0,"type":"' + type_.encode() + b'","node_id":' + node + b',"data":' + data
+            + b"}")
 
 
 def prints_nul(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
@@ -237,10 +240,14 @@ def frames_huge_seqs(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
 
 
 def frames_unstorable(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
-    """Writes a number beyond PostgreSQL's numeric range and a result nested 300 deep (more than
-    any JSON column can be encoded with), then an ordinary event."""
+    """Writes a DAG node whose id is too long for PostgreSQL's index, a number beyond its numeric
+    range, an ordinary event and a result nested 300 deep (more than any JSON column can be
+    encoded with)."""
     deep = b"[" * 300 + b"]" * 300
     _raw_frames(ctx, b"[" + b",".join([
+        # random, so that PostgreSQL cannot compress the index entry below its limit
+        _envelope(ctx, 999, "dag_node_added", b'{"label":"long"}',
+                  node_id=random.Random(9).randbytes(10_000).hex()),
         _envelope(ctx, 1000, "custom", b'{"name":"huge_number","n":1e1000000}'),
         _envelope(ctx, 1001, "custom", b'{"name":"after_huge_number"}'),
         _envelope(ctx, 1002, "run_completed", b'{"result":' + deep + b"}")]) + b"]")
