@@ -372,3 +372,23 @@ async def test_a_write_that_really_fails_is_retried_until_the_store_is_back(
         assert last.type == "run_completed"  # and nothing after it was lost
         outages = [d for d in ex.store.diagnostics(run.run_id) if d.kind == "store_outage"]
         assert outages and all("store unavailable for" in d.reason for d in outages), outages
+
+
+async def test_a_run_whose_rows_are_all_refused_has_a_budget(store: Store) -> None:
+    """Rows of one run refused by the hundred are isolated one by one only up to a budget; the
+    rest go as a whole (one diagnostic with their seq range), and other runs' rows are stored."""
+    store.create_run(run_id="good", workflow="w", status="running")
+    writer = StoreWriter(store, Hub())
+    ghost = [("ghost", seq, 1.0, "custom", None, '{"name":"x"}') for seq in range(1, 1001)]
+    good = [("good", seq, 1.0, "custom", None, '{"name":"ok"}') for seq in range(1, 1001)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        await writer.put(WriteItem(run_id="good", events=good[:500]))
+        await writer.put(WriteItem(run_id="ghost", events=ghost))  # a run nobody created
+        await writer.put_and_wait(WriteItem(run_id="good", events=good[500:]))
+        await writer.close()
+    assert store.count_events("good") == 1000
+    refused = store.diagnostics("ghost")
+    assert 32 <= len(refused) < 100, len(refused)
+    assert any("more events of the run" in d.reason for d in refused)
+    assert writer.rows_refused == 1000

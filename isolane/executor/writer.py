@@ -21,10 +21,13 @@ A write that fails is one of two things, told apart by the store (see
   takes. The events are safe in the runs' spools and the full stream back-pressures the runs. A
   ``store_outage`` diagnostic records how long it lasted.
 * **a refusal** (:class:`StoreRefused`: the database will never take one of the rows, e.g. a value
-  out of range; or :class:`RunNotFound`): the batch is split in halves, and halves again, until
-  every row the database takes is stored and each refused row is alone. A refused row becomes a
-  ``store_refused`` diagnostic naming its run, what it was and the database's reason; the event
-  itself stays in the run's spool. A refused row never holds back the batch or another run.
+  out of range; or :class:`RunNotFound`): the batch is split, runs apart first, then in halves,
+  until every row the database takes is stored and each refused row is alone. A refused row
+  becomes a ``store_refused`` diagnostic naming its run, what it was and the database's reason;
+  the event itself stays in the run's spool. A refused row never holds back the batch or another
+  run. Isolating rows costs transactions, so a run gets a budget of rows isolated one by one per
+  write; past it, the rest of its failing events in that write are refused together (one
+  diagnostic with their seq range).
   (Text the database cannot hold, U+0000, never gets here: the store writes it as U+FFFD, see
   :mod:`isolane.tracking.storable`.)
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -57,6 +61,9 @@ log = logging.getLogger(__name__)
 _OUTAGE = (StoreUnavailable, DBAPIError)
 #: What makes a write split until the rows the database refuses are alone.
 _REFUSED = (StoreRefused, RunNotFound)
+#: Rows of one run isolated one by one in one write; past it, that run's failing pieces are
+#: refused whole.
+_REFUSAL_BUDGET = 32
 
 
 @dataclass(slots=True)
@@ -84,8 +91,12 @@ class _Rows:
         """Two smaller pieces, in write order; ``None`` for a single row."""
         events, diagnostics, updates = self.events, self.diagnostics, self.updates
         if len(events) > 1:
-            half = len(events) // 2
-            return _Rows(events[:half]), _Rows(events[half:], diagnostics, updates)
+            first_run = events[0][0]
+            if events[-1][0] != first_run:  # runs apart first: one run's rows cost others nothing
+                cut = next(i for i, row in enumerate(events) if row[0] != first_run)
+            else:
+                cut = len(events) // 2
+            return _Rows(events[:cut]), _Rows(events[cut:], diagnostics, updates)
         if events and (diagnostics or updates):
             return _Rows(events), _Rows((), diagnostics, updates)
         if len(diagnostics) > 1:
@@ -100,9 +111,24 @@ class _Rows:
             return _Rows(updates=_updates(fields[:half])), _Rows(updates=_updates(fields[half:]))
         return None
 
+    def one_run(self) -> str | None:
+        """The run whose events are all this piece holds, if that is all it holds."""
+        if self.diagnostics or self.updates or not self.events:
+            return None
+        run_id = self.events[0][0]
+        return run_id if self.events[-1][0] == run_id else None
+
     def refusal(self, reason: str) -> DiagnosticRow:
-        """The ``store_refused`` diagnostic that stands for this single refused row."""
+        """The ``store_refused`` diagnostic that stands for this refused piece: one row, or the
+        events of one run that used up its budget."""
         now = time.time()
+        if len(self.events) > 1:
+            run_id = self.events[0][0]
+            message = (f"the database refused {len(self.events)} more events of the run (seq "
+                       f"{self.events[0][1]} to {self.events[-1][1]}), refused as a whole after "
+                       f"{_REFUSAL_BUDGET} rows of it were refused one by one in one write: "
+                       f"{reason}; they are kept in the run's spool only")
+            return (run_id, now, "store_refused", message, "")
         if self.events:
             run_id, seq, _, type_, node_id, data = self.events[0]
             message = (f"the database refused event seq {seq} ({type_}, node {node_id!r}): "
@@ -214,6 +240,7 @@ class StoreWriter:
     async def _store(self, rows: _Rows, outage: _Outage) -> set[tuple[str, int]]:
         """Write ``rows``, splitting around refused ones; return the keys of refused events."""
         refused: set[tuple[str, int]] = set()
+        by_run: Counter[str | None] = Counter()  # rows refused one by one, per run
         pending = [rows]  # a stack, so pieces are written in order
         while pending:
             piece = pending.pop()
@@ -222,11 +249,17 @@ class StoreWriter:
                 continue
             except _REFUSED as exc:
                 reason = exc.reason if isinstance(exc, StoreRefused) else str(exc)
-            halves = piece.split()
+            run_id = piece.one_run()
+            # Isolating a row costs a few transactions per halving; a run whose rows are refused
+            # again and again (a hostile worker) gets a budget, then the rest of its failing
+            # pieces are refused whole, so it cannot keep the writer from other runs.
+            halves = None if by_run[run_id] >= _REFUSAL_BUDGET and run_id is not None \
+                else piece.split()
             if halves is not None:
                 pending.extend(reversed(halves))
                 continue
-            self.rows_refused += 1
+            by_run[run_id] += 1
+            self.rows_refused += max(len(piece.events), 1)
             refused.update((row[0], row[1]) for row in piece.events)
             await self._record_refusal(piece, reason, outage)
         return refused
