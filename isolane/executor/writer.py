@@ -128,7 +128,7 @@ class _Rows:
                        f"{self.events[0][1]} to {self.events[-1][1]}), refused as a whole after "
                        f"{_REFUSAL_BUDGET} rows of it were refused one by one in one write: "
                        f"{reason}; they are kept in the run's spool only")
-            return (run_id, now, "store_refused", message, "")
+            return DiagnosticRow(run_id, now, "store_refused", message)
         if self.events:
             run_id, seq, _, type_, node_id, data = self.events[0]
             message = (f"the database refused event seq {seq} ({type_}, node {node_id!r}): "
@@ -210,16 +210,21 @@ class StoreWriter:
                 await self._write(batch)
 
     async def _write(self, batch: list[WriteItem]) -> None:
-        events: list[EventRow] = []
+        merged: list[EventRow] = []
         diagnostics: list[DiagnosticRow] = []
         updates: dict[str, dict[str, Any]] = {}
         for item in batch:
-            # The stored form, so that what is published below is what readers find later.
-            item.events = storable_events(item.events)
-            events.extend(item.events)
+            merged.extend(item.events)
             diagnostics.extend(item.diagnostics)
             for run_id, fields in item.run_updates.items():
                 updates.setdefault(run_id, {}).update(fields)
+        # The stored form, searched once here: what is published below is what readers find
+        # later, and the store need not search it again.
+        events = storable_events(merged)
+        if events is not merged:
+            start = 0
+            for item in batch:
+                item.events, start = events[start:start + len(item.events)], start + len(item.events)
         rows = _Rows(events, diagnostics, updates)
         outage = _Outage()
         refused = await self._store(rows, outage)
@@ -282,7 +287,8 @@ class StoreWriter:
         while True:
             try:
                 await anyio.to_thread.run_sync(lambda: self.store.write_batch(
-                    events=rows.events, diagnostics=rows.diagnostics, run_updates=rows.updates))
+                    events=rows.events, diagnostics=rows.diagnostics, run_updates=rows.updates,
+                    storable=True))
                 return
             except _REFUSED:
                 raise

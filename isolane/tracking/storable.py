@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
-from isolane.tracking._dialects import EventTuple
+from isolane.schemas.envelope import EventRow
 
 __all__ = ["NUL_REPLACEMENT", "storable_events", "storable_fields", "storable_json", "storable_text"]
 
@@ -58,7 +58,7 @@ def storable_json(text: str) -> str:
     return storable_text(text)
 
 
-def storable_events(rows: Sequence[EventTuple]) -> Sequence[EventTuple]:
+def storable_events(rows: Sequence[EventRow]) -> Sequence[EventRow]:
     """Event rows ``(run_id, seq, ts, type, node_id, data_json)`` in their stored form.
 
     Returns ``rows`` itself when no row holds a NUL (the common case: two substring searches
@@ -73,7 +73,7 @@ def storable_events(rows: Sequence[EventTuple]) -> Sequence[EventTuple]:
     return [_storable_row(row) for row in rows]
 
 
-def _storable_row(row: EventTuple) -> EventTuple:
+def _storable_row(row: EventRow) -> EventRow:
     run_id, seq, ts, type_, node_id, data = row
     return (run_id, seq, ts, type_, None if node_id is None else storable_text(node_id),
             storable_json(data))

@@ -236,13 +236,16 @@ class Store:
         events: Sequence[EventRow] = (),
         diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
         run_updates: Mapping[str, Mapping[str, Any]] | None = None,
+        storable: bool = False,
     ) -> int:
         """Store events, diagnostics and run changes in ONE transaction; return new event rows.
 
         ``events`` are ``(run_id, seq, ts, type, node_id, data_json_text)``, stored in the form
         :mod:`isolane.tracking.storable` gives every text (U+0000 becomes U+FFFD); a ``(run_id, seq)``
         already stored (or repeated in the batch) is skipped, so a batch can be written again
-        harmlessly. Events new to the database are projected (see
+        harmlessly. ``storable=True`` says the caller already passed ``events`` through
+        :func:`~isolane.tracking.storable.storable_events` (the writer does, to publish the
+        stored form), so they are not searched again. Events new to the database are projected (see
         :mod:`isolane.tracking.projections`); each run's ``last_seq`` rises to the largest seq
         written. Diagnostics are ``DiagnosticRow`` or ``(run_id, ts, kind, reason, excerpt)``.
         ``run_updates`` maps a run id to columns to set, as :meth:`update_run`.
@@ -257,7 +260,7 @@ class Store:
             return 0
         with self.transaction(write=True) as conn:
             return write_in(conn, self._backend, events=events, diagnostics=diagnostics,
-                            run_updates=updates)
+                            run_updates=updates, storable=storable)
 
     # -- reads -------------------------------------------------------------------------------------
 

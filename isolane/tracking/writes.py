@@ -72,9 +72,11 @@ def write_in(
     events: Sequence[EventRow] = (),
     diagnostics: Sequence[DiagnosticRow | tuple[str | None, float, str, str, str]] = (),
     run_updates: Mapping[str, Mapping[str, Any]] | None = None,
+    storable: bool = False,
 ) -> int:
     """The body of :meth:`Store.write_batch`, inside the caller's transaction."""
-    events = storable_events(events)
+    if not storable:
+        events = storable_events(events)
     top_seq = _top_seq_per_run(events)
     problems = [_diagnostic_params(d) for d in diagnostics]
     inserted = 0
