@@ -2,7 +2,7 @@
 
 ``python -m tests.neighbours DB_URL HOME FLOW...`` starts an executor and a neighbour
 (``tests.flows:gated``); once the neighbour is half-way it starts one run of each
-``tests.hostile_flows:FLOW`` at once. When every bad run has ended it lets the neighbour finish,
+``tests.flows.hostile:FLOW`` at once. When every bad run has ended it lets the neighbour finish,
 then prints ``{"neighbour": id, "bad": {FLOW: id}}`` as JSON.
 
 A test runs this as a child process because a stalled store would hang any parent (its shutdown
@@ -30,7 +30,7 @@ async def main(db_url: str, home: Path, flows: list[str]) -> None:
         async for event in neighbour.events():
             if event.type == "custom" and event.data["i"] == NEIGHBOUR_EVENTS - 1:
                 break  # half-way: its first events are stored, it waits for its gate
-        bad = {flow: await ex.submit(RunSpec(workflow=f"tests.hostile_flows:{flow}"))
+        bad = {flow: await ex.submit(RunSpec(workflow=f"tests.flows.hostile:{flow}"))
                for flow in flows}
         for handle in bad.values():
             await handle.wait()

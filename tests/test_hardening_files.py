@@ -13,16 +13,16 @@ import anyio
 import pytest
 
 from isolane import Executor, RunSpec
+from isolane.schemas.blobs import BlobStore
 from isolane.tracking import Store
-from isolane.tracking.blobs import BlobStore
 from isolane.tracking.workspace import checkout, files_at
 
 
 def _run(home: Path, flow: str, config: dict[str, Any] | None = None) -> str:
-    """Run ``tests.file_flows:<flow>`` in a real worker; its run id, once it completed."""
+    """Run ``tests.flows.files:<flow>`` in a real worker; its run id, once it completed."""
     async def main() -> str:
         async with Executor(home=home) as ex:
-            outcome = await ex.run(RunSpec(workflow=f"tests.file_flows:{flow}",
+            outcome = await ex.run(RunSpec(workflow=f"tests.flows.files:{flow}",
                                            config=config or {}))
             assert outcome.status == "completed", outcome
             return outcome.run_id

@@ -1,6 +1,6 @@
 """No run can stall the store: content the database refuses ends only its own run.
 
-Each bad input of :mod:`tests.hostile_flows` runs in a real worker while a well-behaved run of the
+Each bad input of :mod:`tests.flows.hostile` runs in a real worker while a well-behaved run of the
 same executor (a real parent process, :mod:`tests.neighbours`) is in the middle of its work, on
 SQLite and on PostgreSQL. The bad run must end, its
 data stored in the documented form (U+0000 as U+FFFD) or recorded as a ``store_refused``
@@ -229,7 +229,7 @@ async def test_nul_is_stored_identically_on_sqlite_and_postgresql(
         async with Executor(home=home, db_url=db_url) as ex:
             form: list[Any] = []
             for flow in ("prints_nul", "emits_nul"):
-                outcome = await ex.run(RunSpec(workflow=f"tests.hostile_flows:{flow}"))
+                outcome = await ex.run(RunSpec(workflow=f"tests.flows.hostile:{flow}"))
                 events = ex.store.events(outcome.run_id, types=["output", "custom"])
                 nodes, _ = ex.store.dag(outcome.run_id)
                 # sorted: stdout and stderr are pumped by two threads, in either order; PostgreSQL
@@ -308,7 +308,7 @@ async def test_a_refused_row_is_isolated_and_the_rest_of_its_batch_stored(store:
                                       ("a", 2**63, 1.0, "custom", None, '{"name":"huge"}'),
                                       *events("a", range(151, 201))]),
         WriteItem(run_id="b", events=events("b", range(1, 51)),
-                  diagnostics=[("b", 1.0, "note", "kept", "")]),
+                  diagnostics=[DiagnosticRow("b", 1.0, "note", "kept")]),
         WriteItem(run_updates={"a": {"status": "completed", "result": deep, "error": "none"}}),
         WriteItem(run_id="c", events=events("c", range(1, 3))),  # a run nobody created
     ]
