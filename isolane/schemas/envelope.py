@@ -236,9 +236,22 @@ def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
     for line in body.split(b"\n"):
         if not line.strip():
             continue
-        one = decode_frame(line if line[:1] == b"[" else b"[" + line + b"]", run_id)
-        events.extend(one.events)
-        problems.extend(one.problems)
+        if line[:1] == b"[":
+            one = decode_frame(line, run_id)
+            events.extend(one.events)
+            problems.extend(one.problems)
+            continue
+        try:
+            event = _ONE_DECODER.decode(line)
+        except _DECODE_ERRORS as exc:
+            problems.append(InvalidEvent(f"malformed envelope: {exc}",
+                                         excerpt=line))
+            continue
+        problem = _check(event, run_id)
+        if problem is None:
+            events.append(event)
+        else:
+            problems.append(problem)
     return DecodedFrame(events, problems, frozenset([event.type for event in events]))
 
 

@@ -192,12 +192,12 @@ def swallows_limits(ctx: RunContext, task: str, config: dict[str, Any]) -> str:
 
 
 def _raw_frames(ctx: RunContext, *payloads: bytes) -> None:
-    """Write ``payloads`` as frames straight into the event pipe, after what was emitted."""
-    fd = ctx._emitter._pipe_fd
-    assert fd is not None
-    ctx._emitter.flush()
+    """Write ``payloads`` (each a JSON array of envelopes, or any bytes) straight into the run's
+    spool as records, after what was emitted, and ring the doorbell."""
+    spool = ctx._emitter._spool
     for payload in payloads:
-        os.write(fd, _frame(payload))
+        spool.append(payload)
+    ctx._emitter.flush()
 
 
 def _envelope(ctx: RunContext, seq: int, type_: str, data: bytes, node_id: str | None = None,
