@@ -102,9 +102,21 @@ def _stream_body(url: str, head: bytes, chunk: bytes, total: int, server_pid: in
         with contextlib.suppress(OSError):
             sock.setblocking(True)
             sock.settimeout(10)
-            while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            while not _complete(answer) and (data := sock.recv(65536)):
                 answer += data
     return answer, sent, peak - start
+
+
+def _complete(answer: bytes) -> bool:
+    """Whether ``answer`` holds a whole response: its headers and the body they announce."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return True
 
 
 @pytest.mark.parametrize("coding", ["chunked", "content-length"])

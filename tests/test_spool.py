@@ -15,9 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isolane.worker.emitter import Emitter, EmitterClosed
 from isolane.executor.spool import import_spool
-from isolane.worker.spool_writer import SpoolWriter
 from isolane.schemas.envelope import decode_lines, encode_event
 from isolane.schemas.spool import (
     DOORBELL,
@@ -30,6 +28,8 @@ from isolane.schemas.spool import (
     writer_alive,
 )
 from isolane.tracking.store import Store
+from isolane.worker.emitter import Emitter, EmitterClosed
+from isolane.worker.spool_writer import SpoolWriter
 
 
 def _record(seq: int, **data: object) -> bytes:

@@ -37,9 +37,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from isolane.worker.spool_writer import SpoolWriter
 from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event
 from isolane.schemas.spool import DOORBELL, SpoolError
+from isolane.worker.spool_writer import SpoolWriter
 
 __all__ = ["Emitter", "EmitterClosed"]
 
