@@ -238,9 +238,11 @@ async def test_cgroup_holds_the_run_and_is_removed(home: Path) -> None:
         memberships = Path(f"/proc/{event.data['pid']}/cgroup").read_text()
         await run.cancel()
         await run.wait()
-    assert f"isolane-{run.run_id}" in memberships
+    # Named with its owner, this parent: another parent's sweep leaves it alone.
+    name = f"isolane-{run.run_id}.{os.getpid()}"
+    assert f"/{name}\n" in memberships
     base = cgroup.path.parent
-    assert not (base / f"isolane-{run.run_id}").exists()
+    assert not (base / name).exists()
 
 
 async def test_flood_is_stopped_and_other_runs_keep_flowing(home: Path, tmp_path: Path) -> None:

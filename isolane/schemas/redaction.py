@@ -14,8 +14,14 @@ secret. What is redacted, replaced by ``[REDACTED]``:
   at least 16 key characters, not preceded by a letter or digit);
 * bearer tokens: the token after ``Bearer`` (any case), as in ``Authorization: Bearer …``;
 * configured secret values: every value given in ``RunSpec(secrets=[...])``, and the values of
-  ``RunSpec.env`` variables whose names look like credentials (``…KEY``, ``…TOKEN``,
-  ``…SECRET…``, ``…PASSWORD…``, ``…CREDENTIAL…``, ``…AUTH…``), at least 8 characters long.
+  the worker's environment variables (``RunSpec.env`` and the inherited allow-list alike) whose
+  names look like credentials (``…KEY``, ``…TOKEN``, ``…SECRET…``, ``…PASSWORD…``,
+  ``…CREDENTIAL…``, ``…AUTH…``), at least 8 characters long, whatever their shape (``ghp_…``,
+  ``AKIA…``, a password); and any environment value that is a URL with a password, whatever
+  its name: the whole URL and the password (as written and percent-decoded).
+
+A line of output longer than 64 KiB is cut into several events; :meth:`Redactor.safe_cut` keeps
+every cut outside a secret, so that each piece holds a secret whole or not at all.
 
 The replacement has no quote and no backslash, and the patterns cannot span one, so the record
 stays valid JSON; a replacement that would cut a JSON escape in two (a secret starting right after
@@ -28,6 +34,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
+from urllib.parse import unquote
 
 import orjson
 
@@ -43,6 +50,8 @@ MIN_SECRET_LENGTH: Final = 8
 
 _CREDENTIAL_NAME: Final = re.compile(
     r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE)", re.IGNORECASE)
+#: ``scheme://user:password@host...``: the password group.
+_URL_PASSWORD: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@:\s]*:([^/?#@\s]+)@")
 
 # The lookbehinds sit after the literal "sk-" so the engine can search for the literal first.
 _KEY: Final = r"sk-(?:(?<![A-Za-z0-9]sk-)|(?<=\\[nrt]sk-))[A-Za-z0-9_\-]{16,}"
@@ -52,6 +61,10 @@ _BEARER_B: Final = re.compile(_BEARER.encode())
 _KEY_S: Final = re.compile(_KEY.replace(r"(?<=\\[nrt]sk-)", r"(?<=[\n\r\t]sk-)"))
 _BEARER_S: Final = re.compile(_BEARER.replace(r"(?: |\\t)+", r"[ \t]+"))
 _REDACTED_B: Final = REDACTED.encode()
+# Where a pattern secret may lie in raw text, drawn wider than the patterns (no minimum length,
+# no lookbehind): a cut must stay out of anything that could become a key once it is whole.
+_KEY_RUN: Final = re.compile(rb"sk-[A-Za-z0-9_\-]*")
+_BEARER_RUN: Final = re.compile(rb"(?i:bearer)[ \t]*[A-Za-z0-9._~+/=\-]*")
 
 
 def secret_values(env: Mapping[str, str] | None = None, secrets: Iterable[str] = ()) -> tuple[str, ...]:
@@ -70,6 +83,11 @@ def secret_values(env: Mapping[str, str] | None = None, secrets: Iterable[str] =
     for name, value in (env or {}).items():
         if _CREDENTIAL_NAME.search(name) and len(value) >= MIN_SECRET_LENGTH:
             values.append(value)
+        # A URL with a password, whatever its variable is called (APP_DB_URL, BROKER, ...).
+        if (url := _URL_PASSWORD.match(value)) is not None:
+            values.append(value)
+            password = url.group(1)
+            values.extend(p for p in {password, unquote(password)} if len(p) >= MIN_SECRET_LENGTH)
     # Longest first, so a secret that contains another is replaced whole.
     return tuple(sorted(set(values), key=len, reverse=True))
 
@@ -109,6 +127,7 @@ class Redactor:
         # Secrets containing "sk-" need no search of their own unless the frame holds "sk-".
         self._with_key_prefix = [e for e in encoded if b"sk-" in e]
         self._others = [e for e in encoded if b"sk-" not in e]
+        self._raw = [s.encode() for s in self.secrets]  # as they appear in a worker's output
         #: ``redact_record(frame) -> frame``: the emitter calls it for every event, so the
         #: common case (nothing to redact) is a closure that only searches.
         self.redact_record: Callable[[bytes], bytes] = _screen(
@@ -136,6 +155,35 @@ class Redactor:
         except orjson.JSONDecodeError:
             return self._redact_values(original)
         return frame
+
+    def safe_cut(self, data: bytes, cut: int) -> int:
+        """The largest position ``<= cut`` where raw text ``data`` may be split in two without
+        cutting a secret (a configured value, or anything shaped like a key or a bearer token).
+
+        The output pump cuts over-long lines into events and each event is redacted on its own,
+        so a secret cut in two would be stored as two unredacted halves. ``data`` must reach past
+        ``cut`` by the longest secret (see :attr:`reach`) for a secret across ``cut`` to be seen.
+        A secret that starts at 0 and covers ``cut`` (longer than the line limit) cannot be moved
+        away from: ``cut`` is returned and the secret is split.
+        """
+        spans = [m.span() for pattern in (_KEY_RUN, _BEARER_RUN) for m in pattern.finditer(data)]
+        for secret in self._raw:
+            start = data.find(secret, max(cut - len(secret) + 1, 0))
+            while start != -1 and start < cut:
+                spans.append((start, start + len(secret)))
+                start = data.find(secret, start + 1)
+        moved = True
+        while moved:  # a cut moved back may land inside an earlier span: look again
+            moved = False
+            for start, end in spans:
+                if 0 < start < cut < end:
+                    cut, moved = start, True
+        return cut
+
+    @property
+    def reach(self) -> int:
+        """How far past a cut :meth:`safe_cut` must see: the longest configured secret's bytes."""
+        return max((len(s) for s in self._raw), default=0)
 
     def redact_text(self, text: str) -> str:
         """Redact one string (the same rules, applied to text rather than encoded JSON)."""

@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 _MIB: Final = 1024 * 1024
 #: Extra memory above ``memory_mb`` (RLIMIT_DATA hard limit) so the worker can report the breach.
 _MEMORY_HEADROOM: Final = 64 * _MIB
+#: Extra descriptors above ``open_files`` (RLIMIT_NOFILE hard limit), released when the limit is
+#: reached so the worker can finish its bookkeeping and report the breach with the workflow's
+#: descriptors still open.
+_FILES_HEADROOM: Final = 32
 _WATCH_INTERVAL: Final = 0.1
 _STUCK_GRACE: Final = 5.0
 
@@ -152,7 +156,8 @@ class LimitEnforcer:
             soft = math.ceil(limits.cpu_seconds)
             _set_rlimit(resource.RLIMIT_CPU, soft, soft + CPU_GRACE)
         if limits.open_files:
-            _set_rlimit(resource.RLIMIT_NOFILE, limits.open_files, limits.open_files)
+            _set_rlimit(resource.RLIMIT_NOFILE, limits.open_files,
+                        limits.open_files + _FILES_HEADROOM)
         signal.signal(signal.SIGXCPU, self._on_limit_signal)
 
     def start(self, emitter: Emitter, *, exit_code: int = 1) -> None:
@@ -243,6 +248,8 @@ class LimitEnforcer:
             _lift_soft(resource.RLIMIT_DATA)  # headroom to format and send the report
         if breach.limit == "cpu":
             _lift_soft(resource.RLIMIT_CPU)  # no more SIGXCPU; SIGKILL stays at the hard limit
+        if breach.limit == "open_files":
+            _lift_soft(resource.RLIMIT_NOFILE)  # descriptors to save state, drain and report
         tb = "".join(traceback.format_exception(exc)) if not isinstance(exc, _LimitBreach) else ""
         with contextlib.suppress(AttributeError):
             traceback.clear_frames(exc.__traceback__)  # free what the failed code held

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import orjson
 
-from isolane.schemas.redaction import Redactor
+from isolane.schemas.redaction import Redactor, secret_values
 from isolane.schemas.spec import (
     EXIT_CODES,
     FILES_RESUME_KEY,
@@ -186,6 +186,9 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
     event_conn.close()
     # The spool first, before any workflow code: from here on an event is durable when emit()
     # returns, and the writer lock tells recovery this run has a live worker.
+    # The run's secrets, plus every credential-named value of the worker's own environment
+    # (RunSpec.env and the inherited allow-list alike): whatever the parent computed.
+    redactor = Redactor((*spec.secrets, *secret_values(spec.env)))
     spool = SpoolWriter(spec.spool_path, identity=spec.spool_identity,
                         max_bytes=enforcer.spool_bytes)
     emitter = Emitter(
@@ -195,7 +198,7 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
         start_seq=spec.start_seq,
         linger=spec.flush_interval,
         heartbeat_interval=spec.heartbeat_interval,
-        redact=Redactor(spec.secrets).redact_record,
+        redact=redactor.redact_record,
         on_full=enforcer.spool_full,
     )
     enforcer.start(emitter, exit_code=EXIT_CODES["failed"])
@@ -226,7 +229,7 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
         threading.Thread(target=_control_loop, args=(control_conn, ctx), name="isolane-control",
                          daemon=True).start()
         if spec.capture_output:
-            pumps = pump_std_streams(emitter, ctx, enforcer.take_output)
+            pumps = pump_std_streams(emitter, ctx, enforcer.take_output, redactor=redactor)
         emitter.emit("run_started", {"workflow": wf.name, "task": spec.task, "attempt": spec.attempt,
                                      "pid": os.getpid(), "host": socket.gethostname(),
                                      "preloaded": preloaded,
@@ -252,13 +255,16 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
         emitter.emit("run_cancelled", {"reason": "cancel requested by the parent"})
         outcome = "cancelled"
     except BaseException as exc:  # noqa: BLE001 - the workflow's failure is the run's outcome, whatever it is
-        _save_state(ctx)
-        _drain_output(pumps)
-        emitter.emit("run_failed", enforcer.failure(exc) or {
+        # The limit first: naming it releases the headroom (descriptors, memory) that saving
+        # the state and draining the output need when the workflow still holds everything.
+        failure = enforcer.failure(exc) or {
             "error": "".join(traceback.format_exception_only(exc)).strip(),
             "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "traceback": "".join(traceback.format_exception(exc)),
-        })
+        }
+        _save_state(ctx)
+        _drain_output(pumps)
+        emitter.emit("run_failed", failure)
         outcome = "failed"
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -271,7 +277,10 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
 
 def _save_state(ctx: RunContext | None) -> None:
     """Keep what the workflow had saved even when it failed: a resume starts from there."""
-    final_scan(ctx)
+    try:
+        final_scan(ctx)
+    except Exception:  # e.g. no descriptor left: the failure itself is what must be reported
+        log.exception("could not record the final state of the run's files")
     if ctx is not None:
         try:
             ctx.snapshot(reason="end")

@@ -4,9 +4,13 @@
 
     tree_usage(worker pid)  → (live processes, anonymous RSS, CPU seconds) of the worker and every
                               descendant, read from /proc (children of each thread, recursively)
-    ProcessCgroup           → isolane-<run_id> under the parent's pids cgroup (v1 ``pids``, or a
-                              v2 tree delegating ``pids``): pids.max as a kernel backstop, and
-                              the list of every process of the run however it detached
+    ProcessCgroup           → isolane-<run_id>.<owner pid> under the parent's pids cgroup (v1
+                              ``pids``, or a v2 tree delegating ``pids``): pids.max as a kernel
+                              backstop, and the list of every process of the run however it
+                              detached
+    TreeScan                → without a cgroup: the worker's descendants as its last scan found
+                              them (every SCAN_INTERVAL, from a thread of the parent), so that
+                              what a crashed worker left behind, re-parented to init, still dies
 
 The limits watcher (:mod:`isolane.worker.enforcement`) and the launcher's ``kill_tree`` use these;
 both are Linux-only and degrade to nothing elsewhere (no descendants, no cgroup).
@@ -17,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,15 +32,22 @@ from typing import Final
 
 import psutil
 
-__all__ = ["CGROUP_TASK_ALLOWANCE", "ProcessCgroup", "descendants", "is_zombie",
-           "kill_process_tree", "kill_until_gone", "process_alive", "remove_stale_cgroups",
-           "tree_usage"]
+__all__ = ["CGROUP_TASK_ALLOWANCE", "SCAN_INTERVAL", "ProcessCgroup", "TreeScan", "descendants",
+           "is_zombie", "kill_process_tree", "kill_until_gone", "process_alive",
+           "remove_stale_cgroups", "tree_usage"]
 
 log = logging.getLogger(__name__)
 
 #: Threads count as tasks in a pids cgroup: the kernel cap is ``processes`` plus this many.
 CGROUP_TASK_ALLOWANCE: Final = 256
 _CGROUP_PREFIX: Final = "isolane-"
+#: A cgroup is swept only once it is this old (and empty, and its owner is dead): a fresh one of
+#: a live parent, empty until its worker joins, is never taken away from it.
+_CGROUP_STALE_AGE: Final = 60.0
+#: A cgroup named without its owner (an older isolane) is swept only past this age.
+_CGROUP_UNOWNED_AGE: Final = 3600.0
+#: How often a worker without a cgroup has its process tree scanned by the parent.
+SCAN_INTERVAL: Final = 0.25
 
 # -- one process, known by pid and create time -----------------------------------------------------
 
@@ -179,7 +192,8 @@ class ProcessCgroup:
         base = _pids_cgroup_base()
         if base is None:
             return None
-        path = base / f"{_CGROUP_PREFIX}{run_id}"
+        # Named with its owner's pid: another parent's sweep leaves it alone while we live.
+        path = base / f"{_CGROUP_PREFIX}{run_id}.{os.getpid()}"
         try:
             path.mkdir()
             cap = "max" if processes is None else str(processes + CGROUP_TASK_ALLOWANCE)
@@ -274,16 +288,119 @@ def _writable(path: Path) -> Path | None:
     return path if path.is_dir() and os.access(path, os.W_OK) else None
 
 
-def remove_stale_cgroups() -> int:
-    """Remove the empty cgroups of runs that ended while their parent was gone."""
-    base = _pids_cgroup_base()
+def remove_stale_cgroups(base: Path | None = None) -> int:
+    """Remove the run cgroups that are provably stale: empty, older than a minute, and made by
+    a parent that is gone (its pid, in the name, no longer runs). A cgroup named without an
+    owner (an older isolane) must be an hour old. Returns how many were removed."""
+    base = base or _pids_cgroup_base()
     removed = 0
     if base is None:
         return 0
+    now = time.time()
     with contextlib.suppress(OSError):
         for entry in base.iterdir():
-            if entry.name.startswith(_CGROUP_PREFIX):
+            if entry.name.startswith(_CGROUP_PREFIX) and _stale(entry, now):
                 with contextlib.suppress(OSError):
                     entry.rmdir()  # refused while processes remain: a live run keeps its cgroup
                     removed += 1
     return removed
+
+
+def _stale(entry: Path, now: float) -> bool:
+    try:
+        age = now - entry.stat().st_mtime
+    except OSError:
+        return False
+    _, dot, owner = entry.name.rpartition(".")
+    if not dot or not owner.isdigit():
+        return age > _CGROUP_UNOWNED_AGE
+    if age <= _CGROUP_STALE_AGE:
+        return False
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
+
+
+# -- a worker's tree, remembered (where there is no cgroup) -----------------------------------------
+
+
+class TreeScan:
+    """The descendants of a worker as its last scan found them, by pid and create time.
+
+    A worker is a child subreaper: while it lives, whatever its workflow started (detached,
+    ``setsid``, double-forked) stays in its tree. When it dies without cleaning up (``os._exit``,
+    SIGSEGV, SIGKILL) they are re-parented to init and out of any walk from the worker; with no
+    cgroup listing them, this memory is how the parent still finds them. A thread scans every
+    ``interval`` until the worker exits (woken by a pidfd, not a sleep); :meth:`kill` ends every
+    remembered process that is still the same one, and whatever it started since.
+    """
+
+    def __init__(self, root: int, *, interval: float = SCAN_INTERVAL) -> None:
+        self.root = root
+        self.interval = interval
+        self._known: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name=f"isolane-scan-{self.root}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def known(self) -> dict[int, float]:
+        with self._lock:
+            return dict(self._known)
+
+    def scan(self) -> None:
+        """Remember the worker's descendants now (and forget those that ended)."""
+        previous = self.known()
+        found: dict[int, float] = {}
+        for pid in descendants(self.root):
+            if pid in previous:
+                found[pid] = previous[pid]
+                continue
+            with contextlib.suppress(psutil.Error):
+                found[pid] = psutil.Process(pid).create_time()
+        with self._lock:
+            if is_zombie(self.root):  # it died during the walk: its tree may be half re-parented
+                self._known.update(found)
+            else:
+                self._known = found
+
+    def kill(self) -> int:
+        """SIGKILL every remembered process still alive, and its descendants; return how many."""
+        known = self.known()
+
+        def find() -> list[int]:
+            live = [pid for pid, created in known.items() if process_alive(pid, created)]
+            return [p for pid in live for p in (pid, *descendants(pid))]
+
+        return kill_until_gone(find) if known else 0
+
+    def _watch(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.root)
+        except (AttributeError, OSError):
+            pidfd = -1
+        poller = select.poll()
+        if pidfd >= 0:
+            poller.register(pidfd, select.POLLIN)
+        try:
+            while not self._stop.is_set():
+                self.scan()
+                if pidfd >= 0:
+                    if poller.poll(self.interval * 1000):
+                        return  # the worker exited: what it left is now outside any walk
+                elif self._stop.wait(self.interval) or is_zombie(self.root):
+                    return
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)

@@ -12,6 +12,9 @@
 
 A worker is its own session and process group (it calls ``setsid``) and a child subreaper, so
 ``killpg`` plus a walk of its descendants reaches the code its agents started, detached or not.
+Once the worker has died, what it started is re-parented out of that walk: the run's cgroup
+lists it, and the :class:`TreeScan` the launcher keeps of the worker's tree remembers it from the
+last scan (the only record where there is no cgroup).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from isolane.schemas.spec import WorkerSpec
 from isolane.schemas.spool import SpoolError, find_tail, open_spool, writer_alive
 from isolane.worker.entry import worker_main
 from isolane.worker.proctree import (
+    SCAN_INTERVAL,
     ProcessCgroup,
+    TreeScan,
     kill_process_tree,
     process_alive,
     remove_stale_cgroups,
@@ -120,6 +125,9 @@ class WorkerProcess:
     spool_start: int = 0
     #: The run's pids cgroup, where one could be made: it holds every process of the run.
     cgroup: ProcessCgroup | None = None
+    #: The worker's descendants as last scanned, to end them after its death (no cgroup, or a
+    #: cgroup that lost them).
+    scan: TreeScan | None = None
 
     @property
     def sentinel(self) -> int:
@@ -146,11 +154,16 @@ class WorkerProcess:
     def kill_tree(self) -> int:
         """SIGKILL the worker, its process group and every descendant; return how many."""
         killed = kill_process_tree(self.pid, self.create_time)
-        if self.cgroup is not None:  # whatever detached and was re-parented out of the tree
-            return killed + self.cgroup.kill_all()
+        # Whatever detached and was re-parented out of the tree when the worker died.
+        if self.cgroup is not None:
+            killed += self.cgroup.kill_all()
+        if self.scan is not None:
+            killed += self.scan.kill()
         return killed
 
     def close(self) -> None:
+        if self.scan is not None:
+            self.scan.stop()
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
@@ -271,8 +284,12 @@ class Launcher:
             create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             create_time = 0.0
+        # With a cgroup too, less often: a cgroup removed under the run (by an older isolane's
+        # sweep) or one the worker could not join lists nothing.
+        scan = TreeScan(pid, interval=SCAN_INTERVAL if cgroup is None else 4 * SCAN_INTERVAL)
+        scan.start()
         return WorkerProcess(spec.run_id, process, read_fd, control_send, pid, create_time,
-                             spool_fd=spool_fd, spool_start=spool_start, cgroup=cgroup)
+                             spool_fd=spool_fd, spool_start=spool_start, cgroup=cgroup, scan=scan)
 
 
 def open_run_spool(path: str | os.PathLike[str]) -> tuple[int, int]:
