@@ -208,8 +208,8 @@ class Launcher:
         self.preload = tuple(preload)
         self.env_allow = frozenset(env_allow)
         self._ctx = multiprocess.get_context(start_method)
-        #: Remove empty run cgroups left behind at start. Off where many launchers start while
-        #: runs start (one per Ray actor): a fresh run's cgroup is empty until its worker joins.
+        #: Remove provably stale run cgroups at start (empty, a minute old, their owner dead:
+        #: :func:`remove_stale_cgroups`); another parent's fresh one is never taken.
         self.sweep_cgroups = sweep_cgroups
         self._started = False
 
