@@ -184,11 +184,11 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
 
     pipe_fd = os.dup(event_conn.fileno())
     event_conn.close()
+    # The run's secrets, plus every credential-like value of the worker's own environment
+    # (RunSpec.env and the inherited allow-list alike), whatever the parent computed.
+    redactor = Redactor((*spec.secrets, *secret_values(spec.env)))
     # The spool first, before any workflow code: from here on an event is durable when emit()
     # returns, and the writer lock tells recovery this run has a live worker.
-    # The run's secrets, plus every credential-named value of the worker's own environment
-    # (RunSpec.env and the inherited allow-list alike): whatever the parent computed.
-    redactor = Redactor((*spec.secrets, *secret_values(spec.env)))
     spool = SpoolWriter(spec.spool_path, identity=spec.spool_identity,
                         max_bytes=enforcer.spool_bytes)
     emitter = Emitter(

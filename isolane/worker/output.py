@@ -10,11 +10,11 @@ event.
 The fds themselves are redirected (``dup2``), so output of native code and of child processes is
 captured too, not only Python's ``sys.stdout``.
 
-A longer line is cut into pieces of at most 64 KiB, each its own event, redacted on its own. A
-cut therefore never falls inside a secret (:meth:`Redactor.safe_cut`): the pump holds back
-enough of the line past the 64 KiB mark (:data:`_LOOKAHEAD`, or the longest configured secret)
-to see a secret lying across it, and cuts before that secret instead, nor inside a UTF-8
-character.
+A longer line is cut into pieces of at most 64 KiB, each its own event, redacted on its own, so
+a cut must never fall inside a secret (:meth:`Redactor.safe_cut`): the pump holds back enough of
+the line past the 64 KiB mark (:data:`_LOOKAHEAD`, or the longest configured secret) to see a
+secret lying across it, and cuts before that secret instead. A cut never splits a UTF-8
+character either.
 """
 
 from __future__ import annotations
