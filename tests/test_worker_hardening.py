@@ -89,11 +89,11 @@ def test_safe_cut_moves_before_every_kind_of_secret() -> None:
 
 
 @pytest.mark.parametrize("cgroup", [False, True], ids=["no-cgroup", "cgroup"])
-@pytest.mark.parametrize("how", ["exit", "segfault"])
+@pytest.mark.parametrize("how", ["exit", "segfault", "sigkill"])
 async def test_processes_of_a_crashed_worker_are_killed(
         home: Path, how: str, cgroup: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that starts ``sleep`` in a session of its own (and one in its group), then dies
-    by ``os._exit(3)`` or SIGSEGV: once the run has ended, neither process is left, with or
+    by ``os._exit(3)``, SIGSEGV or SIGKILL: once the run has ended, neither process is left, with or
     without a cgroup (without, the parent's last scan of the worker's tree finds them)."""
     if cgroup:
         probe = proctree.ProcessCgroup.create(f"probe-{os.getpid()}", processes=1)
@@ -112,7 +112,7 @@ async def test_processes_of_a_crashed_worker_are_killed(
     pids = detached.data["pids"]
     try:
         assert outcome.status == "crashed", outcome
-        assert outcome.exit_code == (3 if how == "exit" else -11)
+        assert outcome.exit_code == {"exit": 3, "segfault": -11, "sigkill": -9}[how]
         assert not [p for p in pids if alive(p)], "a process of the crashed worker survived"
     finally:
         for pid in pids:  # a failure must not leave them running for 300 s

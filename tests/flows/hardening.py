@@ -30,7 +30,7 @@ def prints_split_secrets(ctx: RunContext, task: str, config: dict[str, Any]) -> 
 
 def detaches_then_dies(ctx: RunContext, task: str, config: dict[str, Any]) -> None:
     """Starts ``sleep 300`` in a session of its own (and one inside its own process group),
-    waits ``wait`` seconds, then dies without cleaning up: ``os._exit(3)`` or SIGSEGV."""
+    waits ``wait`` seconds, then dies without cleaning up: ``os._exit(3)``, SIGSEGV or SIGKILL."""
     detached = subprocess.Popen(["sleep", "300"], start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     grouped = subprocess.Popen(["sleep", "301"],
@@ -38,8 +38,8 @@ def detaches_then_dies(ctx: RunContext, task: str, config: dict[str, Any]) -> No
     ctx.emit("detached", pids=[detached.pid, grouped.pid])
     ctx._emitter.flush()
     time.sleep(float(config.get("wait", 1.0)))
-    if config.get("how") == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
+    if config.get("how") in ("segfault", "sigkill"):
+        os.kill(os.getpid(), signal.SIGSEGV if config["how"] == "segfault" else signal.SIGKILL)
         time.sleep(5)
     os._exit(3)
 
