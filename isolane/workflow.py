@@ -30,6 +30,8 @@ __all__ = [
     "TemplateEdge",
     "TemplateNode",
     "WorkflowDef",
+    "builtin_workflows",
+    "entry_point_workflows",
     "registered_workflows",
     "resolve_workflow",
     "workflow",
@@ -129,21 +131,40 @@ def workflow(
     return register
 
 
-def _load_registrations() -> None:
-    global _loaded_builtins
-    if _loaded_builtins:
-        return
-    _loaded_builtins = True
-    for module in _BUILTIN_MODULES:
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:  # isolane's own code: the parent may import it
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+
+
+def _load_registrations() -> None:
+    global _loaded_builtins
+    if _loaded_builtins:
+        return
+    _loaded_builtins = True
+    _load_builtins()
     from importlib.metadata import entry_points  # scanning installed packages: only when needed
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
+
+
+def builtin_workflows() -> dict[str, WorkflowDef]:
+    """The workflows registered in this process: isolane's built-ins and the embedding program's
+    own :func:`workflow` registrations. Loads no entry point (third-party code)."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def entry_point_workflows() -> dict[str, str]:
+    """Entry-point workflows by name, as their ``module:attr`` values, read from package metadata
+    without loading them (see :mod:`isolane.references`)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def registered_workflows() -> dict[str, WorkflowDef]:

@@ -3,7 +3,9 @@ every command that (re)starts a stored run's workers (``resume``, ``branch``, ``
 
 ::
 
-    run-isolated --llm offline   FakeLLM started here (this process), serving the workflow's offline script
+    run-isolated --llm offline   FakeLLM started here (this process), serving a built-in workflow's
+                                 offline script; any other workflow's worker serves its own (the
+                                 parent never imports a user's module)
                                  config["llm"] = {"model": "fake-model", "offline": true}   (stored)
                                  worker env $ISOLANE_OFFLINE_LLM_URL = its URL, $OPENAI_API_KEY = a dummy
     run-isolated --model M       config["llm"] = {"model": M, "base_url": --base-url or $OPENAI_BASE_URL}
@@ -34,8 +36,9 @@ from typing import Annotated, Any, Final
 import typer
 
 from isolane.cli.console import fail
+from isolane.references import CheckedRef, check_workflow_ref
 from isolane.tracking.rows import RunRow
-from isolane.workflow import WorkflowDef, resolve_workflow
+from isolane.workflow import builtin_workflows
 
 __all__ = [
     "BASE_URL_ENV",
@@ -79,21 +82,31 @@ def _is_offline_endpoint(config: Mapping[str, Any]) -> bool:
 
 
 @contextmanager
-def _offline_endpoint(wf: WorkflowDef) -> Iterator[dict[str, str]]:
-    """A FakeLLM serving ``wf``'s offline script until the block ends; yields the worker env."""
+def _offline_endpoint(wf: CheckedRef) -> Iterator[dict[str, str]]:
+    """The worker env for an offline run of ``wf`` until the block ends.
+
+    A built-in workflow's script (isolane's own code) is served here by a FakeLLM; any other
+    workflow's module is user code the parent never imports, so its worker serves the script
+    itself (:mod:`isolane.worker.offline_llm`) and the env stays empty.
+    """
+    if wf.has_offline_script is False:
+        fail(f"workflow {wf.name!r} ships no offline script (a module-level offline_script() beside "
+             "it); run it with --model M instead")
+    if wf.kind != "registered":
+        yield {}
+        return
     from isolane.offline.server import FakeLLM
     from isolane.workflows import OFFLINE_API_KEY, OFFLINE_URL_ENV, offline_script_for
 
-    script = offline_script_for(wf)
+    script = offline_script_for(builtin_workflows()[wf.name])
     if script is None:
-        fail(f"workflow {wf.name!r} ships no offline script (a module-level offline_script() beside "
-             "it); run it with --model M instead")
+        fail(f"workflow {wf.name!r} ships no offline script; run it with --model M instead")
     with FakeLLM(script) as server:
         yield {OFFLINE_URL_ENV: server.base_url, API_KEY_ENV: OFFLINE_API_KEY}
 
 
 @contextmanager
-def llm_for_run(wf: WorkflowDef, config: Mapping[str, Any], *, llm: str | None, model: str | None,
+def llm_for_run(wf: CheckedRef, config: Mapping[str, Any], *, llm: str | None, model: str | None,
                 base_url: str | None) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
     """Prepare a new run's LLM; yield ``(config, worker environment additions)``.
 
@@ -145,7 +158,7 @@ def llm_for_stored_run(row: RunRow, changes: Sequence[Mapping[str, Any]] = ({},)
     if not any(_is_offline_endpoint(c) for c in configs):
         yield env
         return
-    # Resolving imports the workflow's module here, as run-isolated does: its script lives there.
-    wf = resolve_workflow(str(row.meta.get("workflow_ref") or row.workflow))
+    # Checked, never imported here: a user's module serves its own script in its worker.
+    wf = check_workflow_ref(str(row.meta.get("workflow_ref") or row.workflow))
     with _offline_endpoint(wf) as offline_env:
         yield {**offline_env, **env}  # a provider key, when one is needed, serves the endpoint too

@@ -32,7 +32,7 @@ from isolane.cli.live import RunView
 from isolane.cli.llm import BaseUrlOption, LlmOption, ModelOption, llm_for_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, parse_config
 from isolane.cli.render import error_text, event_line, format_duration, short
-from isolane.workflow import resolve_workflow
+from isolane.references import check_workflow_ref
 
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor
@@ -293,7 +293,8 @@ def run_command(
     from isolane.tracking.urls import resolve_url
 
     resolve_url(location.db, home=location.home)  # a bad --db fails now, before a worker starts
-    wf = resolve_workflow(workflow)  # an unknown workflow fails now, before a worker starts
+    # A bad reference fails now, before a worker starts; the module is imported by the worker only.
+    wf = check_workflow_ref(workflow)
     with llm_for_run(wf, parsed, llm=llm, model=model, base_url=base_url) as (run_config, llm_env):
         spec = RunSpec(workflow=workflow, task=task, config=run_config, name=name, timeout=timeout,
                        env=llm_env)

@@ -50,6 +50,7 @@ from isolane.executor.run import (
 )
 from isolane.executor.specs import WorkerSpecs, jsonable, portable_ref, stored_options
 from isolane.executor.writer import StoreWriter
+from isolane.references import check_workflow_ref
 from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.schemas.envelope import Event
 from isolane.schemas.spec import WorkerSpec
@@ -57,7 +58,7 @@ from isolane.tracking.branching import create_branch, plan_branch
 from isolane.tracking.compare import Comparison, compare_runs
 from isolane.tracking.store import Store
 from isolane.tracking.workspace import restore_inherited
-from isolane.workflow import WorkflowFn, resolve_workflow
+from isolane.workflow import WorkflowFn
 
 __all__ = ["TERMINAL_STATUSES", "Executor", "Outcome", "RunHandle", "RunSpec"]
 
@@ -193,7 +194,8 @@ class Executor:
     async def submit(self, spec: RunSpec) -> RunHandle:
         """Record the run as ``queued`` and start it as soon as a worker slot is free."""
         self._open()
-        wf = resolve_workflow(spec.workflow)  # fail now, in the caller, for an unknown workflow
+        # Fail now, in the caller, for a bad reference; its module is imported by the worker only.
+        wf = await anyio.to_thread.run_sync(check_workflow_ref, spec.workflow)
         run_id = uuid.uuid4().hex
         run_dir = await self._new_run_dir(run_id)
         work_dir = run_dir / "work"

@@ -14,14 +14,17 @@
     finally: winner ``won``; losers ``lost``; budget-stopped racers ``cancelled``; the group
              records its winner. A cancelled racer keeps the cost of every call it finished.
 
-A scorer is ``scorer(result, files, cost) -> float`` (``files``: path → sha256 of the racer's
-workspace; ``cost``: its spend in USD), named ``package.module:function`` or passed as a callable.
-It runs in the parent, on stored data only.
+A scorer is ``scorer(result, files, cost_usd) -> float`` (``files``: path → sha256 of the racer's
+workspace; ``cost_usd``: its spend in USD, ``None`` when no call was priced), on stored data only.
+Named by reference (``package.module:function``, ``path/to/file.py:function``) it is user code:
+the parent only checks the reference, and one scoring run (:mod:`isolane.scoring`, a worker of its
+own) imports it and returns the scores. A callable passed in-process by an embedding program is
+that program's own code and is called in the parent. Either way, a scorer that raises, has the
+wrong signature or returns no number ends the race with a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +35,9 @@ import anyio
 import anyio.to_thread
 
 from isolane.errors import ConfigError, RunStateError
+from isolane.references import check_scorer_ref
+from isolane.scoring import SCORER_WORKFLOW
+from isolane.scoring import SIGNATURE as SCORER_SIGNATURE
 
 # The store's modules are imported where they are used: ``STRATEGIES`` is read by the CLI's
 # help, which must not load the database layer (``isolane --help`` stays fast).
@@ -78,7 +84,7 @@ class _Strategy(Protocol):
     needs_scorer: bool
     decided_at: float | None
 
-    async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None: ...
+    async def judge(self, racers: list[Racer], scoring: _Scoring | None, executor: Executor) -> Racer | None: ...
 
 
 async def _wait(racer: Racer) -> None:
@@ -94,7 +100,7 @@ class FirstComplete:
     def __init__(self) -> None:
         self.decided_at: float | None = None
 
-    async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None:
+    async def judge(self, racers: list[Racer], scoring: _Scoring | None, executor: Executor) -> Racer | None:
         winner: Racer | None = None
 
         async def watch(racer: Racer, tg: anyio.abc.TaskGroup) -> None:
@@ -123,20 +129,16 @@ class BestScore:
     def __init__(self) -> None:
         self.decided_at: float | None = None
 
-    async def judge(self, racers: list[Racer], scorer: Scorer | None, executor: Executor) -> Racer | None:
-
-        from isolane.tracking.compare import summarize_run
-
-        assert scorer is not None
+    async def judge(self, racers: list[Racer], scoring: _Scoring | None, executor: Executor) -> Racer | None:
+        assert scoring is not None
         async with anyio.create_task_group() as tg:
             for racer in racers:
                 tg.start_soon(_wait, racer)
+        completed = [r for r in racers if r.outcome is not None and r.outcome.status == "completed"]
+        scores = await scoring.scores(completed) if completed else {}
         best: Racer | None = None
-        for racer in racers:
-            if racer.outcome is None or racer.outcome.status != "completed":
-                continue
-            summary = await anyio.to_thread.run_sync(summarize_run, executor.store, racer.run_id)
-            racer.score = float(scorer(racer.outcome.result, summary.files, summary.cost_usd))
+        for racer in completed:
+            racer.score = scores[racer.run_id]
             if best is None or (best.score is not None and racer.score > best.score):
                 best = racer
         self.decided_at = time.monotonic()
@@ -150,19 +152,61 @@ STRATEGIES: Final[dict[str, Callable[[], FirstComplete | BestScore]]] = {
 }
 
 
-def _resolve_scorer(scorer: str | Scorer | None) -> Scorer | None:
-    if scorer is None or callable(scorer):
-        return scorer
-    module, _, attr = scorer.rpartition(":")
-    if not module or not attr:
-        raise ConfigError(f"scorer {scorer!r} must be 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load scorer {scorer!r}: {exc}") from exc
-    if not callable(fn):
-        raise ConfigError(f"scorer {scorer!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+class _Scoring:
+    """How a race's completed racers get their scores: a reference in a scoring run's worker,
+    an in-process callable here (see the module docstring)."""
+
+    def __init__(self, executor: Executor, scorer: str | Scorer, *, group_id: str,
+                 env: Mapping[str, str] | None, timeout: float | None) -> None:
+        self._executor = executor
+        self._scorer = scorer
+        self._group_id = group_id
+        self._env = dict(env or {})
+        self._timeout = timeout
+
+    async def scores(self, racers: Sequence[Racer]) -> dict[str, float]:
+        from isolane.tracking.compare import summarize_run
+
+        rows = []
+        for racer in racers:
+            assert racer.outcome is not None
+            summary = await anyio.to_thread.run_sync(summarize_run, self._executor.store, racer.run_id)
+            rows.append({"run_id": racer.run_id, "result": racer.outcome.result,
+                         "files": dict(summary.files), "cost_usd": summary.cost_usd})
+        if callable(self._scorer):
+            return self._in_process(self._scorer, rows)
+        return await self._in_worker(self._scorer, rows)
+
+    @staticmethod
+    def _in_process(scorer: Scorer, rows: list[dict[str, Any]]) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        name = getattr(scorer, "__qualname__", repr(scorer))
+        for row in rows:
+            try:
+                value = scorer(row["result"], row["files"], row["cost_usd"])
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise ConfigError(f"scorer {name} raised {type(exc).__name__}: {first}; a scorer is "
+                                  f"{SCORER_SIGNATURE}") from exc
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"scorer {name} returned {value!r}; a scorer is {SCORER_SIGNATURE}")
+            scores[row["run_id"]] = float(value)
+        return scores
+
+    async def _in_worker(self, ref: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+        from isolane.executor.run import RunSpec
+
+        handle = await self._executor.submit(RunSpec(
+            workflow=SCORER_WORKFLOW, task=f"score the racers of race {self._group_id}",
+            config={"scorer": ref, "racers": rows}, name=f"scorer of race {self._group_id[:12]}",
+            env=self._env, timeout=self._timeout))
+        outcome = await handle.wait()
+        scores = outcome.result.get("scores") if isinstance(outcome.result, dict) else None
+        if outcome.status != "completed" or not isinstance(scores, dict):
+            error = (str(outcome.error or outcome.status).strip().splitlines() or [""])[0]
+            error = error.removeprefix("isolane.errors.ConfigError: ")
+            raise ConfigError(f"the race's scorer failed (scoring run {outcome.run_id[:12]}): {error}")
+        return {run_id: float(score) for run_id, score in scores.items()}
 
 
 async def _budget_watch(racer: Racer, share: float) -> None:
@@ -186,7 +230,7 @@ class Race:
     """
 
     def __init__(self, executor: Executor, group_id: str, racers: list[Racer], *, parent_run_id: str,
-                 from_node: str, strategy: str, judge: _Strategy, scorer: Scorer | None,
+                 from_node: str, strategy: str, judge: _Strategy, scoring: _Scoring | None,
                  budget_usd: float | None) -> None:
         self._executor = executor
         self.group_id = group_id
@@ -195,7 +239,7 @@ class Race:
         self.strategy = strategy
         self.racers = racers
         self._judge = judge
-        self._scorer = scorer
+        self._scoring = scoring
         self._budget_usd = budget_usd
         self._settling = False
         self._settled = anyio.Event()
@@ -210,6 +254,13 @@ class Race:
     @property
     def done(self) -> bool:
         return self._settled.is_set()
+
+    @property
+    def error(self) -> str | None:
+        """Why the race ended without a verdict (one line), once it has; else ``None``."""
+        if self._error is None:
+            return None
+        return (str(self._error).strip().splitlines() or [type(self._error).__name__])[0]
 
     async def wait(self) -> RaceOutcome:
         """Wait for the verdict; raises what stopped :meth:`settle` from reaching one."""
@@ -252,7 +303,7 @@ class Race:
             if self._budget_usd is not None:
                 for racer in racers:
                     tg.start_soon(_budget_watch, racer, self._budget_usd / len(racers))
-            winner = await self._judge.judge(racers, self._scorer, executor)
+            winner = await self._judge.judge(racers, self._scoring, executor)
             tg.cancel_scope.cancel()
         losers_gone = max((r.ended_at or 0.0) for r in racers if r is not winner) if len(racers) > 1 else None
         statuses: dict[str, str] = {}
@@ -325,10 +376,11 @@ async def start_race(
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"timeout must be positive seconds, got {timeout!r}")
     judge: _Strategy = STRATEGIES[strategy]()
-    resolved = scorer if scorer is None or callable(scorer) else \
-        await anyio.to_thread.run_sync(_resolve_scorer, scorer)  # an import: off the event loop
-    if judge.needs_scorer and resolved is None:
-        raise ConfigError(f"strategy {strategy!r} needs a scorer ('package.module:function')")
+    if judge.needs_scorer and scorer is None:
+        raise ConfigError(f"strategy {strategy!r} needs a scorer ('package.module:function', "
+                          f"{SCORER_SIGNATURE})")
+    if isinstance(scorer, str):  # checked only: the scoring run's worker imports it
+        await anyio.to_thread.run_sync(check_scorer_ref, scorer)
     # Checks the run and the node (404 / "never ran") before the group is recorded.
     plan = await anyio.to_thread.run_sync(lambda: branching.plan_branch(executor.store, run_id, from_node))
     parent = plan.parent
@@ -349,7 +401,9 @@ async def start_race(
                            "another racer of the race could not start")
         raise
     return Race(executor, group.id, racers, parent_run_id=parent.id, from_node=from_node,
-                strategy=strategy, judge=judge, scorer=resolved, budget_usd=budget_usd)
+                strategy=strategy, judge=judge, budget_usd=budget_usd,
+                scoring=None if scorer is None else _Scoring(executor, scorer, group_id=group.id,
+                                                             env=env, timeout=timeout))
 
 
 def _describe(variant: Mapping[str, Any]) -> str:

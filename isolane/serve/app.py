@@ -105,4 +105,5 @@ def create_app(
     app.state.executor = executor
     app.state.workflows = frozenset(workflows) if workflows is not None else None
     app.state.policy = policy
+    app.state.races = {}  # races started here, by group id (bounded): their errors for GET
     return app

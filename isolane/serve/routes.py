@@ -43,6 +43,8 @@ from isolane.errors import (
     RunStateError,
 )
 from isolane.executor.executor import TERMINAL_STATUSES, Executor, RunHandle, RunSpec
+from isolane.executor.racing import Race
+from isolane.references import known_workflows
 from isolane.serve.http import (
     JSONResponse,
     error_response,
@@ -53,7 +55,6 @@ from isolane.serve.http import (
 )
 from isolane.tracking.branching import racing_group
 from isolane.tracking.cost import roll_up
-from isolane.workflow import registered_workflows
 
 __all__ = ["JSONResponse", "api_routes", "error_response", "resolve_handle"]
 
@@ -77,6 +78,8 @@ _RACE_FIELDS: Final[dict[str, type | tuple[type, ...]]] = {
 }
 #: Racers one request may start (each is a worker process).
 _RACE_MAX_VARIANTS: Final = 32
+#: Races started by this server whose verdict (or error) GET /api/races/{id} can report.
+_RACES_KEPT: Final = 256
 
 
 def _executor(request: Request) -> Executor:
@@ -185,10 +188,14 @@ async def race_run(request: Request) -> Response:
     scorer = options.get("scorer")
     allowed: Collection[str] | None = request.app.state.workflows
     if scorer is not None and allowed is not None and scorer not in allowed:
-        # A scorer is imported and run in this process: the allow-list covers it too.
+        # A scorer is user code (imported in a scoring worker only): the allow-list covers it too.
         raise ConfigError(f"scorer {scorer!r} may not be used here; allowed: "
                           f"{', '.join(sorted(allowed)) or 'none'}")
     race = await executor.start_race(request.path_params["run_id"], from_node, variants, **options)
+    races: dict[str, Race] = request.app.state.races  # for GET /api/races/{id} to say why it failed
+    races[race.group_id] = race
+    while len(races) > _RACES_KEPT:
+        races.pop(next(iter(races)))
     return JSONResponse({"racing_group_id": race.group_id, "parent_run_id": race.parent_run_id,
                          "from_node": race.from_node, "strategy": race.strategy,
                          "run_ids": race.run_ids, "status": "racing"}, status_code=202)
@@ -233,6 +240,9 @@ async def show_race(request: Request) -> Response:
         return JSONResponse({"error": f"no race {group_id!r}; POST /api/runs/{{id}}/race answers "
                                       "with its racing_group_id", "type": "RaceNotFound"},
                             status_code=404)
+    race: Race | None = request.app.state.races.get(group["id"])
+    if race is not None and race.done and race.error is not None:
+        group["error"] = race.error
     return JSONResponse(group)
 
 
@@ -279,10 +289,10 @@ async def answer_request(request: Request) -> Response:
 
 async def list_workflows(request: Request) -> Response:
     allowed: Collection[str] | None = request.app.state.workflows
-    known = await anyio.to_thread.run_sync(registered_workflows)
+    known = await anyio.to_thread.run_sync(known_workflows)  # loads no entry point's code
     return JSONResponse({"workflows": [
-        {"name": name, "description": wf.description}
-        for name, wf in sorted(known.items()) if allowed is None or name in allowed]})
+        {"name": name, "description": description}
+        for name, description in sorted(known.items()) if allowed is None or name in allowed]})
 
 
 def api_routes() -> list[Route]:

@@ -46,6 +46,7 @@ from isolane.worker.context import RunContext
 from isolane.worker.emitter import Emitter
 from isolane.worker.enforcement import LimitEnforcer
 from isolane.worker.files import final_scan, track_files
+from isolane.worker.offline_llm import serving_offline_script
 from isolane.worker.output import OutputPump, pump_std_streams
 from isolane.worker.proctree import descendants, kill_until_gone
 from isolane.worker.session import ResumeInfo
@@ -242,7 +243,8 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
             ctx.capture = capture
             if capture is not None and capture.iostream is not None:
                 capture.iostream.human = ctx.human.ask_ag2  # AG2 asks through the control pipe
-            result = _call(wf.func, ctx, spec.task, ctx.config)
+            with serving_offline_script(wf.func, ctx.config):  # a user module's script: served here
+                result = _call(wf.func, ctx, spec.task, ctx.config)
         final_scan(ctx)
         ctx.snapshot(reason="end")
         _drain_output(pumps)

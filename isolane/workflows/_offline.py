@@ -28,10 +28,10 @@ A script built from reply sequences or ``times`` caps would start those over ins
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Final
 
 from isolane.offline.script import Rule, Script, text, tool_call
+from isolane.worker.offline_llm import offline_script_of
 from isolane.workflow import WorkflowDef
 from isolane.workflows._agents import MARK_PLAN, MARK_REDO, MARK_STEP, ROLES
 
@@ -108,11 +108,4 @@ def offline_script_for(wf: WorkflowDef) -> Script | None:
     returning an :class:`~isolane.testing.Script`, or a mapping in the form of
     :meth:`Script.from_dict`).
     """
-    module = sys.modules.get(getattr(wf.func, "__module__", "") or "")
-    factory = getattr(module, "offline_script", None)
-    if not callable(factory):
-        return None
-    script = factory()
-    if isinstance(script, Script):
-        return script
-    return Script.from_dict(script)
+    return offline_script_of(wf.func)
