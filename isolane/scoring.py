@@ -56,7 +56,7 @@ def score_racers(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ConfigError(f"scorer {ref!r} raised {type(exc).__name__}: {first} "
-                              f"(scoring racer {racer['run_id']})") from exc
+                              f"(scoring racer {str(racer['run_id'])[:12]})") from exc
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise ConfigError(f"scorer {ref!r} returned {value!r} for racer {racer['run_id']}; "
                               f"a scorer is {SIGNATURE}")

@@ -299,12 +299,19 @@ class Race:
         from isolane.tracking import branching
 
         racers, executor = self.racers, self._executor
+        failure: Exception | None = None
+        winner: Racer | None = None
         async with anyio.create_task_group() as tg:
             if self._budget_usd is not None:
                 for racer in racers:
                     tg.start_soon(_budget_watch, racer, self._budget_usd / len(racers))
-            winner = await self._judge.judge(racers, self._scoring, executor)
+            try:
+                winner = await self._judge.judge(racers, self._scoring, executor)
+            except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in an ExceptionGroup
+                failure = exc
             tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         losers_gone = max((r.ended_at or 0.0) for r in racers if r is not winner) if len(racers) > 1 else None
         statuses: dict[str, str] = {}
         for racer in racers:
