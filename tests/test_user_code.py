@@ -305,3 +305,44 @@ def test_the_api_reports_a_raising_scorer_in_one_line(tmp_path: Path) -> None:
     assert "ValueError: no quality here" in verdict["error"] and "\n" not in verdict["error"]
     with Store.open(None, home=home) as store:
         assert store.get_run(parent).status == "completed"
+
+
+# -- the offline LLM of a user's workflow -------------------------------------------------------------
+
+OFFLINE_FLOW = '''\
+import json, os, urllib.request
+
+open({marker!r}, "a").write(str(os.getpid()) + "\\n")
+
+
+def offline_script():
+    return {{"rules": [{{"reply": {{"content": "scripted answer"}}}}]}}
+
+
+def main(ctx, task, config):
+    request = urllib.request.Request(
+        os.environ["ISOLANE_OFFLINE_LLM_URL"] + "/chat/completions",
+        data=json.dumps({{"model": "fake-model", "messages": [{{"role": "user", "content": task}}]}}).encode(),
+        headers={{"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["OPENAI_API_KEY"]}})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)["choices"][0]["message"]["content"]
+'''
+
+
+def test_run_isolated_llm_offline_serves_a_user_script_from_the_worker(tmp_path: Path) -> None:
+    """--llm offline with a user's file: the parent checks it binds offline_script; the worker serves it."""
+    marker = tmp_path / "offline.marker"
+    path = tmp_path / "offline_flow.py"
+    path.write_text(OFFLINE_FLOW.format(marker=str(marker)))
+    proc, cli_pid = _cli("run-isolated", "hello", "--workflow", f"{path}:main", "--llm", "offline",
+                         "--home", "home", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    outcome = json.loads(proc.stdout.splitlines()[-1])["outcome"]
+    assert (outcome["status"], outcome["result"]) == ("completed", "scripted answer"), outcome
+    pids = [int(p) for p in marker.read_text().split()]
+    assert len(pids) == 1 and pids[0] != cli_pid
+    plain, _ = _flow(tmp_path)
+    refused, _ = _cli("run-isolated", "hello", "--workflow", f"{plain}:main", "--llm", "offline",
+                      "--home", "home", cwd=tmp_path)
+    assert refused.returncode == 2 and "ships no offline script" in refused.stderr, refused.stderr
+    assert not _records(plain.with_name("flow.py.marker"))

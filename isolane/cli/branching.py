@@ -96,7 +96,9 @@ def race_command(
     strategy: Annotated[str, typer.Option(
         "--strategy", help=f"How the winner is chosen: {', '.join(sorted(STRATEGIES))}.")] = "first_complete",
     scorer: Annotated[str | None, typer.Option(
-        "--scorer", metavar="PKG.MOD:FN", help="scorer(result, files, cost) -> float, for best_score.")] = None,
+        "--scorer", metavar="PKG.MOD:FN",
+        help="scorer(result, files, cost_usd) -> float, for best_score (PKG.MOD:FN or FILE.py:FN; "
+             "run in a worker).")] = None,
     budget_usd: Annotated[float | None, typer.Option(
         "--budget-usd", metavar="X", help="Total budget; a racer spending more than its share is cancelled.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", metavar="S", help="Per-racer timeout.")] = None,
