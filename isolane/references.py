@@ -92,7 +92,7 @@ def check_scorer_ref(ref: str) -> None:
     :func:`check_workflow_ref` does; raise :class:`ConfigError` when it is bad."""
     if not isinstance(ref, str) or ":" not in ref or not all(ref.rpartition(":")[::2]):
         raise ConfigError(f"scorer {ref!r} must be 'package.module:function' or 'path/to/file.py:function'")
-    _check_target(ref, f"scorer {ref!r}", ConfigError)
+    _check_target(ref, f"cannot load scorer {ref!r}", ConfigError)
 
 
 def known_workflows() -> dict[str, str]:
@@ -157,8 +157,8 @@ def _module_source(dotted: str, what: str, error: type[Exception]) -> Path | Non
         name = ".".join(parts[:depth])
         spec = PathFinder.find_spec(name, list(search))
         if spec is None:
-            raise error(f"{what}: no module {name!r} on the Python path (is it installed, or is "
-                        "the working directory right?)")
+            raise error(f"{what}: cannot import {dotted!r}: no module {name!r} on the Python path "
+                        "(is it installed, or is the working directory right?)")
         if depth < len(parts):
             if spec.submodule_search_locations is None:
                 raise error(f"{what}: {name!r} is a module, not a package")

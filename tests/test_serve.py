@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,6 +369,12 @@ def test_race_answers_at_once_and_the_verdict_is_settled_in_the_background(tmp_p
         for run_id in scored.json()["run_ids"]:
             with connect(_ws_url(srv.url, run_id)) as ws:
                 assert list(_frames(ws))[-1]["status"] == "completed"
+        # The scorer runs in a scoring worker after the racers end; stopping the server would
+        # cancel it, so wait for the verdict here.
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/races/{scored.json()['racing_group_id']}").json()["status"] == "running":
+            assert time.monotonic() < deadline, "the best_score verdict never came"
+            time.sleep(0.05)
     # The verdicts are settled by tasks of the executor's task group, which closing it awaits.
     with Store.open(None, home=home) as store:
         first = racing_group(store, race["racing_group_id"])
