@@ -104,6 +104,7 @@ async def test_a_package_reference_runs_no_package_init_in_the_parent(tmp_path: 
     with pytest.raises(WorkflowNotFound, match="no module 'userpkg_iso.missing'"):
         check_workflow_ref("userpkg_iso.missing:main")
     assert not marker.exists() and "userpkg_iso" not in sys.modules
+    assert check_workflow_ref("this:s").kind == "module" and "this" not in sys.modules  # the example
     async with Executor(home=tmp_path / "home") as ex:
         outcome = await ex.run(RunSpec(workflow="userpkg_iso.flow:main"))
     assert outcome.status == "completed", outcome.error
