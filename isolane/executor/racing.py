@@ -35,8 +35,8 @@ import anyio
 import anyio.to_thread
 
 from isolane.errors import ConfigError, RunStateError
+from isolane.executor.race_scoring import RaceScoring, Scorer
 from isolane.references import check_scorer_ref
-from isolane.scoring import SCORER_WORKFLOW
 from isolane.scoring import SIGNATURE as SCORER_SIGNATURE
 
 # The store's modules are imported where they are used: ``STRATEGIES`` is read by the CLI's
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["STRATEGIES", "Race", "RaceOutcome", "Racer", "start_race"]
 
 log = logging.getLogger(__name__)
-
-Scorer = Callable[[Any, dict[str, str], float | None], float]  # cost None: no call was priced
 
 #: Grace for a loser between the cooperative cancel and SIGKILL: losers must go fast.
 _LOSER_GRACE: Final = 0.5
@@ -84,7 +82,7 @@ class _Strategy(Protocol):
     needs_scorer: bool
     decided_at: float | None
 
-    async def judge(self, racers: list[Racer], scoring: _Scoring | None, executor: Executor) -> Racer | None: ...
+    async def judge(self, racers: list[Racer], scoring: RaceScoring | None, executor: Executor) -> Racer | None: ...
 
 
 async def _wait(racer: Racer) -> None:
@@ -100,7 +98,7 @@ class FirstComplete:
     def __init__(self) -> None:
         self.decided_at: float | None = None
 
-    async def judge(self, racers: list[Racer], scoring: _Scoring | None, executor: Executor) -> Racer | None:
+    async def judge(self, racers: list[Racer], scoring: RaceScoring | None, executor: Executor) -> Racer | None:
         winner: Racer | None = None
 
         async def watch(racer: Racer, tg: anyio.abc.TaskGroup) -> None:
@@ -129,7 +127,7 @@ class BestScore:
     def __init__(self) -> None:
         self.decided_at: float | None = None
 
-    async def judge(self, racers: list[Racer], scoring: _Scoring | None, executor: Executor) -> Racer | None:
+    async def judge(self, racers: list[Racer], scoring: RaceScoring | None, executor: Executor) -> Racer | None:
         assert scoring is not None
         async with anyio.create_task_group() as tg:
             for racer in racers:
@@ -150,63 +148,6 @@ STRATEGIES: Final[dict[str, Callable[[], FirstComplete | BestScore]]] = {
     "first_complete": FirstComplete,
     "best_score": BestScore,
 }
-
-
-class _Scoring:
-    """How a race's completed racers get their scores: a reference in a scoring run's worker,
-    an in-process callable here (see the module docstring)."""
-
-    def __init__(self, executor: Executor, scorer: str | Scorer, *, group_id: str,
-                 env: Mapping[str, str] | None, timeout: float | None) -> None:
-        self._executor = executor
-        self._scorer = scorer
-        self._group_id = group_id
-        self._env = dict(env or {})
-        self._timeout = timeout
-
-    async def scores(self, racers: Sequence[Racer]) -> dict[str, float]:
-        from isolane.tracking.compare import summarize_run
-
-        rows = []
-        for racer in racers:
-            assert racer.outcome is not None
-            summary = await anyio.to_thread.run_sync(summarize_run, self._executor.store, racer.run_id)
-            rows.append({"run_id": racer.run_id, "result": racer.outcome.result,
-                         "files": dict(summary.files), "cost_usd": summary.cost_usd})
-        if callable(self._scorer):
-            return self._in_process(self._scorer, rows)
-        return await self._in_worker(self._scorer, rows)
-
-    @staticmethod
-    def _in_process(scorer: Scorer, rows: list[dict[str, Any]]) -> dict[str, float]:
-        scores: dict[str, float] = {}
-        name = getattr(scorer, "__qualname__", repr(scorer))
-        for row in rows:
-            try:
-                value = scorer(row["result"], row["files"], row["cost_usd"])
-            except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise ConfigError(f"scorer {name} raised {type(exc).__name__}: {first}; a scorer is "
-                                  f"{SCORER_SIGNATURE}") from exc
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"scorer {name} returned {value!r}; a scorer is {SCORER_SIGNATURE}")
-            scores[row["run_id"]] = float(value)
-        return scores
-
-    async def _in_worker(self, ref: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-        from isolane.executor.run import RunSpec
-
-        handle = await self._executor.submit(RunSpec(
-            workflow=SCORER_WORKFLOW, task=f"score the racers of race {self._group_id}",
-            config={"scorer": ref, "racers": rows}, name=f"scorer of race {self._group_id[:12]}",
-            env=self._env, timeout=self._timeout))
-        outcome = await handle.wait()
-        scores = outcome.result.get("scores") if isinstance(outcome.result, dict) else None
-        if outcome.status != "completed" or not isinstance(scores, dict):
-            error = (str(outcome.error or outcome.status).strip().splitlines() or [""])[0]
-            error = error.removeprefix("isolane.errors.ConfigError: ")
-            raise ConfigError(f"the race's scorer failed (scoring run {outcome.run_id[:12]}): {error}")
-        return {run_id: float(score) for run_id, score in scores.items()}
 
 
 async def _budget_watch(racer: Racer, share: float) -> None:
@@ -230,7 +171,7 @@ class Race:
     """
 
     def __init__(self, executor: Executor, group_id: str, racers: list[Racer], *, parent_run_id: str,
-                 from_node: str, strategy: str, judge: _Strategy, scoring: _Scoring | None,
+                 from_node: str, strategy: str, judge: _Strategy, scoring: RaceScoring | None,
                  budget_usd: float | None) -> None:
         self._executor = executor
         self.group_id = group_id
@@ -409,7 +350,7 @@ async def start_race(
         raise
     return Race(executor, group.id, racers, parent_run_id=parent.id, from_node=from_node,
                 strategy=strategy, judge=judge, budget_usd=budget_usd,
-                scoring=None if scorer is None else _Scoring(executor, scorer, group_id=group.id,
+                scoring=None if scorer is None else RaceScoring(executor, scorer, group_id=group.id,
                                                              env=env, timeout=timeout))
 
 
