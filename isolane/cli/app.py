@@ -148,7 +148,7 @@ def show_command(
         }) + b"\n")
         return
     out.print(show_page(row, nodes=nodes, edges=edges, event_counts=counts,
-                        diagnostics=len(diagnostics), cost=cost, traceback=traceback))
+                        diagnostics=diagnostics, cost=cost, traceback=traceback))
 
 
 def _stored_events(store: Store, run_id: str, *, after: int,

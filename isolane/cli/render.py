@@ -19,7 +19,7 @@ from rich.text import Text
 
 from isolane.schemas.envelope import Event
 from isolane.tracking.cost import CostTotals, money, totals_of_update
-from isolane.tracking.rows import DagEdgeRow, DagNodeRow, RunRow
+from isolane.tracking.rows import DagEdgeRow, DagNodeRow, DiagnosticRow, RunRow
 
 __all__ = [
     "STATUS_STYLES",
@@ -229,7 +229,7 @@ def show_page(
     nodes: Sequence[DagNodeRow],
     edges: Sequence[DagEdgeRow],
     event_counts: Mapping[str, int],
-    diagnostics: int,
+    diagnostics: Sequence[DiagnosticRow],
     cost: CostTotals,
     traceback: str | None,
     node_limit: int = 60,
@@ -249,7 +249,7 @@ def show_page(
         ("session", row.session_id), ("worker", _worker_text(row)), ("work dir", row.work_dir),
         ("config", short(row.config, 200) if row.config else None),
         ("events", f"{total_events} (last seq {row.last_seq})"),
-        ("diagnostics", str(diagnostics)),
+        ("diagnostics", _diagnostic_counts(diagnostics)),
     ):
         if value is not None and value != "":
             fields.add_row(name, value if isinstance(value, Text) else Text(str(value)))
@@ -258,6 +258,11 @@ def show_page(
         parts.append(Text(f"\nerror: {error_text(row.error_type, row.error)}", style="red"))
     if traceback:
         parts.append(Text(traceback.rstrip(), style="dim"))
+    notable = _notable_diagnostics(diagnostics)
+    if notable:
+        parts.append(Text("\ndiagnostics:", style="bold"))
+        for diagnostic in notable:
+            parts.append(Text(f"  {diagnostic.kind}: ", style="yellow") + Text(short(diagnostic.reason, 400)))
     if row.result is not None:
         parts.append(Text("\nresult: ", style="bold") + Text(short(row.result, 2000)))
     if cost.calls:
@@ -278,3 +283,27 @@ def show_page(
         parts.append(Text(""))
         parts.append(by_type)
     return Group(*parts)
+
+
+#: Diagnostics that change how a run's outcome should be read: ``isolane show`` prints them.
+_NOTABLE_KINDS: Final = ("outcome_contradiction", "resettled", "spool_refused", "restart",
+                         "store_refused", "invalid_event_flood")
+
+
+def _diagnostic_counts(diagnostics: Sequence[DiagnosticRow]) -> str:
+    """``"3 (restart 2, seq_gap 1)"``: the count, then by kind."""
+    if not diagnostics:
+        return "0"
+    kinds: dict[str, int] = {}
+    for diagnostic in diagnostics:
+        kinds[diagnostic.kind] = kinds.get(diagnostic.kind, 0) + 1
+    by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{len(diagnostics)} ({by_kind})"
+
+
+def _notable_diagnostics(diagnostics: Sequence[DiagnosticRow], *, per_kind: int = 3) -> list[DiagnosticRow]:
+    """The latest few diagnostics of each notable kind, oldest first."""
+    kept: list[DiagnosticRow] = []
+    for kind in _NOTABLE_KINDS:
+        kept.extend([d for d in diagnostics if d.kind == kind][-per_kind:])
+    return sorted(kept, key=lambda d: d.ts)

@@ -4,8 +4,13 @@
 
     Attempts.drive(live)                       (a Driver of isolane.executor.live.LiveRuns)
       wait for a worker slot (CapacityLimiter)   a cancel while queued ends it ``cancelled``
+      build the first worker spec                a resume's reads the store: after the slot,
+                                                 through an outage (LiveRuns.read_store)
       loop:
-        attempt: status starting ─▶ WorkerBackend.launch(spec) ─▶ status running (pid, where)
+        attempt: status starting, committed ─▶ WorkerBackend.launch(spec) ─▶ status running
+                 (the intent is durable before any worker can exist: a parent killed while
+                 the worker starts leaves "starting", and recovery looks for the worker by its
+                 spool's writer lock before it settles or resumes the run)
                  RunMonitor.supervise()          frames + exit + watchdog until the worker is gone
         crashed, and restarts left? ─▶ a "restart" diagnostic, status queued, backoff,
                  a resumed spec (WorkerSpecs.resumed), again
@@ -14,12 +19,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from isolane.backends.interface import WorkerBackend
 from isolane.executor.live import LiveRun, LiveRuns
@@ -45,14 +51,21 @@ class Attempts:
         self._slots = anyio.CapacityLimiter(max_workers)
         self._resumed_spec = resumed_spec  # blocking: called in a thread
 
-    def start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec) -> LiveRun:
-        """Drive ``run_id`` from a queue slot to its end, in the executor's task group."""
+    def start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec | Callable[[], WorkerSpec], *,
+              meta: Mapping[str, Any]) -> LiveRun:
+        """Drive ``run_id`` from a queue slot to its end, in the executor's task group.
+
+        ``worker_spec`` may be a blocking builder (a resume's reads the store): it is called in a
+        thread once the run has a slot. ``meta`` is the run's stored ``meta`` (it gains where
+        each attempt's worker runs), kept here so a launch reads nothing from the store.
+        """
         async def drive(live: LiveRun) -> RunResult | None:
-            return await self._drive(live, spec, worker_spec)
+            return await self._drive(live, spec, worker_spec, dict(meta))
 
         return self._runs.start(run_id, drive, interrupted="the parent stopped supervising the run")
 
-    async def _drive(self, live: LiveRun, spec: RunSpec, worker_spec: WorkerSpec) -> RunResult | None:
+    async def _drive(self, live: LiveRun, spec: RunSpec, worker_spec: WorkerSpec | Callable[[], WorkerSpec],
+                     meta: dict[str, Any]) -> RunResult | None:
         with anyio.CancelScope() as queue_scope:
             live.queue_scope = queue_scope
             await self._slots.acquire_on_behalf_of(live)
@@ -60,9 +73,11 @@ class Attempts:
         if queue_scope.cancelled_caught:
             return RunResult("cancelled", None, error=live.cancel_requested, error_type="cancelled")
         try:
+            if not isinstance(worker_spec, WorkerSpec):
+                worker_spec = await self._runs.read_store(worker_spec, what=f"preparing run {live.run_id}")
             restarts = 0
             while True:
-                result = await self._attempt(live, spec, worker_spec)
+                result = await self._attempt(live, spec, worker_spec, meta)
                 if result.status != "crashed" or restarts >= spec.max_restarts \
                         or live.cancel_requested is not None:
                     return result
@@ -76,17 +91,24 @@ class Attempts:
                                                f"restarting ({restarts}/{spec.max_restarts})")],
                     run_updates={live.run_id: {"status": "queued", "error": result.error}}))
                 await anyio.sleep(delay)
-                worker_spec = await anyio.to_thread.run_sync(
-                    self._resumed_spec, live.run_id, worker_spec)
+                worker_spec = await self._runs.read_store(
+                    functools.partial(self._resumed_spec, live.run_id, worker_spec),
+                    what=f"restarting run {live.run_id}")
         finally:
             self._slots.release_on_behalf_of(live)
 
-    async def _attempt(self, live: LiveRun, spec: RunSpec, worker_spec: WorkerSpec) -> RunResult:
+    async def _attempt(self, live: LiveRun, spec: RunSpec, worker_spec: WorkerSpec,
+                       meta: dict[str, Any]) -> RunResult:
         """Start one worker for the run and supervise it until it is gone."""
         if live.cancel_requested is not None:
             return RunResult("cancelled", None, error=live.cancel_requested, error_type="cancelled")
         run_id = live.run_id
-        await self._runs.update(run_id, {"status": "starting"})
+        # The intent, committed before a worker can exist. heartbeat_at dates it: recovery
+        # gives a worker that many seconds to appear and take its spool.
+        meta.pop("worker", None)
+        await self._runs.writer.put_and_wait(WriteItem(run_updates={run_id: {
+            "status": "starting", "attempt": worker_spec.attempt, "heartbeat_at": time.time(),
+            "worker_pid": None, "worker_create_time": None, "meta": dict(meta)}}))
         try:
             worker = await self.backend.launch(worker_spec)
         except SpoolError as exc:  # a spool a live worker still writes, or one a worker replaced
@@ -98,19 +120,22 @@ class Attempts:
                              timeout=spec.timeout, heartbeat_timeout=spec.heartbeat_timeout,
                              cancel_grace=spec.cancel_grace, limits=spec.limits)
         live.monitor = monitor
-        store = self._runs.store
-        meta = await anyio.to_thread.run_sync(lambda: store.get_run(run_id).meta)
         # Where a new parent finds this worker after a crash of ours (see recovery).
-        meta = {**meta, "worker": {"backend": self.backend.name, "location": worker.location,
-                                   "pid": worker.pid, **(getattr(worker, "reattach", None) or {})}}
+        meta["worker"] = {"backend": self.backend.name, "location": worker.location, "pid": worker.pid,
+                          **(getattr(worker, "reattach", None) or {})}
         await self._runs.update(run_id, {
             "status": "running", "started_at": time.time(), "ended_at": None, "worker_pid": worker.pid,
-            "worker_create_time": worker.create_time, "attempt": worker_spec.attempt, "meta": meta})
+            "worker_create_time": worker.create_time, "attempt": worker_spec.attempt, "meta": dict(meta)})
         if worker.location != "local":
             log.info("run %s: attempt %d runs on %s", run_id, worker_spec.attempt, worker.location)
         if live.cancel_requested is not None:
             self._runs.start_soon(monitor.cancel, live.cancel_requested)
         try:
             return await monitor.supervise()
+        except Exception:
+            # A fault of ours while supervising: the worker must not run on unwatched.
+            with anyio.CancelScope(shield=True):
+                await worker.kill_tree()
+            raise
         finally:
             live.monitor = None

@@ -185,9 +185,10 @@ class Executor:
         await anyio.to_thread.run_sync(lambda: (run_dir / "work").mkdir(parents=True, exist_ok=True))
         return run_dir
 
-    def _start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec) -> RunHandle:
+    def _start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec | Callable[[], WorkerSpec],
+               meta: Mapping[str, Any]) -> RunHandle:
         assert self._attempts is not None
-        return RunHandle(self, run_id, self._attempts.start(run_id, spec, worker_spec))
+        return RunHandle(self, run_id, self._attempts.start(run_id, spec, worker_spec, meta=meta))
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class Executor:
             meta=meta))
         if not isinstance(workflow_ref, str):
             self._callables[run_id] = workflow_ref
-        return self._start(run_id, spec, self._specs.first(run_id, spec, workflow_ref, run_dir))
+        return self._start(run_id, spec, self._specs.first(run_id, spec, workflow_ref, run_dir), meta)
 
     async def run(self, spec: RunSpec) -> Outcome:
         """Submit and wait."""
@@ -329,10 +330,9 @@ class Executor:
         await anyio.to_thread.run_sync(restore_inherited, self.store, self.home, child_id, work_dir)
         if not isinstance(workflow, str):
             self._callables[child_id] = workflow
-        worker_spec = await anyio.to_thread.run_sync(
-            lambda: self._specs.resumed(self.store, child_id, env=env, workflow=workflow))
         spec = RunSpec.from_stored(workflow, parent.task, options, config=merged)
-        return self._start(child_id, spec, worker_spec)
+        return self._start(child_id, spec, lambda: self._specs.resumed(
+            self.store, child_id, env=env, workflow=workflow), meta)
 
     async def race(
         self,
@@ -391,12 +391,17 @@ class Executor:
         if self.is_live(row.id):
             raise RunStateError(f"run {row.id} is still running here; wait for it or cancel it first")
         await anyio.to_thread.run_sync(check_resumable, row)
-        worker_spec = await anyio.to_thread.run_sync(
-            lambda: self._specs.resumed(self.store, row.id, env=env, config=config,
-                                        callable_of=self._callables))
-        options = row.meta.get("options", {})
-        spec = RunSpec.from_stored(worker_spec.workflow, row.task, options, config=worker_spec.config)
+        workflow = row.meta.get("workflow_ref") or self._callables.get(row.id)
+        if not workflow:
+            raise RunStateError(
+                f"run {row.id} ran a Python callable, which cannot be restored in another process; "
+                "register the workflow by name or give 'module:function' to resume it")
+        spec = RunSpec.from_stored(workflow, row.task, row.meta.get("options", {}),
+                                   config={**row.config, **dict(config or {})})
         meta = {**row.meta, **owner_stamp()}
         await anyio.to_thread.run_sync(lambda: self.store.update_run(
             row.id, status="queued", error=None, error_type=None, exit_code=None, meta=meta))
-        return self._start(row.id, spec, worker_spec)
+        # The worker spec reads the store (the spool import, the state): built once the run has
+        # a worker slot, through an outage if one comes meanwhile.
+        return self._start(row.id, spec, lambda: self._specs.resumed(
+            self.store, row.id, env=env, config=config, callable_of=self._callables), meta)

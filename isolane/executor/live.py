@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from isolane.errors import IsolaneError, RunStateError
+from isolane.errors import IsolaneError, RunStateError, StoreUnavailable
 from isolane.executor.hub import Hub
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.run import Outcome
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: What drives a live run to its end: returns how it ended (``None``: it was interrupted).
 Driver = Callable[["LiveRun"], Awaitable[RunResult | None]]
+
+T = TypeVar("T")
+
+#: The longest wait between two tries of a store read on a run's path during an outage.
+_MAX_RETRY_DELAY: Final = 5.0
 
 
 class LiveRun:
@@ -160,11 +165,35 @@ class LiveRuns:
         result: RunResult | None = None
         try:
             result = await drive(live)
+        except Exception as exc:
+            log.exception("run %s: the parent failed while driving it", live.run_id)
+            result = RunResult(
+                "crashed", None, error=f"the parent failed while driving the run ({type(exc).__name__}: "
+                f"{exc}); its spool keeps what the worker wrote: `isolane resume` continues it",
+                error_type="ParentError")
         finally:
             with anyio.CancelScope(shield=True):
                 outcome = await self.settle(live, result, interrupted=interrupted)
         if then is not None:
-            await then(outcome)
+            try:
+                await then(outcome)
+            except Exception:
+                log.exception("run %s: what was to follow its end failed", live.run_id)
+
+    async def read_store(self, read: Callable[[], T], *, what: str) -> T:
+        """``read()`` in a thread, tried again through a store outage until it succeeds.
+
+        Every store read on a run's path goes through here (or through the writer): an outage
+        delays the run, it never ends it or the executor. A cancel of the caller stops waiting.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(read)
+            except StoreUnavailable as exc:
+                log.warning("store unavailable while %s (%s); trying again in %.1f s", what, exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
 
     async def settle(self, live: LiveRun, result: RunResult | None, *, interrupted: str) -> Outcome:
         """Record how ``live`` ended, after its last event: the final run update, its session

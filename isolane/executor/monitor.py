@@ -23,8 +23,15 @@ The status is decided from what the worker reported and how it ended:
 ``completed``/``failed``  the worker reported ``run_completed`` / ``run_failed`` and exited
                           (``failed`` also: a limit, ``LimitExceeded``; a flood of invalid records)
 ``crashed``               the process ended without reporting (signal, ``os._exit``, OOM, its
-                          node lost); SIGXCPU with a CPU limit is ``failed``/``LimitExceeded``
+                          node lost); SIGXCPU with a CPU limit is ``failed``/``LimitExceeded``;
+                          also a terminal event contradicted by the exit (below)
 ========================  ===============================================================
+
+A worker runs untrusted code, which can write any record into its spool, a forged
+``run_completed`` included. A worker that really finished exits with the code of its outcome
+(:data:`~isolane.schemas.spec.EXIT_CODES`); a terminal event followed by another exit (a
+signal, ``os._exit(3)``) is a contradiction: the run is ``crashed`` (the reported result is
+kept for a person to judge) and an ``outcome_contradiction`` diagnostic names both.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from isolane.schemas.envelope import EventRow, WireEvent, decode_lines
 from isolane.schemas.limits import Limits, crash_hint, limit_crash
 from isolane.schemas.outcome import Verdict, last_terminal, verdict
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
+from isolane.schemas.spec import EXIT_CODES, SPOOL_REFUSED_EXIT
 from isolane.schemas.spool import SpoolSpan
 from isolane.tracking.rows import DiagnosticRow
 
@@ -103,6 +111,7 @@ class RunMonitor:
     _exit: WorkerExit | None = None
     _stopping: bool = False
     _terminal: WireEvent | None = None
+    _contradiction: str | None = None
     _last_read: float = field(default_factory=time.monotonic)
     _last_hb_write: float = 0.0
 
@@ -128,7 +137,12 @@ class RunMonitor:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.worker.aclose()
-        return self._conclude(self._exit)
+        result = self._conclude(self._exit)
+        if self._contradiction is not None:
+            log.warning("run %s: %s", self.run_id, self._contradiction)
+            await self.writer.put(WriteItem(run_id=self.run_id, diagnostics=[DiagnosticRow(
+                self.run_id, time.time(), "outcome_contradiction", self._contradiction)]))
+        return result
 
     async def cancel(self, message: str = "cancelled by request") -> None:
         """Stop the run: cooperative request, then SIGKILL of its tree after the grace period."""
@@ -254,7 +268,12 @@ class RunMonitor:
                              error_type=self._stop.error_type or self._stop.reason,
                              **base)
         if self._terminal is not None:
-            return RunResult.of(verdict(self._terminal), **base)
+            return self._reported(verdict(self._terminal), exit_code)
+        if exit_code == SPOOL_REFUSED_EXIT:
+            return RunResult(
+                "failed", error="the worker could not take the run's spool: another live worker of "
+                "this run writes it, or the file was replaced (see the worker's stderr); it ran "
+                "nothing", error_type="SpoolError", **base)
         limit = limit_crash(exit_code, self.limits)
         if limit is not None:
             return RunResult("failed", error=limit, error_type="LimitExceeded",
@@ -270,6 +289,20 @@ class RunMonitor:
             error=f"worker died with {describe_exit(exit_code)} before reporting an outcome"
                   + _likely_cause(exit_code) + crash_hint(exit_code, self.limits) + corrupted,
             error_type="WorkerCrashed", **base)
+
+    def _reported(self, reported: Verdict, exit_code: int | None) -> RunResult:
+        """The worker's own outcome, unless how the process ended contradicts it."""
+        result = RunResult.of(reported, exit_code=exit_code)
+        expected = EXIT_CODES[reported.status]
+        if exit_code is None or exit_code == expected:  # None: the backend could not tell
+            return result
+        seq = self._terminal.seq if self._terminal is not None else "?"
+        self._contradiction = (
+            f"the worker reported run_{reported.status} (seq {seq}) but then ended with {describe_exit(exit_code)}, not exit code {expected}: the run is "
+            "marked crashed; a workflow cannot emit terminal events, so something in the worker "
+            "wrote the record itself or the process was killed while ending")
+        return RunResult("crashed", exit_code, result=result.result,
+                         error=self._contradiction, error_type="OutcomeContradiction")
 
 
 def _likely_cause(exit_code: int | None) -> str:

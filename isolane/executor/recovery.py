@@ -6,12 +6,23 @@
         │ owner alive (isolane.executor.ownership: pid here, heartbeat elsewhere)? ─▶ leave it
         ├─ remote worker (meta.worker: ray relay) ─▶ re-attach through the backend: replay after
         │                                       the store's last seq, then supervise it live
-        ├─ worker alive (pid + create time)  ─▶ adopt: tail its spool into the store until the
-        │                                       process exits (pidfd sentinel), then settle
+        ├─ worker alive: its pid (+ create time), or, with no pid recorded, its spool's writer
+        │  lock (a "starting" run gets LAUNCH_GRACE for its worker to appear)
+        │                                    ─▶ adopt: tail its spool into the store until the
+        │                                       worker is gone (pidfd, lock released), settle
         └─ worker gone / never started       ─▶ import the spool rows the store lacks, settle
     settle: the worker's own terminal event decides (completed / failed / cancelled;
             isolane.schemas.outcome); without one the run is ``crashed``; with ``resume`` a
             crashed run continues at once.
+    store.list_runs(status="crashed")        a recent crashed run whose spool holds more than
+                                             the store (it ended while the store was down):
+                                             import it; its terminal event, if any, settles
+                                             it again (a "resettled" diagnostic says so)
+
+A parent commits a run's ``starting`` status before it launches a worker, and the worker takes
+its spool's writer lock before it runs anything: so a worker that can be running is always
+findable, and a run is never resumed while its first worker still writes (two workers never
+write one spool: the lock refuses the second).
 
 A run taken over is driven like any other (:meth:`isolane.executor.live.LiveRuns.start`): its
 driver returns how it ended, and it is settled in the one place every run is.
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -31,18 +43,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
+import orjson
+import psutil
 
 from isolane.backends.interface import WorkerHandle
 from isolane.executor.live import LiveRun, LiveRuns
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.ownership import owner_alive, owner_stamp
 from isolane.executor.run import Outcome, RunHandle, RunSpec
-from isolane.executor.spool import SpoolFollower, import_spool
+from isolane.executor.spool import SpoolFollower, import_spool, probe_spool
 from isolane.executor.writer import WriteItem
 from isolane.schemas.envelope import WireEvent
 from isolane.schemas.outcome import last_terminal, verdict
 from isolane.schemas.spec import EXIT_CODES
-from isolane.schemas.spool import spool_path
+from isolane.schemas.spool import SpoolError, spool_path
 from isolane.tracking.rows import DiagnosticRow, RunRow
 from isolane.worker.proctree import kill_process_tree, process_alive
 
@@ -55,6 +69,11 @@ log = logging.getLogger(__name__)
 
 #: How often an adopted worker's spool is read; a file has no readiness fd to wait on.
 _TAIL_INTERVAL: Final = 0.1
+#: How long after a parent committed ``starting`` its worker may take to appear (fork from the
+#: forkserver, take the spool's lock) before recovery decides it never started.
+LAUNCH_GRACE: Final = 15.0
+#: How many of the latest ``crashed`` runs recovery checks for a spool holding more.
+_RESETTLE_LIMIT: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +81,7 @@ class RecoveryReport:
     """What recovery did with one run."""
 
     run_id: str
-    action: str  # "adopted" | "reattached" | "settled" | "resumed" | "skipped"
+    action: str  # "adopted" | "reattached" | "settled" | "resettled" | "resumed" | "skipped"
     status: str
     imported: int
     detail: str = ""
@@ -77,7 +96,7 @@ def _verdict(terminal: WireEvent | None, *, cause: str) -> RunResult:
 
 
 class _Adoption:
-    """Follows one orphaned worker's spool into the store until the worker exits."""
+    """Follows one orphaned worker's spool into the store until the worker is gone."""
 
     def __init__(self, runs: LiveRuns, row: RunRow) -> None:
         self.runs = runs
@@ -85,6 +104,9 @@ class _Adoption:
         self.spool = SpoolFollower(spool_path(row.work_dir), row.id)
         self.terminal: WireEvent | None = None
         self.imported = 0
+        #: The worker process, when known: recorded by its parent, or read from its run_started.
+        self.pid = row.worker_pid
+        self.create_time = row.worker_create_time
 
     async def pump_once(self, *, final: bool = False) -> None:
         """Store what the worker completed since the last call (``final``: it has exited, take
@@ -96,26 +118,41 @@ class _Adoption:
             return
         self.terminal = last_terminal(events) or self.terminal
         self.imported += len(events)
+        update: dict[str, Any] = {"heartbeat_at": now}
+        if self.pid is None and not final and self._learn_pid():
+            update.update(worker_pid=self.pid, worker_create_time=self.create_time)
         await self.runs.writer.put(WriteItem(
             run_id=self.row.id, events=[e.row() for e in events],
             diagnostics=[DiagnosticRow(self.row.id, now, "spool_invalid", p) for p in problems],
-            run_updates={self.row.id: {"heartbeat_at": now}}))
+            run_updates={self.row.id: update}))
+
+    def _learn_pid(self) -> bool:
+        """Take the worker's pid from its ``run_started`` (no parent recorded it), while its
+        lock is held: the lock proves a process of the run lives, the event names it."""
+        pid, create_time = _started_process(self.spool.result.started)
+        if pid is None or not self.spool.writer_alive():
+            return False
+        self.pid, self.create_time = pid, create_time
+        return True
 
     async def follow(self) -> None:
-        pid = self.row.worker_pid or 0
         exited = anyio.Event()
 
         async def wait_exit() -> None:
-            try:
-                fd = os.pidfd_open(pid)
-            except (OSError, AttributeError):
-                while process_alive(pid, self.row.worker_create_time):
-                    await anyio.sleep(_TAIL_INTERVAL)
-            else:
+            # With a pid: its exit (pidfd). Then, and without one: the writer lock released
+            # (every process that could still write the spool is gone).
+            if self.pid is not None and process_alive(self.pid, self.create_time):
                 try:
-                    await anyio.wait_readable(fd)
-                finally:
-                    os.close(fd)
+                    fd = os.pidfd_open(self.pid)
+                except (OSError, AttributeError):
+                    pass
+                else:
+                    try:
+                        await anyio.wait_readable(fd)
+                    finally:
+                        os.close(fd)
+            while self.spool.writer_alive():
+                await anyio.sleep(_TAIL_INTERVAL)
             exited.set()
 
         async with anyio.create_task_group() as tg:
@@ -127,8 +164,43 @@ class _Adoption:
             await self.pump_once(final=True)  # what it wrote before exiting
 
     def kill(self) -> None:
-        if self.row.worker_pid and process_alive(self.row.worker_pid, self.row.worker_create_time):
-            kill_process_tree(self.row.worker_pid, self.row.worker_create_time)
+        if self.pid is None:
+            self._learn_pid()
+        if self.pid and process_alive(self.pid, self.create_time):
+            kill_process_tree(self.pid, self.create_time)
+
+
+def _started_process(started: WireEvent | None) -> tuple[int | None, float | None]:
+    """``(pid, create_time)`` of the process a ``run_started`` names, if it runs on this host."""
+    if started is None:
+        return None, None
+    try:
+        data = orjson.loads(bytes(started.data))
+    except orjson.JSONDecodeError:
+        return None, None
+    pid = data.get("pid") if isinstance(data, dict) else None
+    if not isinstance(pid, int) or pid <= 1 or data.get("host") != socket.gethostname():
+        return None, None
+    try:
+        return pid, psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None, None
+
+
+async def _local_worker_alive(row: RunRow) -> bool:
+    """Whether a worker of ``row`` runs on this machine: its recorded pid, else its spool's
+    writer lock; a ``starting`` run's worker gets until :data:`LAUNCH_GRACE` after the
+    intent was committed to appear."""
+    if row.worker_pid is not None and process_alive(row.worker_pid, row.worker_create_time):
+        return True
+    path = spool_path(row.work_dir)
+    deadline = (row.heartbeat_at or 0.0) + LAUNCH_GRACE if row.status == "starting" else 0.0
+    while True:
+        if await anyio.to_thread.run_sync(probe_spool, path):
+            return True
+        if time.time() >= deadline:
+            return False
+        await anyio.sleep(_TAIL_INTERVAL)
 
 
 async def recover_runs(executor: Executor, runs: LiveRuns, *, resume: bool = False) -> list[RecoveryReport]:
@@ -162,14 +234,15 @@ async def recover_runs(executor: Executor, runs: LiveRuns, *, resume: bool = Fal
                                               f"its worker still runs on {remote}"))
                 continue
             # The relay is gone, and its worker with it: settle from what was stored.
-        elif process_alive(row.worker_pid, row.worker_create_time):
+        elif await _local_worker_alive(row):
             adopt(executor, runs, row, resume=resume)
-            reports.append(RecoveryReport(row.id, "adopted", "running", 0,
-                                          f"worker pid {row.worker_pid} still running"))
+            which = f"pid {row.worker_pid}" if row.worker_pid is not None else "holding its spool"
+            reports.append(RecoveryReport(row.id, "adopted", "running", 0, f"worker {which} still running"))
             continue
         adoption = _Adoption(runs, row)
         await adoption.pump_once(final=True)
-        cause = ("the parent died before the worker started" if row.worker_pid is None
+        cause = ("the parent died before the worker started"
+                 if row.worker_pid is None and not adoption.imported
                  else "the worker died while no parent was watching it")
         result = _verdict(adoption.terminal, cause=cause)
         await runs.writer.put_and_wait(WriteItem(run_updates={row.id: result.run_update()}))
@@ -178,6 +251,45 @@ async def recover_runs(executor: Executor, runs: LiveRuns, *, resume: bool = Fal
             reports.append(RecoveryReport(row.id, "resumed", "running", adoption.imported, cause))
         else:
             reports.append(RecoveryReport(row.id, "settled", result.status, adoption.imported, cause))
+    reports.extend(await _resettle_crashed(executor, runs, resume=resume))
+    return reports
+
+
+async def _resettle_crashed(executor: Executor, runs: LiveRuns, *, resume: bool) -> list[RecoveryReport]:
+    """Recent ``crashed`` runs whose spool holds more than the store: import the rest; a
+    terminal event among it decides their status again (a ``resettled`` diagnostic says so)."""
+    store = executor.store
+    rows = await anyio.to_thread.run_sync(
+        lambda: store.list_runs(status="crashed", limit=_RESETTLE_LIMIT))
+    reports: list[RecoveryReport] = []
+    for row in rows:
+        if executor.is_live(row.id) or row.meta.get("worker", {}).get("backend", "local") != "local":
+            continue
+        if await anyio.to_thread.run_sync(probe_spool, spool_path(row.work_dir)):
+            continue  # a worker still writes it (a resume of another parent): not ours
+        _, _, stored_high = await anyio.to_thread.run_sync(store.seq_stats, row.id)
+        try:
+            imported = await anyio.to_thread.run_sync(import_spool, store, row.id, spool_path(row.work_dir))
+        except SpoolError as exc:
+            log.warning("run %s: its spool was not read: %s", row.id, exc)
+            continue
+        if not imported.inserted:
+            continue
+        terminal = imported.terminal
+        if terminal is None or terminal.seq <= (stored_high or 0):
+            reports.append(RecoveryReport(row.id, "settled", "crashed", imported.inserted,
+                                          "imported the events its spool held beyond the store"))
+            continue
+        result = _verdict(terminal, cause="")
+        await runs.writer.put_and_wait(WriteItem(
+            diagnostics=[DiagnosticRow(row.id, time.time(), "resettled",
+                                       f"the run was marked crashed ({row.error}), but its spool held "
+                                       f"{imported.inserted} more events ending in {terminal.type}: "
+                                       f"it is {result.status} now")],
+            run_updates={row.id: result.run_update()}))
+        log.info("run %s: resettled as %s from its spool", row.id, result.status)
+        reports.append(RecoveryReport(row.id, "resettled", result.status, imported.inserted,
+                                      "its spool held its outcome"))
     return reports
 
 

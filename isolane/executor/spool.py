@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from isolane.errors import StoreRefused
 from isolane.schemas.envelope import WireEvent, decode_lines
 from isolane.schemas.outcome import last_terminal
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
@@ -31,11 +32,12 @@ from isolane.schemas.spool import (
     SpoolSpan,
     find_tail,
     open_spool,
+    writer_alive,
 )
 from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.store import Store
 
-__all__ = ["SpoolFollower", "SpoolImport", "import_spool", "quarantine_spool"]
+__all__ = ["SpoolFollower", "SpoolImport", "import_spool", "probe_spool", "quarantine_spool"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def import_spool(store: Store, run_id: str, path: Path, *, batch: int = 5000) ->
             pending.extend(_take(result, reader.read(), run_id)[0])
             if len(pending) >= batch or not reader.more:
                 if pending:
-                    result.inserted += store.write_batch(events=[e.row() for e in pending])
+                    result.inserted += _store_events(store, run_id, pending, result)
                 pending = []
             if not reader.more:
                 break
@@ -99,6 +101,40 @@ def import_spool(store: Store, run_id: str, path: Path, *, batch: int = 5000) ->
     if result.inserted:
         log.info("run %s: imported %d events from its spool", run_id, result.inserted)
     return result
+
+
+def _store_events(store: Store, run_id: str, events: list[WireEvent], result: SpoolImport) -> int:
+    """Insert ``events``; a batch the database refuses for its content is written row by row,
+    and each refused row becomes a ``store_refused`` problem (one bad record never blocks the
+    rest of a run's import)."""
+    try:
+        return store.write_batch(events=[e.row() for e in events])
+    except StoreRefused:
+        inserted = 0
+        for event in events:
+            try:
+                inserted += store.write_batch(events=[event.row()])
+            except StoreRefused as exc:
+                result.problems.append(f"seq {event.seq} ({event.type}) was refused by the database: "
+                                       f"{exc.reason}")
+        return inserted
+
+
+def probe_spool(path: Path) -> bool:
+    """Whether a live worker holds the writer lock of the spool at ``path`` (blocking, cheap).
+
+    A worker takes the lock before it runs anything, and it goes with the process: this finds a
+    worker whose pid no parent recorded (the parent died while it started). A missing or
+    refused spool has no writer.
+    """
+    try:
+        fd = open_spool(path)
+    except (FileNotFoundError, SpoolError):
+        return False
+    try:
+        return writer_alive(fd)
+    finally:
+        os.close(fd)
 
 
 def quarantine_spool(path: Path) -> Path | None:
@@ -135,6 +171,10 @@ class SpoolFollower:
         except SpoolError as exc:
             self.result.problems.append(str(exc))
         self._reader = SpoolReader(self._fd) if self._fd is not None else None
+
+    def writer_alive(self) -> bool:
+        """Whether a live process holds the spool's writer lock (a worker that can still write)."""
+        return self._fd is not None and writer_alive(self._fd)
 
     def read(self) -> tuple[list[WireEvent], list[str]]:
         """Records completed since the last call (the worker is still running), and problems."""

@@ -28,6 +28,7 @@ from isolane.schemas.envelope import (
 from isolane.schemas.payloads import (
     EVENT_TYPES,
     PAYLOADS,
+    RUNTIME_EVENT_TYPES,
     TERMINAL_EVENT_TYPES,
     validate_payload,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_FRAME_BYTES",
     "PAYLOADS",
+    "RUNTIME_EVENT_TYPES",
     "SCHEMA_VERSION",
     "TERMINAL_EVENT_TYPES",
     "DecodedFrame",

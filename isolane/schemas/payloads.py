@@ -21,6 +21,7 @@ __all__ = [
     "HUMAN_REQUEST",
     "HUMAN_RESPONSE",
     "PAYLOADS",
+    "RUNTIME_EVENT_TYPES",
     "TERMINAL_EVENT_TYPES",
     "AgentMessage",
     "CodeExecution",
@@ -324,6 +325,17 @@ PAYLOADS: Final[dict[str, type[Payload]]] = {
 
 EVENT_TYPES: Final = frozenset(PAYLOADS)
 TERMINAL_EVENT_TYPES: Final = frozenset({"run_completed", "run_failed", "run_cancelled"})
+#: The event types only isolane's runtime writes: a run's lifecycle and outcome, the DAG that
+#: ``ctx.node``/``ctx.step`` keep (a resume skips what it says completed), session state, the
+#: LLM calls and costs capture records, and the questions to a person. A workflow's public
+#: ``ctx.emit_event`` refuses them, so a workflow cannot forge its outcome or its bill by
+#: accident; a hostile worker can still write raw records, which the parent checks against
+#: how the process ended (see :mod:`isolane.schemas.outcome`).
+RUNTIME_EVENT_TYPES: Final = frozenset({
+    "run_started", *TERMINAL_EVENT_TYPES, "heartbeat", "dag_created", "dag_node_added",
+    "dag_node_update", "state_snapshot", "llm_call", "llm_retry", "cost_update",
+    "human_input_request", "human_input_response",
+})
 HUMAN_REQUEST: Final = "human_input_request"
 HUMAN_RESPONSE: Final = "human_input_response"
 #: The event types that carry human-input questions and answers.

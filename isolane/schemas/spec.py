@@ -19,10 +19,14 @@ from typing import Any, Final
 from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.schemas.limits import Limits
 
-__all__ = ["EXIT_CODES", "FILES_RESUME_KEY", "HUMAN_RESUME_KEY", "WorkerSpec"]
+__all__ = ["EXIT_CODES", "FILES_RESUME_KEY", "HUMAN_RESUME_KEY", "SPOOL_REFUSED_EXIT", "WorkerSpec"]
 
 #: Exit codes a worker uses after reporting its outcome; any other exit is a crash.
 EXIT_CODES: Final = {"completed": 0, "failed": 1, "cancelled": 2}
+#: The exit of a worker that could not take its run's spool (another live worker of the run
+#: holds its writer lock, or the file was replaced): it wrote nothing and ran nothing
+#: (``EX_TEMPFAIL``). The run ends ``failed`` with a ``SpoolError``.
+SPOOL_REFUSED_EXIT: Final = 75
 
 #: Key of the resume state holding the files a worker starts with:
 #: ``{path: {"version": int, "sha256": str, "size": int, "deleted": bool}}``.

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isolane.worker.emitter import Emitter
+from isolane.errors import InvalidEvent
+from isolane.schemas.payloads import RUNTIME_EVENT_TYPES
+from isolane.worker.emitter import Emit, Emitter
 from isolane.worker.human import HumanChannel
 from isolane.worker.session import ResumeInfo, SessionState
 
 if TYPE_CHECKING:
     from isolane.worker.files import FileScanner
 
-__all__ = ["NodeEnd", "RunContext"]
+__all__ = ["NodeEnd", "RunContext", "runtime_emit"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class RunContext:
         # to the node most recently entered anywhere in the process.
         self._last_entered: list[str] = []
         #: Questions to a person (see :mod:`isolane.worker.human`); ``ask``/``approve`` use it.
-        self.human = HumanChannel(self.emit_event, current_node=lambda: self.current_node,
+        self.human = HumanChannel(self._runtime_emit, current_node=lambda: self.current_node,
                                   flush=emitter.flush)
         #: Called before each node's ``completed``/``failed``/``cancelled`` update (file tracking).
         self.on_node_end: list[Callable[[NodeEnd], None]] = []
@@ -111,11 +113,26 @@ class RunContext:
         return self._emitter.emit("custom", data, self.current_node)
 
     def emit_event(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
-        """Emit a typed event (framework capture uses this); defaults to the current node."""
+        """Emit a typed event (``isolane.schemas.payloads``: ``agent_message``, ``tool_call``,
+        ``file_created`` ...); defaults to the current node.
+
+        The runtime's own types (:data:`~isolane.schemas.payloads.RUNTIME_EVENT_TYPES`: the
+        run's lifecycle and outcome, the DAG of ``ctx.node``, state snapshots, LLM calls and
+        costs, questions to a person) are refused with :class:`~isolane.errors.InvalidEvent`:
+        a workflow reports them through ``ctx.node``/``ctx.step``, ``ctx.snapshot``,
+        ``ctx.ask`` and its return value, and AG2 capture records LLM calls.
+        """
+        if type_ in RUNTIME_EVENT_TYPES:
+            raise InvalidEvent(
+                f"event type {type_!r} belongs to isolane's runtime and cannot be emitted by a "
+                "workflow: use ctx.node/ctx.step for the DAG, ctx.snapshot for state, ctx.ask for "
+                "questions, return a value (or raise) for the outcome, or ctx.emit(name, ...) for "
+                "an event of your own")
         return self._emitter.emit(type_, data, node_id if node_id is not None else self.current_node)
 
-    # Sink protocol of isolane.capture
-    emit_typed = emit_event
+    def _runtime_emit(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
+        """The runtime's path into the emitter (any type), attributed to the current node."""
+        return self._emitter.emit(type_, data, node_id if node_id is not None else self.current_node)
 
     def phase(self, name: str) -> None:
         """Enter phase ``name`` (emits ``phase_change``)."""
@@ -272,3 +289,9 @@ class RunContext:
                 self._last_entered.remove(node_id)
             except ValueError:
                 pass
+
+
+def runtime_emit(ctx: RunContext) -> Emit:
+    """The emit of the worker's own parts (capture, file tracking): every event type, the
+    runtime's included, attributed to the current node. Not for workflow code."""
+    return ctx._runtime_emit

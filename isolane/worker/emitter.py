@@ -35,13 +35,13 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event
 from isolane.schemas.spool import DOORBELL, SpoolError
 from isolane.worker.spool_writer import SpoolWriter
 
-__all__ = ["Emitter", "EmitterClosed"]
+__all__ = ["Emit", "Emitter", "EmitterClosed"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
 
 def _unchanged(record: bytes) -> bytes:
     return record
+
+
+class Emit(Protocol):
+    """What sends one event in the worker: ``Emitter.emit``, ``RunContext.emit_event``, the
+    runtime's emit (:func:`isolane.worker.context.runtime_emit`). Returns the event's ``seq``."""
+
+    def __call__(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int: ...
 
 
 class EmitterClosed(RuntimeError):

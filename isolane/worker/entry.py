@@ -40,9 +40,11 @@ from isolane.schemas.spec import (
     EXIT_CODES,
     FILES_RESUME_KEY,
     HUMAN_RESUME_KEY,
+    SPOOL_REFUSED_EXIT,
     WorkerSpec,
 )
-from isolane.worker.context import RunContext
+from isolane.schemas.spool import SpoolError
+from isolane.worker.context import RunContext, runtime_emit
 from isolane.worker.emitter import Emitter
 from isolane.worker.enforcement import LimitEnforcer
 from isolane.worker.files import final_scan, track_files
@@ -131,7 +133,8 @@ class _NodeSink:
 
     def __init__(self, ctx: RunContext) -> None:
         # Through the file tracker: it notes who acts and scans after code or tools ran.
-        self.emit = ctx.files.observing(ctx.emit_event) if ctx.files is not None else ctx.emit_event
+        emit = runtime_emit(ctx)
+        self.emit = ctx.files.observing(emit) if ctx.files is not None else emit
 
 
 def _capture(ctx: RunContext, config: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
@@ -190,8 +193,12 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
     redactor = Redactor((*spec.secrets, *secret_values(spec.env)))
     # The spool first, before any workflow code: from here on an event is durable when emit()
     # returns, and the writer lock tells recovery this run has a live worker.
-    spool = SpoolWriter(spec.spool_path, identity=spec.spool_identity,
-                        max_bytes=enforcer.spool_bytes)
+    try:
+        spool = SpoolWriter(spec.spool_path, identity=spec.spool_identity,
+                            max_bytes=enforcer.spool_bytes)
+    except SpoolError as exc:  # another live worker of this run writes it, or it was replaced
+        sys.stderr.write(f"isolane worker of run {spec.run_id}: {exc}\n")
+        os._exit(SPOOL_REFUSED_EXIT)
     emitter = Emitter(
         spec.run_id,
         spool=spool,

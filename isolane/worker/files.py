@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
@@ -45,11 +45,12 @@ from isolane.errors import PathEscape
 from isolane.schemas.blobs import BlobStore, hash_fd
 from isolane.schemas.paths import open_inside, walk_files
 from isolane.schemas.payloads import FileDeleted, FileEvent
+from isolane.worker.emitter import Emit
 
 if TYPE_CHECKING:
     from isolane.worker.context import NodeEnd, RunContext
 
-__all__ = ["Emit", "FileScanner", "ScanResult", "final_scan", "track_files"]
+__all__ = ["FileScanner", "ScanResult", "final_scan", "track_files"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,6 @@ _RACY_NS: Final = 100_000_000
 _SCAN_AFTER: Final = frozenset({"code_execution", "tool_result"})
 
 StatKey = tuple[int, int, int, int]
-
-
-class Emit(Protocol):
-    """How the scanner sends an event: ``RunContext.emit_event``'s signature."""
-
-    def __call__(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int: ...
 
 
 @dataclass(slots=True)

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from isolane.errors import ConfigError, IsolaneError
 from isolane.schemas.payloads import HIDDEN_ANSWER, HUMAN_REQUEST, HUMAN_RESPONSE
+from isolane.worker.emitter import Emit
 
 __all__ = [
     "HumanChannel",
@@ -85,9 +86,6 @@ class _Waiting:
     source: str | None = None
 
 
-EmitFn = Callable[[str, dict[str, Any], str | None], int]
-
-
 class HumanChannel:
     """The worker's end: asks (any thread) and answers delivered by the control thread.
 
@@ -95,7 +93,7 @@ class HumanChannel:
     the node a question belongs to. Thread-safe.
     """
 
-    def __init__(self, emit: EmitFn, *, current_node: Callable[[], str | None],
+    def __init__(self, emit: Emit, *, current_node: Callable[[], str | None],
                  flush: Callable[[], None] = lambda: None, timeout: float | None = None,
                  answers: Mapping[str, str] | None = None) -> None:
         self._emit = emit
