@@ -30,6 +30,8 @@ __getattr__, __dir__ = exports(__name__, {
     "RunNotFound": _ERRORS, "RunStateError": _ERRORS, "StoreUnavailable": _ERRORS,
     "WorkerCrashed": _ERRORS, "WorkflowError": _ERRORS, "WorkflowNotFound": _ERRORS,
     "RunContext": "isolane.worker.context",
+    "EventSubscription": "isolane.executor.feed", "Feed": "isolane.executor.feed",
+    "FeedCursor": "isolane.executor.feed",
     "Executor": "isolane.executor.executor", "Outcome": _RUN, "RunHandle": _RUN, "RunSpec": _RUN,
     "Limits": "isolane.schemas.limits",
     "SyncExecutor": "isolane.executor.sync", "SyncRun": "isolane.executor.sync",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
         WorkflowNotFound,
     )
     from isolane.executor.executor import Executor
+    from isolane.executor.feed import EventSubscription, Feed, FeedCursor
     from isolane.executor.run import Outcome, RunHandle, RunSpec
     from isolane.executor.sync import SyncExecutor, SyncRun
     from isolane.schemas.envelope import Event
@@ -70,7 +73,10 @@ __all__ = [
     "ConfigError",
     "DagTemplate",
     "Event",
+    "EventSubscription",
     "Executor",
+    "Feed",
+    "FeedCursor",
     "InvalidEvent",
     "IsolaneError",
     "LimitExceeded",

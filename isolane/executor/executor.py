@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, M
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 import anyio
 import anyio.to_thread
@@ -37,6 +37,13 @@ from isolane.backends.registry import create_backend
 from isolane.errors import ConfigError, RunStateError
 from isolane.executor import human
 from isolane.executor.attempts import Attempts
+from isolane.executor.feed import (
+    DEFAULT_FEED_BUFFER,
+    EventCallback,
+    EventSubscription,
+    Feed,
+    FeedCursor,
+)
 from isolane.executor.hub import READ_PAGE, Batch, Hub, replay_then_live
 from isolane.executor.live import LiveRun, LiveRuns
 from isolane.executor.ownership import check_resumable, owner_stamp, stamp_liveness
@@ -49,7 +56,7 @@ from isolane.executor.run import (
     RunSpec,
 )
 from isolane.executor.specs import WorkerSpecs, jsonable, portable_ref, stored_options
-from isolane.executor.writer import StoreWriter
+from isolane.executor.writer import Commit, StoreWriter
 from isolane.references import check_workflow_ref
 from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.schemas.envelope import Event
@@ -257,10 +264,60 @@ class Executor:
         return replay_then_live(self.store, self._hub, run_id, since, ended=ended,
                                 page_size=page_size)
 
-    async def events(self, run_id: str, since: int = 0, *, types: Iterable[str] | None = None,
-                     follow: bool = True) -> AsyncIterator[Event]:
-        """The run's events after ``since``, in order: stored ones, then live ones as they commit
-        (until the run has ended; ``follow=False``: the stored ones only)."""
+    @overload
+    def events(self, run_id: None = None, since: FeedCursor | None = None, *,
+               types: Iterable[str] | None = None, buffer: int = DEFAULT_FEED_BUFFER) -> Feed: ...
+
+    @overload
+    def events(self, run_id: str, since: int = 0, *, types: Iterable[str] | None = None,
+               follow: bool = True) -> AsyncIterator[Event]: ...
+
+    def events(self, run_id: str | None = None, since: int | FeedCursor | None = None, *,
+               types: Iterable[str] | None = None, follow: bool = True,
+               buffer: int = DEFAULT_FEED_BUFFER) -> AsyncIterator[Event]:
+        """One run's events after ``since``, in order: stored ones, then live ones as they commit
+        (until the run has ended; ``follow=False``: the stored ones only).
+
+        Without ``run_id``: the feed of every run of this executor (:class:`Feed`), each event
+        once after it is committed, in ``seq`` order per run, until the executor closes; a reader
+        more than ``buffer`` events behind catches up from the store (the writer never waits).
+        """
+        if run_id is None:
+            if since is not None and not isinstance(since, FeedCursor):
+                raise ConfigError("the feed of every run takes a FeedCursor as `since` "
+                                  "(from Feed.cursor()); a seq number needs a run_id")
+            self._open()
+            return Feed(self.store, self._hub, types=types, since=since, buffer=buffer)
+        if isinstance(since, FeedCursor):
+            raise ConfigError("a run's events take a seq number as `since`, not a FeedCursor")
+        return self._run_events(run_id, since or 0, types=types, follow=follow)
+
+    def on_event(self, callback: EventCallback, *, types: Iterable[str] | None = None,
+                 buffer: int = DEFAULT_FEED_BUFFER) -> EventSubscription:
+        """Call ``callback`` with every committed event of this executor's runs (of ``types``),
+        in a task of its own, from now until the subscription or the executor is closed; see
+        :class:`~isolane.executor.feed.EventSubscription`."""
+        subscription = EventSubscription(self.events(types=types, buffer=buffer), callback)
+        self._open().start_soon(subscription.run)
+        return subscription
+
+    def on_commit(self, observer: Callable[[Commit], None]) -> Callable[[], None]:
+        """Call ``observer`` after each store write (metrics); returns the function that stops it.
+        It runs on the writer's path: it must only count."""
+        self._open()
+        assert self._writer is not None
+        observers = self._writer.observers
+        observers.append(observer)
+        return lambda: observers.remove(observer) if observer in observers else None
+
+    def writer_backlog(self) -> int:
+        """Writes queued for the store writer and not yet taken (0 when it keeps up)."""
+        self._open()
+        assert self._writer is not None
+        return self._writer.backlog
+
+    async def _run_events(self, run_id: str, since: int, *, types: Iterable[str] | None,
+                          follow: bool) -> AsyncIterator[Event]:
         wanted = frozenset(types) if types is not None else None
         async with aclosing(self.batches(run_id, since, follow=follow)) as batches:
             async for batch in batches:

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.to_thread
@@ -40,7 +40,8 @@ from isolane.schemas.envelope import SCHEMA_VERSION, Event, EventRow, event_from
 if TYPE_CHECKING:
     from isolane.tracking.store import Store
 
-__all__ = ["READ_PAGE", "Batch", "Hub", "Subscription", "encode_lines", "replay_then_live"]
+__all__ = ["READ_PAGE", "Batch", "FeedListener", "Hub", "Subscription", "encode_lines",
+           "replay_then_live"]
 
 #: Stored events read per store query while replaying.
 READ_PAGE: Final = 2000
@@ -169,12 +170,41 @@ class Subscription:
         self._ready = anyio.Event()
 
 
+class FeedListener(Protocol):
+    """A reader of every run's batches (:mod:`isolane.executor.feed`). Each call must return at
+    once and never raise: it runs on the writer's path."""
+
+    def push(self, run_id: str, batch: Batch) -> None: ...
+
+    def ended(self, run_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Hub:
-    """Subscriptions by run id. Lives on the executor's event loop."""
+    """Subscriptions by run id, and listeners to every run. Lives on the executor's event loop."""
 
     def __init__(self, *, max_events_per_subscriber: int = 10_000) -> None:
         self._subs: dict[str, set[Subscription]] = {}
+        self._feeds: set[FeedListener] = set()
         self._max = max_events_per_subscriber
+        self.closed = False
+
+    def listen(self, feed: FeedListener) -> None:
+        """Hand ``feed`` every batch published from now on (closed at once if the hub is)."""
+        if self.closed:
+            feed.close()
+        else:
+            self._feeds.add(feed)
+
+    def unlisten(self, feed: FeedListener) -> None:
+        self._feeds.discard(feed)
+
+    def close(self) -> None:
+        """Nothing more will be published (the writer stopped): end every listener."""
+        self.closed = True
+        for feed in list(self._feeds):
+            feed.close()
 
     def subscribe(self, run_id: str) -> Subscription:
         sub = Subscription(run_id, max_events=self._max)
@@ -193,16 +223,20 @@ class Hub:
         subscriber of the run, as one batch. Nothing is decoded or encoded here; ``rows`` is
         shared from now on and must not change."""
         subs = self._subs.get(run_id)
-        if not subs or not rows:
+        if not rows or not (subs or self._feeds):
             return
         batch = Batch(rows)
-        for sub in subs:
+        for sub in subs or ():
             sub._push(batch)
+        for feed in self._feeds:
+            feed.push(run_id, batch)
 
     def wake(self, run_id: str) -> None:
         """Wake a run's readers without events (the run ended)."""
         for sub in self._subs.get(run_id, ()):
             sub.wake()
+        for feed in self._feeds:
+            feed.ended(run_id)
 
 
 async def replay_then_live(store: Store, hub: Hub, run_id: str, since: int = 0, *,

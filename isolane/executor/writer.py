@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,7 +53,7 @@ from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.storable import storable_events
 from isolane.tracking.store import Store
 
-__all__ = ["StoreWriter", "WriteItem"]
+__all__ = ["Commit", "StoreWriter", "WriteItem"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,21 @@ class WriteItem:
     diagnostics: list[DiagnosticRow] = field(default_factory=list)
     run_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     committed: anyio.Event | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One write of the writer, as its observers see it (metrics): called on the event loop
+    right after the rows were published, so an observer must be quick and must not block."""
+
+    #: How long the write took, retries and refused-row isolation included.
+    seconds: float
+    #: Events stored (refused ones not counted).
+    events: int
+    #: Run fields written, by run id (``status`` tells a worker start, a crash, an end).
+    run_updates: Mapping[str, Mapping[str, Any]]
+    #: The kind of each diagnostic written (``restart``, ``store_refused``, ...).
+    diagnostic_kinds: Sequence[str]
 
 
 @dataclass(slots=True)
@@ -176,6 +191,13 @@ class StoreWriter:
         self.batches = 0
         #: Rows the database refused for their content (each recorded as a diagnostic).
         self.rows_refused = 0
+        #: Called with a :class:`Commit` after each write (errors are logged, never raised).
+        self.observers: list[Callable[[Commit], None]] = []
+
+    @property
+    def backlog(self) -> int:
+        """Items queued for the writer and not yet taken into a write."""
+        return self._recv.statistics().current_buffer_used
 
     async def put(self, item: WriteItem) -> None:
         """Queue ``item``; waits while the writer is behind (back-pressure)."""
@@ -192,6 +214,12 @@ class StoreWriter:
         await self._send.aclose()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.hub.close()  # nothing more will commit: the executor-wide feeds end
+
+    async def _run(self) -> None:
         async with self._recv:
             while True:
                 try:
@@ -226,6 +254,7 @@ class StoreWriter:
             for item in batch:
                 item.events, start = events[start:start + len(item.events)], start + len(item.events)
         rows = _Rows(events, diagnostics, updates)
+        started = time.perf_counter()
         outage = _Outage()
         refused = await self._store(rows, outage)
         if outage.started is not None:
@@ -241,6 +270,16 @@ class StoreWriter:
                 self.hub.publish(item.run_id, stored)
             if item.committed is not None:
                 item.committed.set()
+        if self.observers:
+            self._observe(Commit(time.perf_counter() - started, len(rows.events) - len(refused),
+                                 updates, [d.kind for d in diagnostics]))
+
+    def _observe(self, commit: Commit) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(commit)
+            except Exception:  # an observer's bug must never stop the writer
+                log.exception("a store-writer observer failed (ignored)")
 
     async def _store(self, rows: _Rows, outage: _Outage) -> set[tuple[str, int]]:
         """Write ``rows``, splitting around refused ones; return the keys of refused events."""

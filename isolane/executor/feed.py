@@ -1,0 +1,284 @@
+"""One feed of every run's committed events, for a service that forwards them all (a message bus,
+a tracer, metrics), bounded so that no reader can stall the writer.
+
+::
+
+    StoreWriter ──commit──▶ Hub.publish(run_id, rows) ──▶ FeedQueue.push (one per reader; bounded)
+                                                           │ overflow: every queued batch becomes a
+                                                           │ "missed" run position, the queue empties;
+                                                           │ later batches of a missed run are dropped
+                                                           ▼
+                      Feed (async iterator of Event)  ◀── queued batches, in publish order
+                                                       ◀── a missed run, re-read from the Store by
+                                                           seq (pages), then live again
+    Executor.on_event(callback) = a Feed read by a task of the executor's task group, calling the
+    callback for each event (its errors logged, never raised into the writer)
+
+The guarantee is that of :func:`~isolane.executor.hub.replay_then_live`, per run: every committed
+event once, in ``seq`` order per run (runs interleave as they commit). A reader that falls behind
+costs the writer one dict entry per run it missed, never a wait: it catches up from the store.
+Memory per reader is bounded by ``buffer`` events plus a few integers per live run (a run's entry
+is dropped once it ended and its last batch was read). A feed ends when the executor closes, after
+yielding everything committed before.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self
+
+import anyio
+import anyio.to_thread
+
+from isolane.errors import ConfigError
+from isolane.executor.hub import READ_PAGE, Batch, Hub
+from isolane.schemas.envelope import Event
+
+if TYPE_CHECKING:
+    from isolane.tracking.store import Store
+
+__all__ = ["DEFAULT_FEED_BUFFER", "EventCallback", "EventSubscription", "Feed", "FeedCursor"]
+
+log = logging.getLogger(__name__)
+
+#: Events queued per feed reader before it is switched to catching up from the store.
+DEFAULT_FEED_BUFFER: Final = 10_000
+
+#: What :meth:`Executor.on_event` calls: with one committed event; may be a coroutine function.
+EventCallback = Callable[[Event], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCursor:
+    """Where a feed reader is: the last ``seq`` it was given of each run it follows.
+
+    ``Executor.events(since=cursor)`` yields, for each run named here, its stored events after
+    that ``seq`` first (then everything committed from then on), so a reader that stopped can
+    pick up where it left off. Runs that ended and were read to the end are no longer named.
+    """
+
+    positions: Mapping[str, int] = field(default_factory=dict)
+
+
+class _FeedQueue:
+    """One reader's bounded window on every run's batches (a ``FeedListener`` of the Hub)."""
+
+    def __init__(self, *, buffer: int, types: frozenset[str] | None) -> None:
+        self._max = buffer
+        self._types = types
+        self._queue: deque[tuple[str, Batch]] = deque()
+        self._queued = 0
+        #: Runs to re-read from the store, with the seq after which to read (in the order missed).
+        self.missed: dict[str, int] = {}
+        #: The last seq handed to the reader, per run (dropped once the run ended and was read).
+        self.last: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self.closed = False
+        self._ready = anyio.Event()
+
+    # -- the writer's side: return at once, never raise -----------------------------------------
+
+    def push(self, run_id: str, batch: Batch) -> None:
+        if run_id in self.missed:
+            self._ready.set()
+            return
+        types = self._types
+        if types is not None and not any(row[3] in types for row in batch.rows):
+            return
+        self._queue.append((run_id, batch))
+        self._queued += len(batch)
+        if self._queued > self._max:
+            # Behind: each queued run is to be read from the store from its oldest queued seq on.
+            for queued_run, queued in self._queue:
+                self.missed.setdefault(queued_run, queued.rows[0][1] - 1)
+            self._queue.clear()
+            self._queued = 0
+        self._ready.set()
+
+    def ended(self, run_id: str) -> None:
+        if run_id in self.last or run_id in self.missed:
+            self._ended.add(run_id)
+            self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    # -- the reader's side ------------------------------------------------------------------------
+
+    def take(self) -> tuple[list[tuple[str, Batch]], set[str]]:
+        """Every queued batch, oldest first, and the runs that ended before the last of them was
+        published (their state may go once those batches are read)."""
+        batches = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        ended, self._ended = self._ended, set()
+        return batches, ended
+
+    async def wait(self) -> None:
+        if not self._queue and not self.missed and not self.closed:
+            await self._ready.wait()
+        self._ready = anyio.Event()
+
+
+class Feed(AsyncIterator[Event]):
+    """Every committed event of an executor's runs from now on (and, with a cursor, the stored
+    ones after it), once each, in ``seq`` order per run; see :mod:`isolane.executor.feed`.
+
+    Use ``async with ex.events() as feed: async for event in feed`` or close it (:meth:`aclose`)
+    when leaving early: that ends its place on the hub. It ends by itself when the executor closes.
+    """
+
+    def __init__(self, store: Store, hub: Hub, *, types: Iterable[str] | None = None,
+                 since: FeedCursor | None = None, buffer: int = DEFAULT_FEED_BUFFER,
+                 page_size: int = READ_PAGE) -> None:
+        if buffer < 1:
+            raise ConfigError(f"a feed's buffer must hold at least 1 event, got {buffer}")
+        self._store = store
+        self._hub = hub
+        self._types = frozenset(types) if types is not None else None
+        self._page = page_size
+        self._queue = _FeedQueue(buffer=buffer, types=self._types)
+        if since is not None:
+            self._queue.missed.update(since.positions)
+            self._queue.last.update(since.positions)
+        hub.listen(self._queue)
+        self._events: AsyncGenerator[Event, None] = self._follow()
+
+    def cursor(self) -> FeedCursor:
+        """Where this reader is now: pass it as ``since`` to a new feed to continue from here."""
+        return FeedCursor({**self._queue.last, **self._queue.missed})
+
+    @property
+    def behind(self) -> bool:
+        """Whether some run is to be re-read from the store (the reader fell behind)."""
+        return bool(self._queue.missed)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        self._hub.unlisten(self._queue)
+        await self._events.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _follow(self) -> AsyncGenerator[Event, None]:
+        queue, last, types = self._queue, self._queue.last, self._types
+        gone: set[str] = set()  # runs that ended while still to be read from the store
+        try:
+            while True:
+                closed = queue.closed  # before taking: what was published before closing is queued
+                batches, ended = queue.take()
+                for run_id, batch in batches:
+                    seen = last.get(run_id)
+                    fresh = batch.after(seen) if seen is not None else batch
+                    if fresh is None:
+                        continue
+                    last[run_id] = fresh.rows[-1][1]
+                    for event in fresh.events():
+                        if types is None or event.type in types:
+                            yield event
+                for run_id in ended:
+                    if run_id in queue.missed:
+                        gone.add(run_id)
+                    else:
+                        last.pop(run_id, None)
+                if queue.missed:
+                    run_id = next(iter(queue.missed))
+                    async for event in self._catch_up(run_id):
+                        yield event
+                    if run_id in gone and run_id not in queue.missed:
+                        # It ended before the read began: nothing of it is published any more.
+                        gone.discard(run_id)
+                        last.pop(run_id, None)
+                    continue
+                if closed and not batches:
+                    return
+                await queue.wait()
+        finally:
+            self._hub.unlisten(queue)
+
+    async def _catch_up(self, run_id: str) -> AsyncIterator[Event]:
+        """The run's stored events the reader missed. The run leaves ``missed`` BEFORE the store
+        is read: what commits from now on is queued again, what committed before is in the pages
+        (the overlap is skipped by seq), as in :func:`~isolane.executor.hub.replay_then_live`."""
+        queue, last = self._queue, self._queue.last
+        after = queue.missed.pop(run_id)
+        after = max(after, last.get(run_id, after))
+        types = sorted(self._types) if self._types is not None else None
+        while True:
+            page = await anyio.to_thread.run_sync(partial(
+                self._store.events, run_id, after_seq=after, limit=self._page, types=types))
+            for event in page:
+                seen = last.get(run_id)
+                if seen is not None and event.seq <= seen:
+                    continue
+                last[run_id] = after = event.seq
+                yield event
+            if len(page) < self._page or run_id in queue.missed:
+                return
+
+
+class EventSubscription:
+    """A callback registered with :meth:`Executor.on_event`; :meth:`close` unregisters it.
+
+    The callback runs in its own task of the executor, fed by a bounded :class:`Feed`: a slow
+    callback lags and catches up from the store, the writer never waits for it. An exception it
+    raises is logged (and counted in :attr:`errors`); the next event is delivered as usual.
+    """
+
+    def __init__(self, feed: Feed, callback: EventCallback) -> None:
+        self._feed = feed
+        self._callback = callback
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        #: Events the callback raised on.
+        self.errors = 0
+        #: Events handed to the callback.
+        self.delivered = 0
+
+    @property
+    def feed(self) -> Feed:
+        return self._feed
+
+    async def run(self) -> None:
+        """Deliver events until closed or the executor closes (run by the executor's task group)."""
+        try:
+            with self._scope:
+                async with self._feed as feed:
+                    async for event in feed:
+                        self.delivered += 1
+                        try:
+                            result = self._callback(event)
+                            if inspect.isawaitable(result):
+                                await result
+                        except Exception:
+                            self.errors += 1
+                            log.exception("an on_event callback failed on %s event seq %d of "
+                                          "run %s (ignored; the next event is delivered)",
+                                          event.type, event.seq, event.run_id)
+        finally:
+            self._done.set()
+
+    def close(self) -> None:
+        """Stop calling the callback (the event it is handling now is finished or cancelled)."""
+        self._scope.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the delivering task has ended (after :meth:`close`, or the executor's end)."""
+        await self._done.wait()
