@@ -60,7 +60,8 @@ class FeedCursor:
 
     ``Executor.events(since=cursor)`` yields, for each run named here, its stored events after
     that ``seq`` first (then everything committed from then on), so a reader that stopped can
-    pick up where it left off. Runs that ended and were read to the end are no longer named.
+    pick up where it left off. Runs that ended and were read to the end are no longer named;
+    a run the reader had not heard of yet is followed live from the new feed's start.
     """
 
     positions: Mapping[str, int] = field(default_factory=dict)
@@ -78,7 +79,10 @@ class _FeedQueue:
         self.missed: dict[str, int] = {}
         #: The last seq handed to the reader, per run (dropped once the run ended and was read).
         self.last: dict[str, int] = {}
-        self._ended: set[str] = set()
+        #: Runs that ended, each with the count of batches pushed before it ended.
+        self._ended: deque[tuple[int, str]] = deque()
+        self._pushed = 0  # batches queued so far (those dropped on overflow included)
+        self._popped = 0  # batches taken or dropped so far
         self.closed = False
         self._ready = anyio.Event()
 
@@ -93,17 +97,19 @@ class _FeedQueue:
             return
         self._queue.append((run_id, batch))
         self._queued += len(batch)
+        self._pushed += 1
         if self._queued > self._max:
             # Behind: each queued run is to be read from the store from its oldest queued seq on.
             for queued_run, queued in self._queue:
                 self.missed.setdefault(queued_run, queued.rows[0][1] - 1)
             self._queue.clear()
             self._queued = 0
+            self._popped = self._pushed
         self._ready.set()
 
     def ended(self, run_id: str) -> None:
         if run_id in self.last or run_id in self.missed:
-            self._ended.add(run_id)
+            self._ended.append((self._pushed, run_id))
             self._ready.set()
 
     def close(self) -> None:
@@ -112,14 +118,25 @@ class _FeedQueue:
 
     # -- the reader's side ------------------------------------------------------------------------
 
-    def take(self) -> tuple[list[tuple[str, Batch]], set[str]]:
-        """Every queued batch, oldest first, and the runs that ended before the last of them was
-        published (their state may go once those batches are read)."""
-        batches = list(self._queue)
-        self._queue.clear()
-        self._queued = 0
-        ended, self._ended = self._ended, set()
-        return batches, ended
+    def pop(self) -> tuple[str, Batch] | None:
+        """The oldest queued batch and its run, or ``None``."""
+        if not self._queue:
+            return None
+        item = self._queue.popleft()
+        self._queued -= len(item[1])
+        self._popped += 1
+        return item
+
+    def ended_runs(self) -> list[str]:
+        """Runs that ended before every batch taken so far was published (once each): no more
+        of them will be queued."""
+        runs = []
+        while self._ended and self._ended[0][0] <= self._popped:
+            runs.append(self._ended.popleft()[1])
+        return runs
+
+    def queued(self) -> list[tuple[str, Batch]]:
+        return list(self._queue)
 
     async def wait(self) -> None:
         if not self._queue and not self.missed and not self.closed:
@@ -153,7 +170,9 @@ class Feed(AsyncIterator[Event]):
 
     def cursor(self) -> FeedCursor:
         """Where this reader is now: pass it as ``since`` to a new feed to continue from here."""
-        return FeedCursor({**self._queue.last, **self._queue.missed})
+        queue = self._queue
+        positions = {run_id: batch.rows[0][1] - 1 for run_id, batch in reversed(queue.queued())}
+        return FeedCursor({**positions, **queue.last, **queue.missed})
 
     @property
     def behind(self) -> bool:
@@ -182,22 +201,25 @@ class Feed(AsyncIterator[Event]):
         gone: set[str] = set()  # runs that ended while still to be read from the store
         try:
             while True:
-                closed = queue.closed  # before taking: what was published before closing is queued
-                batches, ended = queue.take()
-                for run_id, batch in batches:
+                closed = queue.closed  # before popping: what was published before closing is queued
+                item = queue.pop()
+                if item is not None:
+                    run_id, batch = item
                     seen = last.get(run_id)
                     fresh = batch.after(seen) if seen is not None else batch
-                    if fresh is None:
-                        continue
-                    last[run_id] = fresh.rows[-1][1]
-                    for event in fresh.events():
-                        if types is None or event.type in types:
-                            yield event
-                for run_id in ended:
+                    if fresh is not None:
+                        for event in fresh.events():
+                            if types is None or event.type in types:
+                                last[run_id] = event.seq  # the cursor is exact even mid-batch
+                                yield event
+                        last[run_id] = fresh.rows[-1][1]
+                for run_id in queue.ended_runs():
                     if run_id in queue.missed:
                         gone.add(run_id)
                     else:
                         last.pop(run_id, None)
+                if item is not None:
+                    continue
                 if queue.missed:
                     run_id = next(iter(queue.missed))
                     async for event in self._catch_up(run_id):
@@ -207,7 +229,7 @@ class Feed(AsyncIterator[Event]):
                         gone.discard(run_id)
                         last.pop(run_id, None)
                     continue
-                if closed and not batches:
+                if closed:
                     return
                 await queue.wait()
         finally:

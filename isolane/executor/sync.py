@@ -15,7 +15,7 @@ call here is forwarded to it and waits for the answer.
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
@@ -24,9 +24,10 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from isolane.errors import RunStateError
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
+from isolane.executor.feed import EventSubscription
 from isolane.schemas.envelope import Event
 
-__all__ = ["SyncExecutor", "SyncRun"]
+__all__ = ["SyncExecutor", "SyncRun", "SyncSubscription"]
 
 _END = object()
 
@@ -75,6 +76,19 @@ class SyncRun:
             future.cancel()
 
 
+class SyncSubscription:
+    """Blocking view of an :class:`~isolane.executor.feed.EventSubscription`."""
+
+    def __init__(self, portal: BlockingPortal, subscription: EventSubscription) -> None:
+        self._portal = portal
+        self.subscription = subscription
+
+    def close(self) -> None:
+        """Stop calling the callback; returns once it is no longer called."""
+        self._portal.call(self.subscription.close)
+        self._portal.call(self.subscription.wait_closed)
+
+
 class SyncExecutor:
     """Blocking :class:`Executor`: same keyword options, used as a context manager."""
 
@@ -119,3 +133,17 @@ class SyncExecutor:
     def get(self, run_id: str) -> SyncRun:
         portal = self._require()
         return SyncRun(portal, self._executor.get(run_id))
+
+    def on_event(self, callback: Callable[[Event], object], *,
+                 types: Iterable[str] | None = None) -> SyncSubscription:
+        """Call ``callback`` with every committed event of this executor's runs, in a worker
+        thread (it may block; events come one at a time, in ``seq`` order per run); see
+        :meth:`Executor.on_event`."""
+        import anyio.to_thread
+
+        async def in_thread(event: Event) -> None:
+            await anyio.to_thread.run_sync(callback, event)
+
+        portal = self._require()
+        return SyncSubscription(portal, portal.call(
+            lambda: self._executor.on_event(in_thread, types=types)))
