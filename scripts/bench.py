@@ -672,6 +672,66 @@ def ray_backend(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- feed ------------------------------------------------------------------------------------------
+
+
+async def _feed_rate(tmp: Path, n: int, runs: int, readers: tuple[float, ...]) -> dict[str, float]:
+    """Events per second of ``runs`` concurrent runs of ``n`` events each into the store, with a
+    feed reader per entry of ``readers`` sleeping that long on every event (0: never sleeps)."""
+    read = [0] * len(readers)
+
+    async def reader(index: int, pause: float) -> None:
+        async with ex.events() as feed:
+            async for _ in feed:
+                read[index] += 1
+                if pause:
+                    await anyio.sleep(pause)
+
+    async with Executor(home=tmp / uuid.uuid4().hex, max_workers=runs) as ex:
+        await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))  # warm the forkserver
+        async with anyio.create_task_group() as tg:
+            for index, pause in enumerate(readers):
+                tg.start_soon(reader, index, pause)
+            t0 = time.perf_counter()
+            handles = [await ex.submit(RunSpec(workflow=emit_many, config={"n": n}))
+                       for _ in range(runs)]
+            for handle in handles:
+                await handle.wait()
+            elapsed = time.perf_counter() - t0
+            stored = sum(ex.store.count_events(h.run_id) for h in handles)
+            tg.cancel_scope.cancel()
+    return {"rate": stored / elapsed, "read_min": min(read, default=stored), "stored": stored}
+
+
+@benchmark("feed")
+def feed(args: argparse.Namespace) -> dict[str, Any]:
+    """The writer's rate with executor-wide feed readers (one sleeping 5 ms per event, which
+    falls far behind and catches up from the store; one that keeps up) against none."""
+    runs, n, trials = 4, max(args.events // 8, 1000), 3
+    cases: dict[str, tuple[float, ...]] = {"none": (), "slow": (0.005,), "slow_fast": (0.005, 0.0)}
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    behind = 0.0
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(trials):  # interleaved, so drift on the shared machine hits every case
+            for name, readers in cases.items():
+                figures = anyio.run(_feed_rate, Path(d), n, runs, readers)
+                rates[name].append(figures["rate"])
+                if name == "slow":
+                    behind = max(behind, 1 - figures["read_min"] / figures["stored"])
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "runs": runs,
+        "events_per_run": n,
+        "trials": trials,
+        "none_events_per_s": round(median["none"]),
+        "slow_reader_events_per_s": round(median["slow"]),
+        "slow_and_fast_readers_events_per_s": round(median["slow_fast"]),
+        "ratio_slow_vs_none": round(median["slow"] / median["none"], 3),
+        "ratio_slow_and_fast_vs_none": round(median["slow_fast"] / median["none"], 3),
+        "slow_reader_unread_at_end": round(behind, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run")
