@@ -39,7 +39,7 @@ __getattr__, __dir__ = exports(__name__, {
     "DagTemplate": _WORKFLOW, "TemplateEdge": _WORKFLOW, "TemplateNode": _WORKFLOW,
     "workflow": _WORKFLOW,
     # subpackages, reachable as attributes (``isolane.serve.create_app``)
-    "backends": None, "capture": None, "cli": None, "executor": None, "offline": None,
+    "backends": None, "capture": None, "cli": None, "executor": None, "metrics": None, "offline": None,
     "schemas": None, "serve": None, "settings": None,
     "testing": None, "tracking": None, "worker": None, "workflows": None,
 })

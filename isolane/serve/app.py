@@ -5,6 +5,7 @@
     create_app(executor) ──▶ Guard (host · token · origin)
                                ├─ /api/...            REST  (isolane.serve.routes)
                                ├─ /ws/runs/{id}       one run's events, since=<seq>  (isolane.serve.ws)
+                               ├─ /metrics            Prometheus text (isolane.metrics; the extra)
                                ├─ /                   the live page (static/index.html)
                                └─ /static/...         the page's scripts, vendored libraries
 
@@ -19,17 +20,20 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Final
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from isolane import settings
-from isolane.errors import ConfigError, IsolaneError, RunNotFound
+from isolane.errors import ConfigError, IsolaneError, RunNotFound, RunStateError
 from isolane.executor.executor import Executor
+from isolane.metrics import ExecutorMetrics
 from isolane.serve.auth import LOOPBACK_HOSTS, Guard, GuardPolicy
 from isolane.serve.http import query_int
 from isolane.serve.routes import api_routes, resolve_handle
@@ -53,6 +57,7 @@ def create_app(
     allowed_hosts: Collection[str] = LOOPBACK_HOSTS,
     workflows: Collection[str] | None = None,
     client_queue: int = DEFAULT_QUEUE_SIZE,
+    metrics: bool = True,
 ) -> Starlette:
     """A Starlette app serving ``executor``'s runs.
 
@@ -62,7 +67,9 @@ def create_app(
     ``workflows``: the workflow references ``POST /api/runs`` accepts, and the scorers
     ``POST /api/runs/{id}/race`` accepts (default: any resolvable one — keep the service on
     loopback with a token then). ``client_queue``: frames queued per
-    WebSocket client before it is switched to catching up from the store.
+    WebSocket client before it is switched to catching up from the store. ``metrics``: serve
+    ``GET /metrics`` (needs ``isolane[metrics]``; counting starts when the app is created on an
+    open executor, else at the first scrape).
     """
     if client_queue < 2:
         raise ConfigError(f"client_queue must be at least 2 frames, got {client_queue}")
@@ -92,9 +99,21 @@ def create_app(
             return
         await stream_run(websocket, executor, handle, since, queue_size=client_queue)
 
+    async def scrape(request: Request) -> Response:
+        if app.state.metrics is None:
+            try:
+                app.state.metrics = ExecutorMetrics(executor)
+            except ConfigError as exc:  # prometheus-client is not installed
+                return PlainTextResponse(str(exc), status_code=501)
+            except RunStateError as exc:
+                return PlainTextResponse(str(exc), status_code=503)
+        body, media_type = await anyio.to_thread.run_sync(app.state.metrics.render)
+        return Response(body, media_type=media_type)
+
     app = Starlette(
         routes=[
             Route("/", page, methods=["GET"]),
+            *([Route("/metrics", scrape, methods=["GET"])] if metrics else []),
             Route("/runs/{run_id}", page, methods=["GET"]),
             *api_routes(),
             WebSocketRoute("/ws/runs/{run_id}", run_socket),
@@ -106,4 +125,13 @@ def create_app(
     app.state.workflows = frozenset(workflows) if workflows is not None else None
     app.state.policy = policy
     app.state.races = {}  # races started here, by group id (bounded): their errors for GET
+    app.state.metrics = _metrics_of(executor) if metrics else None
     return app
+
+
+def _metrics_of(executor: Executor) -> ExecutorMetrics | None:
+    """The executor's metrics from now on, if it is open and prometheus-client is installed."""
+    try:
+        return ExecutorMetrics(executor)
+    except (ConfigError, RunStateError):
+        return None

@@ -222,6 +222,12 @@ class Store:
             stmt = stmt.where(RUNS_TABLE.c.parent_run_id == parent_run_id)
         return self._rows(stmt.limit(limit), RunRow)
 
+    def count_runs_by_status(self) -> dict[str, int]:
+        """How many runs the store holds in each status (metrics)."""
+        stmt = select(RUNS_TABLE.c.status, func.count()).group_by(RUNS_TABLE.c.status)
+        with self.transaction(write=False) as conn:
+            return {str(status): int(count) for status, count in conn.execute(stmt)}
+
     def unfinished_runs(self) -> list[RunRow]:
         """Runs still queued, starting or running, oldest first (what recovery inspects)."""
         stmt = select(*RUN_COLUMNS).where(RUNS_TABLE.c.status.in_(UNFINISHED_STATUSES)).order_by(
