@@ -148,6 +148,7 @@ class Executor:
         self._store = store = await anyio.to_thread.run_sync(
             lambda: Store.open(self.db_url, home=self.home))
         await anyio.to_thread.run_sync(self.backend.start)
+        self._hub = Hub()  # a new one each time: the last one was closed with its writer
         self._writer = StoreWriter(store, self._hub)
         self._tg_cm = anyio.create_task_group()
         tg = await self._tg_cm.__aenter__()

@@ -30,6 +30,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final, Protocol
+from weakref import WeakSet
 
 import anyio
 import anyio.to_thread
@@ -186,7 +187,8 @@ class Hub:
 
     def __init__(self, *, max_events_per_subscriber: int = 10_000) -> None:
         self._subs: dict[str, set[Subscription]] = {}
-        self._feeds: set[FeedListener] = set()
+        # Weak: a feed its reader dropped without closing it stops costing the writer anything.
+        self._feeds: WeakSet[FeedListener] = WeakSet()
         self._max = max_events_per_subscriber
         self.closed = False
 
