@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from isolane.executor.writer import Commit
     from isolane.schemas.envelope import Event
 
-__all__ = ["CONTENT_TYPE", "ExecutorMetrics"]
+__all__ = ["CONTENT_TYPE", "MAX_MODELS", "ExecutorMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Runs read per scrape to count the human requests waiting (the running ones, newest first).
 _MAX_RUNNING_SCANNED: Final = 1000
+#: Distinct ``model`` label values kept: model names come from workers (untrusted), and each value
+#: is a time series held in memory; calls of further models are counted under ``(other)``.
+MAX_MODELS: Final = 200
+#: Longest ``model`` label value kept (longer names are cut).
+_MAX_MODEL_CHARS: Final = 120
+_OTHER: Final = "(other)"
 #: Store write latency buckets, in seconds (a write is one transaction of many rows).
 _BATCH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                          2.5, 5.0, 10.0)
@@ -88,6 +94,7 @@ class ExecutorMetrics:
                                 "USD.", ["model"], registry=reg)
         self.llm_unpriced = Counter("isolane_llm_unpriced_calls", "Billed LLM calls whose price "
                                     "is unknown (not in the cost).", ["model"], registry=reg)
+        self._models: set[str] = set()
         self._collector = _ScrapeCollector(executor)
         reg.register(self._collector)
         self._stop_commits = executor.on_commit(self._commit)
@@ -129,7 +136,7 @@ class ExecutorMetrics:
 
     def _llm_call(self, event: Event) -> None:
         data = event.data
-        model = str(data.get("model") or "-")
+        model = self._model_label(data.get("model"))
         cached = bool(data.get("cached"))
         billing = "cached" if cached else "billed"
         self.llm_calls.labels(model, billing).inc()
@@ -144,6 +151,15 @@ class ExecutorMetrics:
             self.llm_cost.labels(model).inc(cost)
         else:
             self.llm_unpriced.labels(model).inc()
+
+
+    def _model_label(self, value: object) -> str:
+        model = (value if isinstance(value, str) and value else "-")[:_MAX_MODEL_CHARS]
+        if model not in self._models:
+            if len(self._models) >= MAX_MODELS:
+                return _OTHER
+            self._models.add(model)
+        return model
 
 
 class _ScrapeCollector:

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -122,3 +123,33 @@ async def test_embedded_registry_counts_a_waiting_question(home: Path) -> None:
     assert _value(after, "isolane_runs", status="completed") == 1
     assert ("isolane_runs", (("status", "completed"),)) not in _samples(
         generate_latest(registry).decode())
+
+
+@pytest.mark.anyio
+async def test_model_labels_a_worker_sends_are_bounded(home: Path) -> None:
+    """A worker reporting calls of thousands of made-up models adds at most MAX_MODELS series
+    per metric, with names cut short; every call is still counted."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from isolane.metrics import MAX_MODELS
+
+    registry = CollectorRegistry()
+    n = MAX_MODELS + 300
+    async with Executor(home=home) as ex:
+        metrics = ExecutorMetrics(ex, registry=registry)
+        outcome = await ex.run(RunSpec(workflow="tests.flows.metrics:claims_many_models",
+                                       config={"n": n}))
+        assert outcome.status == "completed", outcome
+        with anyio.fail_after(30):
+            while metrics.llm_events_counted < n:
+                await anyio.sleep(0.02)
+        samples = _samples(generate_latest(registry).decode())
+        metrics.close()
+    calls = {labels: value for (name, labels), value in samples.items()
+             if name == "isolane_llm_calls_total"}
+    assert len(calls) == MAX_MODELS + 1
+    assert sum(calls.values()) == n
+    assert _value(samples, "isolane_llm_calls_total", model="(other)", billing="billed") == 300
+    assert max(len(dict(labels)["model"]) for labels in calls) <= 120
+    assert sum(v for (name, _), v in samples.items()
+               if name == "isolane_llm_cost_usd_total") == pytest.approx(0.5 * n)
