@@ -13,6 +13,7 @@ import pytest
 
 from isolane import Event, Executor, FeedCursor, RunSpec, SyncExecutor
 from isolane.errors import ConfigError
+from tests.pgcluster import PgCluster
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +150,42 @@ def test_sync_executor_callbacks(home: Path) -> None:
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="isolane.executor.feed")
+
+
+async def test_a_lagging_callback_waits_out_a_store_outage(
+        pg_cluster: PgCluster, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A private PostgreSQL stopped while a slow callback is catching up from it: its reads are
+    retried until the server is back, the executor keeps running, and the callback still gets
+    every event once, in order."""
+    caplog.set_level(logging.WARNING, logger="isolane.executor.feed")
+    n = 400
+    seen: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        seen.append(event)
+        await anyio.sleep(0.003)
+
+    async with Executor(home=home, db_url=pg_cluster.url) as ex:
+        subscription = ex.on_event(slow, buffer=8)
+        run = await ex.submit(RunSpec(workflow="tests.flows:gated", config={"n": n}))
+        async for event in run.events():
+            if event.type == "custom" and event.data["i"] == n - 1:
+                break  # the first half is stored; the run waits for its gate
+        assert len(seen) < n and subscription.feed.behind
+        gate = Path(ex.store.get_run(run.run_id).work_dir) / "go"
+        await anyio.to_thread.run_sync(pg_cluster.stop)
+        try:
+            with anyio.fail_after(30):
+                while "feed: reading run" not in caplog.text:
+                    await anyio.sleep(0.05)
+        finally:
+            await anyio.to_thread.run_sync(pg_cluster.start)
+        gate.touch()
+        with anyio.fail_after(60):
+            outcome = await run.wait()
+            stored = [e.seq for e in ex.store.events(run.run_id)]
+            while subscription.delivered < len(stored):
+                await anyio.sleep(0.05)
+    assert outcome.status == "completed", outcome
+    assert [e.seq for e in seen] == stored
+    assert subscription.errors == 0

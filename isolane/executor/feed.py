@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 import anyio.to_thread
+from sqlalchemy.exc import DBAPIError
 
-from isolane.errors import ConfigError
+from isolane.errors import ConfigError, StoreUnavailable
 from isolane.executor.hub import READ_PAGE, Batch, Hub
 from isolane.schemas.envelope import Event
 
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Events queued per feed reader before it is switched to catching up from the store.
 DEFAULT_FEED_BUFFER: Final = 10_000
+
+#: Longest wait between two reads of a store that is out.
+_MAX_RETRY_DELAY: Final = 5.0
 
 #: What :meth:`Executor.on_event` calls: with one committed event; may be a coroutine function.
 EventCallback = Callable[[Event], Awaitable[None] | None]
@@ -244,8 +248,7 @@ class Feed(AsyncIterator[Event]):
         after = max(after, last.get(run_id, after))
         types = sorted(self._types) if self._types is not None else None
         while True:
-            page = await anyio.to_thread.run_sync(partial(
-                self._store.events, run_id, after_seq=after, limit=self._page, types=types))
+            page = await self._read(run_id, after, types)
             for event in page:
                 seen = last.get(run_id)
                 if seen is not None and event.seq <= seen:
@@ -254,6 +257,21 @@ class Feed(AsyncIterator[Event]):
                 yield event
             if len(page) < self._page or run_id in queue.missed:
                 return
+
+
+    async def _read(self, run_id: str, after: int, types: list[str] | None) -> list[Event]:
+        """A page of the run's stored events, read again and again while the store is out (the
+        reader waits; the writer, which has its own retries, does not)."""
+        delay = 0.05
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(partial(
+                    self._store.events, run_id, after_seq=after, limit=self._page, types=types))
+            except (StoreUnavailable, DBAPIError) as exc:
+                log.warning("feed: reading run %s from the store failed, retrying in %.2f s: %s",
+                            run_id, delay, (str(exc).splitlines() or [type(exc).__name__])[0])
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
 
 
 class EventSubscription:
@@ -282,20 +300,25 @@ class EventSubscription:
         """Deliver events until closed or the executor closes (run by the executor's task group)."""
         try:
             with self._scope:
-                async with self._feed as feed:
-                    async for event in feed:
-                        self.delivered += 1
-                        try:
-                            result = self._callback(event)
-                            if inspect.isawaitable(result):
-                                await result
-                        except Exception:
-                            self.errors += 1
-                            log.exception("an on_event callback failed on %s event seq %d of "
-                                          "run %s (ignored; the next event is delivered)",
-                                          event.type, event.seq, event.run_id)
+                await self._deliver()
+        except Exception:  # never into the executor's task group: it would end every run
+            log.exception("an on_event subscription stopped: its feed failed")
         finally:
             self._done.set()
+
+    async def _deliver(self) -> None:
+        async with self._feed as feed:
+            async for event in feed:
+                self.delivered += 1
+                try:
+                    result = self._callback(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self.errors += 1
+                    log.exception("an on_event callback failed on %s event seq %d of run %s "
+                                  "(ignored; the next event is delivered)",
+                                  event.type, event.seq, event.run_id)
 
     def close(self) -> None:
         """Stop calling the callback (the event it is handling now is finished or cancelled)."""
