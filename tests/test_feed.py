@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from isolane import Event, Executor, FeedCursor, RunSpec, SyncExecutor
+from isolane import Event, Executor, Feed, FeedCursor, Outcome, RunHandle, RunSpec, SyncExecutor
 from isolane.errors import ConfigError
 from tests.pgcluster import PgCluster
 
@@ -43,8 +43,7 @@ async def test_slow_and_fast_readers_each_see_every_event_once_in_order(home: Pa
         fast_feed = ex.events()
         subscription = ex.on_event(called.append)
 
-        async def read(feed: object, into: list[Event], pause: float) -> None:
-            assert isinstance(feed, type(slow_feed))
+        async def read(feed: Feed, into: list[Event], pause: float) -> None:
             async with feed:
                 async for event in feed:
                     into.append(event)
@@ -78,13 +77,8 @@ async def test_slow_and_fast_readers_each_see_every_event_once_in_order(home: Pa
     assert subscription.delivered == total and subscription.errors == 0
 
 
-async def _outcomes(handles: Sequence[object]) -> list[object]:
-    from isolane import RunHandle
-    outs = []
-    for handle in handles:
-        assert isinstance(handle, RunHandle)
-        outs.append(await handle.wait())
-    return outs
+async def _outcomes(handles: Sequence[RunHandle]) -> list[Outcome]:
+    return [await handle.wait() for handle in handles]
 
 
 async def test_types_filter_cursor_resume_and_failing_callback(
