@@ -148,36 +148,42 @@ def _quiet(caplog: pytest.LogCaptureFixture) -> None:
 
 async def test_a_lagging_callback_waits_out_a_store_outage(
         pg_cluster: PgCluster, home: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A private PostgreSQL stopped while a slow callback is catching up from it: its reads are
-    retried until the server is back, the executor keeps running, and the callback still gets
-    every event once, in order."""
+    """A private PostgreSQL stopped while a callback is behind: its catch-up reads are retried
+    until the server is back, the executor keeps running, and the callback still gets every
+    event once, in order."""
     caplog.set_level(logging.WARNING, logger="isolane.executor.feed")
     n = 400
     seen: list[Event] = []
+    release = anyio.Event()
 
-    async def slow(event: Event) -> None:
+    async def held(event: Event) -> None:
         seen.append(event)
-        await anyio.sleep(0.003)
+        await release.wait()  # held on its first event: everything after it is missed
 
     async with Executor(home=home, db_url=pg_cluster.url) as ex:
-        subscription = ex.on_event(slow, buffer=8)
+        subscription = ex.on_event(held, buffer=8)
         run = await ex.submit(RunSpec(workflow="tests.flows:gated", config={"n": n}))
         async for event in run.events():
             if event.type == "custom" and event.data["i"] == n - 1:
                 break  # the first half is stored; the run waits for its gate
-        assert len(seen) < n and subscription.feed.behind
-        gate = Path(ex.store.get_run(run.run_id).work_dir) / "go"
+        with anyio.fail_after(30):
+            while not seen:
+                await anyio.sleep(0.02)
+        (Path(ex.store.get_run(run.run_id).work_dir) / "go").touch()
+        # The second half commits while the callback is held: only the store has it now.
+        with anyio.fail_after(60):
+            outcome = await run.wait()
+        stored = [e.seq for e in ex.store.events(run.run_id)]
+        assert subscription.feed.behind and len(seen) == 1
         await anyio.to_thread.run_sync(pg_cluster.stop)
         try:
+            release.set()
             with anyio.fail_after(30):
                 while "feed: reading run" not in caplog.text:
                     await anyio.sleep(0.05)
         finally:
             await anyio.to_thread.run_sync(pg_cluster.start)
-        gate.touch()
         with anyio.fail_after(60):
-            outcome = await run.wait()
-            stored = [e.seq for e in ex.store.events(run.run_id)]
             while subscription.delivered < len(stored):
                 await anyio.sleep(0.05)
     assert outcome.status == "completed", outcome
