@@ -4,7 +4,7 @@
 
     agent._code_executor = CapturingCodeExecutor(original, ...)   (CaptureSession.attach)
     AG2 ─ execute_code_blocks(blocks) ─▶ wrapper ─▶ original executor ─▶ CodeResult
-                                            └──▶ ``code_execution`` {language, code, exit_code, output}
+                                            └──▶ ``code_execution`` {language, code, exit_code, output, duration_s}
 
 The wrapper changes nothing about execution: same blocks, same result object, same exceptions.
 """
@@ -12,6 +12,7 @@ The wrapper changes nothing about execution: same blocks, same result object, sa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,13 +53,14 @@ class CapturingCodeExecutor:
         languages = list(dict.fromkeys(b.language for b in code_blocks))
         language = ",".join(languages) or "unknown"
         code = "\n\n".join(b.code for b in code_blocks)
+        started = time.monotonic()
         try:
             result = self.inner.execute_code_blocks(code_blocks)
         except BaseException as exc:
             if self._active():
                 emit_payload(self._sink, "code_execution", CodeExecution(
                     language=language, exit_code=None, code=code, output=f"{type(exc).__name__}: {exc}",
-                    agent=self._agent), extra={"blocks": len(code_blocks)})
+                    agent=self._agent, duration_s=time.monotonic() - started), extra={"blocks": len(code_blocks)})
             raise
         if self._active():
             extra: dict[str, Any] = {"blocks": len(code_blocks)}
@@ -67,7 +69,7 @@ class CapturingCodeExecutor:
                 extra["code_file"] = str(code_file)
             emit_payload(self._sink, "code_execution", CodeExecution(
                 language=language, exit_code=result.exit_code, code=code, output=result.output,
-                agent=self._agent), extra=extra)
+                agent=self._agent, duration_s=time.monotonic() - started), extra=extra)
         return result
 
     def restart(self) -> None:

@@ -28,6 +28,7 @@ from isolane.cli.console import CliApp, fail, out
 from isolane.cli.cost import cost_command
 from isolane.cli.dag import dag_command
 from isolane.cli.durability import recover_command, resume_command
+from isolane.cli.export import export_command
 from isolane.cli.files import checkout_command, files_command
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
 from isolane.cli.render import (
@@ -70,6 +71,7 @@ app.command("dag")(dag_command)
 app.command("serve")(serve_command)
 app.command("files")(files_command)
 app.command("checkout")(checkout_command)
+app.command("export")(export_command)
 
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 

@@ -198,6 +198,8 @@ class CodeExecution(Payload):
     code: str = ""
     output: str = ""
     agent: str | None = None
+    #: How long the execution took (a span's start is ``ts - duration_s``); 0.0 when unknown.
+    duration_s: float = 0.0
 
 
 class LlmCall(Payload):

@@ -61,7 +61,7 @@ def traces_url(url: str) -> str:
 
 def _require_sdk() -> None:
     try:
-        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter
         import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as exc:
         raise ConfigError("exporting traces needs the OpenTelemetry SDK: pip install 'isolane[otel]' "
