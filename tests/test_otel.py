@@ -378,3 +378,23 @@ async def test_executor_feed_exports_live(phoenix: Phoenix, tmp_path: Path) -> N
         row, events, _ = _stored(tmp_path, outcome.run_id)
         phoenix.wait_for("feed", ids.trace_id(outcome.run_id), len(spans_of(row, events)))
         tg.cancel_scope.cancel()
+
+
+def test_span_events_are_bounded(runs: Runs) -> None:
+    """A run that emits thousands of custom events gives spans of at most 128 events each, the
+    rest counted in isolane.dropped_events."""
+    import msgspec
+
+    from isolane.schemas.envelope import Event
+    from isolane.telemetry.spans import MAX_SPAN_EVENTS
+
+    row, events, _ = _stored(runs.home, runs.planning)
+    (before,) = [s for s in spans_of(row, events) if s.kind == "attempt"]
+    assert "isolane.dropped_events" not in before.attributes
+    last = events[-1]
+    extra = [Event(run_id=row.id, seq=last.seq + i, ts=last.ts, type="custom", data={"name": "tick", "i": i})
+             for i in range(1, 301)]
+    specs = spans_of(row, [*events[:-1], *extra, msgspec.structs.replace(last, seq=last.seq + 301)])
+    (attempt,) = [s for s in specs if s.kind == "attempt"]
+    assert len(attempt.events) == MAX_SPAN_EVENTS
+    assert attempt.attributes["isolane.dropped_events"] == len(before.events) + 300 - MAX_SPAN_EVENTS

@@ -51,6 +51,12 @@ SPAN_EVENT_TYPES: Final = (
 _TERMINAL: Final = frozenset({"run_completed", "run_failed", "run_cancelled"})
 _SHUTDOWN_FLUSH_S: Final = 15.0
 _FINISHED_KEPT: Final = 10_000
+#: Events kept per run that only become span events (messages, files, custom …): a run that
+#: emits millions of them must not grow the exporter; the spans themselves are always kept.
+_SPAN_EVENTS_KEPT: Final = 2_000
+_SPAN_MAKING: Final = frozenset({
+    "run_started", "run_completed", "run_failed", "run_cancelled", "dag_created", "dag_node_added",
+    "dag_node_update", "llm_call", "tool_call", "tool_result", "code_execution"})
 
 
 def export_run(store: Store, run_id: str, sink: OtlpSink, *, page: int = 5000) -> list[SpanSpec]:
@@ -83,6 +89,7 @@ class _Trace:
     sent: set[int] = field(default_factory=set)
     ended: bool = False
     row: RunLike | None = None
+    annotations: int = 0
 
 
 class TelemetryExporter:
@@ -132,6 +139,10 @@ class TelemetryExporter:
         if event.type not in SPAN_EVENT_TYPES or event.run_id in self._finished:
             return
         trace = self._traces.setdefault(event.run_id, _Trace())
+        if event.type not in _SPAN_MAKING:
+            trace.annotations += 1
+            if trace.annotations > _SPAN_EVENTS_KEPT:
+                return
         trace.events.append(event)
         self._dirty.add(event.run_id)
         if event.type in _TERMINAL:

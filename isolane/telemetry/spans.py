@@ -46,6 +46,9 @@ AttrValue = str | bool | int | float
 
 #: Text attributes longer than this are cut (a backend refuses or truncates huge values anyway).
 TEXT_LIMIT: Final = 4000
+#: Span events kept per span (OpenTelemetry's SDK keeps 128 by default); the rest are counted in
+#: ``isolane.dropped_events``.
+MAX_SPAN_EVENTS: Final = 128
 _UNFINISHED: Final = frozenset({"queued", "starting", "running"})  # tracking.store.UNFINISHED_STATUSES
 _ERROR_STATUSES: Final = frozenset({"failed", "crashed", "timed_out"})
 _TERMINAL_EVENTS: Final = frozenset({"run_completed", "run_failed", "run_cancelled"})
@@ -265,12 +268,15 @@ class _Builder:
                                None if duration is None else event.ts, attrs))
 
     def span_event(self, event: Event) -> None:
-        values = {k: v for k, v in event.data.items() if v is not None}
-        attrs = {f"isolane.{k}": (v if isinstance(v, str | bool | int | float) else _text(v))
-                 for k, v in values.items()}
-        attrs = {k: (_text(v) if isinstance(v, str) else v) for k, v in attrs.items()}
+        attrs: dict[str, AttrValue] = {
+            f"isolane.{k}": v if isinstance(v, bool | int | float) else _text(v)
+            for k, v in event.data.items() if v is not None}
         attrs["isolane.seq"] = event.seq
-        self.drafts[self.home_of(event.node_id)].events.append(SpanEventSpec(event.type, event.ts, attrs))
+        draft = self.drafts[self.home_of(event.node_id)]
+        if len(draft.events) < MAX_SPAN_EVENTS:
+            draft.events.append(SpanEventSpec(event.type, event.ts, attrs))
+        else:
+            draft.attributes["isolane.dropped_events"] = int(draft.attributes.get("isolane.dropped_events", 0)) + 1
 
 
 def spans_of(run: RunLike, events: Iterable[Event]) -> list[SpanSpec]:
