@@ -730,6 +730,72 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_slow_and_fast_vs_none": round(median["slow_fast"] / median["none"], 3),
         "slow_reader_unread_at_end": round(behind, 3),
     }
+# -- otel: throughput with the live OpenTelemetry exporter on vs off -------------------------------
+# Follows the run with RunHandle.events() until the executor-wide feed lands; at integration the
+# exporter is started the way Executor(telemetry=...) starts it (isolane.telemetry.start_live_export).
+
+
+class _Collector:
+    """A stand-in OTLP/HTTP collector on 127.0.0.1 that answers every POST with 200 (the
+    figure is about the parent's cost, not a backend's)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def _e2e_otel(tmp: Path, n: int, endpoint: str | None) -> float:
+    """Events/s of one worker to SQLite, with a live exporter following the run when ``endpoint``."""
+    from isolane.telemetry.live import SPAN_EVENT_TYPES, TelemetryExporter
+
+    async with Executor(home=tmp) as ex:
+        await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))
+        run = await ex.submit(RunSpec(workflow=emit_many, config={"n": n}))
+        async with anyio.create_task_group() as tg:
+            if endpoint is not None:
+                exporter = TelemetryExporter(run.events(types=SPAN_EVENT_TYPES), run_of=ex.store.get_run,
+                                             endpoint=endpoint)
+                tg.start_soon(exporter.run)
+            t0 = time.perf_counter()
+            await run.wait()
+            elapsed = time.perf_counter() - t0
+        return ex.store.count_events(run.run_id, types=["custom"]) / elapsed
+
+
+@benchmark("otel")
+def otel(args: argparse.Namespace) -> dict[str, Any]:
+    """1 worker → SQLite rate with the live OpenTelemetry exporter on, beside off (target ≤ 5 % slower)."""
+    collector = _Collector()
+    off: list[float] = []
+    on: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            for i in range(3):  # interleaved, so drift on this shared machine hits both alike
+                off.append(anyio.run(_e2e_otel, Path(d) / f"off{i}", args.events, None))
+                on.append(anyio.run(_e2e_otel, Path(d) / f"on{i}", args.events, collector.url))
+    finally:
+        collector.close()
+    return {"events": args.events, "events_per_s_off": round(statistics.median(off)),
+            "events_per_s_on": round(statistics.median(on)),
+            "ratio_on_vs_off": round(statistics.median(on) / statistics.median(off), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
