@@ -398,3 +398,51 @@ def test_span_events_are_bounded(runs: Runs) -> None:
     (attempt,) = [s for s in specs if s.kind == "attempt"]
     assert len(attempt.events) == MAX_SPAN_EVENTS
     assert attempt.attributes["isolane.dropped_events"] == len(before.events) + 300 - MAX_SPAN_EVENTS
+
+
+def test_a_restarted_then_crashed_run_is_still_a_whole_trace(tmp_path: Path) -> None:
+    """A worker that dies and is restarted gives one attempt span each, the first ending where the
+    second starts; a run that crashes for good (no terminal event) still ends, as an error."""
+    with SyncExecutor(home=tmp_path) as ex:
+        restarted = ex.run(RunSpec(workflow="tests.flows.files:crash_after_files", max_restarts=1,
+                                   restart_backoff=0.0))
+        crashed = ex.run(RunSpec(workflow="tests.flows:exits"))
+    assert (restarted.status, crashed.status) == ("completed", "crashed")
+    row, events, _ = _stored(tmp_path, restarted.run_id)
+    specs = spans_of(row, events)
+    first, second = sorted((s for s in specs if s.kind == "attempt"), key=lambda s: s.start)
+    starts = [e.ts for e in events if e.type == "run_started"]
+    assert (first.start, first.end, second.start) == (starts[0], starts[1], starts[1])
+    by_id = {s.span_id: s for s in specs}
+    nodes = {s.attributes["isolane.node.id"]: by_id[s.parent_span_id] for s in specs  # type: ignore[index]
+             if s.kind == "node"}
+    assert nodes["step_1"] is first and nodes["step_2"] is second
+    row, events, _ = _stored(tmp_path, crashed.run_id)
+    specs = spans_of(row, events)
+    (root,) = [s for s in specs if s.kind == "run"]
+    assert root.end == row.ended_at and root.error
+    assert all(s.end is not None for s in specs)
+
+
+@pytest.mark.anyio
+async def test_a_dead_collector_costs_spans_not_the_run(tmp_path: Path) -> None:
+    """With no collector listening, the live exporter counts failed flushes and ends quietly; the
+    run and every stored event are unaffected."""
+    from isolane.telemetry.otlp import OtlpSink
+
+    async with Executor(home=tmp_path) as ex:
+        handle = await ex.submit(_offline("one-shot"))
+        exporter = TelemetryExporter(handle.events(), run_of=ex.store.get_run,
+                                     sink=OtlpSink(f"http://127.0.0.1:{_free_port()}", timeout=1), interval=0.5)
+        await exporter.run()
+        outcome = await handle.wait()
+        stored = ex.store.count_events(outcome.run_id)
+    assert outcome.status == "completed", outcome.error
+    assert exporter.failures >= 1 and exporter.spans_sent == 0
+    assert stored == _gapless_last_seq(tmp_path, outcome.run_id)
+
+
+def _gapless_last_seq(home: Path, run_id: str) -> int:
+    row, events, _ = _stored(home, run_id)
+    assert [e.seq for e in events] == list(range(1, row.last_seq + 1))
+    return row.last_seq
