@@ -381,8 +381,8 @@ async def test_executor_feed_exports_live(phoenix: Phoenix, tmp_path: Path) -> N
 
 
 def test_span_events_are_bounded(runs: Runs) -> None:
-    """A run that emits thousands of custom events gives spans of at most 128 events each, the
-    rest counted in isolane.dropped_events."""
+    """A run with thousands of agent messages gives spans of at most 128 events each, the rest
+    counted in isolane.dropped_events; custom events (emitted by the million) are not span events."""
     import msgspec
 
     from isolane.schemas.envelope import Event
@@ -392,9 +392,10 @@ def test_span_events_are_bounded(runs: Runs) -> None:
     (before,) = [s for s in spans_of(row, events) if s.kind == "attempt"]
     assert "isolane.dropped_events" not in before.attributes
     last = events[-1]
-    extra = [Event(run_id=row.id, seq=last.seq + i, ts=last.ts, type="custom", data={"name": "tick", "i": i})
-             for i in range(1, 301)]
-    specs = spans_of(row, [*events[:-1], *extra, msgspec.structs.replace(last, seq=last.seq + 301)])
+    extra = [Event(run_id=row.id, seq=last.seq + i, ts=last.ts, type=kind,
+                   data={"name": "tick", "sender": "user", "content": f"message {i}"})
+             for i in range(1, 601) for kind in ["agent_message" if i <= 300 else "custom"]]
+    specs = spans_of(row, [*events[:-1], *extra, msgspec.structs.replace(last, seq=last.seq + 601)])
     (attempt,) = [s for s in specs if s.kind == "attempt"]
     assert len(attempt.events) == MAX_SPAN_EVENTS
     assert attempt.attributes["isolane.dropped_events"] == len(before.events) + 300 - MAX_SPAN_EVENTS

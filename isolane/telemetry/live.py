@@ -47,7 +47,7 @@ SPAN_EVENT_TYPES: Final = (
     "run_started", "run_completed", "run_failed", "run_cancelled", "dag_created", "dag_node_added",
     "dag_node_update", "llm_call", "tool_call", "tool_result", "code_execution", "agent_message",
     "handoff", "error", "llm_retry", "phase_change", "human_input_request", "human_input_response",
-    "file_created", "file_modified", "file_deleted", "custom")
+    "file_created", "file_modified", "file_deleted")
 _TERMINAL: Final = frozenset({"run_completed", "run_failed", "run_cancelled"})
 _SHUTDOWN_FLUSH_S: Final = 15.0
 _FINISHED_KEPT: Final = 10_000

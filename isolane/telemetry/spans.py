@@ -22,7 +22,9 @@
   ``isolane.cached_tokens``), so a backend's token sums equal ``isolane cost``;
 * a branch's root span links to the span of its branch point in the parent run's trace;
 * agent messages, hand-offs, errors, retries, files and human input become span events of the
-  span they happened in.
+  span they happened in (at most :data:`MAX_SPAN_EVENTS` each). ``custom`` events do not: a
+  workflow may emit them by the million, and a live exporter that asked for them would cost the
+  executor's feed that much (``scripts/bench.py otel``).
 
 A span whose end is not known yet (a node still running in a live run) has ``end=None``; the
 live exporter waits for it. The stored events are already redacted: nothing here reads anything
@@ -56,7 +58,7 @@ _NODE_FINAL: Final = frozenset({"completed", "failed", "skipped", "cancelled"})
 #: Events that become span events of the span they happened in.
 _SPAN_EVENT_TYPES: Final = frozenset({
     "agent_message", "handoff", "error", "llm_retry", "phase_change", "human_input_request",
-    "human_input_response", "file_created", "file_modified", "file_deleted", "custom"})
+    "human_input_response", "file_created", "file_modified", "file_deleted"})
 
 
 class RunLike(Protocol):
