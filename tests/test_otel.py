@@ -365,8 +365,6 @@ async def test_start_live_export_needs_an_endpoint(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.anyio
-@pytest.mark.skipif(not hasattr(Executor, "on_event"),
-                    reason="the executor-wide feed (Executor.events(types=...), issue 15) is not on this branch yet")
 async def test_executor_feed_exports_live(phoenix: Phoenix, tmp_path: Path) -> None:
     """start_live_export follows the executor's own feed: every run it runs lands in Phoenix."""
     import anyio
@@ -378,6 +376,23 @@ async def test_executor_feed_exports_live(phoenix: Phoenix, tmp_path: Path) -> N
         row, events, _ = _stored(tmp_path, outcome.run_id)
         phoenix.wait_for("feed", ids.trace_id(outcome.run_id), len(spans_of(row, events)))
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_executor_telemetry_option_exports_every_run(phoenix: Phoenix, tmp_path: Path) -> None:
+    """``Executor(telemetry=URL)`` is the one line: runs land in Phoenix's default project, and
+    the executor closes once the last spans are sent."""
+    async with Executor(home=tmp_path / "a", telemetry=phoenix.url) as ex:
+        assert ex.telemetry is not None
+        outcome = await ex.run(_offline("planning-control"))
+    row, events, _ = _stored(tmp_path / "a", outcome.run_id)
+    phoenix.wait_for("default", ids.trace_id(outcome.run_id), len(spans_of(row, events)))
+
+
+def test_a_bad_telemetry_endpoint_fails_when_the_executor_is_made(tmp_path: Path) -> None:
+    """A URL that is not http(s) is a ConfigError at construction, saying what to give."""
+    with pytest.raises(ConfigError, match="not an http"):
+        Executor(home=tmp_path, telemetry="localhost:4318")
 
 
 def test_span_events_are_bounded(runs: Runs) -> None:

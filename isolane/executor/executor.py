@@ -79,7 +79,9 @@ class Executor:
     file under ``home`` (default ``ISOLANE_HOME`` or ``./.isolane``). More runs than ``max_workers``
     queue. ``backend`` names where workers run (``"local"``, ``"ray"``: see
     :data:`~isolane.backends.registry.BACKENDS`; default ``ISOLANE_BACKEND`` or ``"local"``), with
-    ``backend_options`` for it; or it is a ready :class:`WorkerBackend`.
+    ``backend_options`` for it; or it is a ready :class:`WorkerBackend`. ``telemetry`` sends
+    every run as an OpenTelemetry trace, live, to a collector's URL (default
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT`` when set; ``False``: never; needs ``isolane[otel]``).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class Executor:
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         backend: str | WorkerBackend | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        telemetry: str | bool | None = None,
     ) -> None:
         if max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, got {max_workers}")
@@ -131,6 +134,14 @@ class Executor:
         self._callables: dict[str, WorkflowFn] = {}
         self._resume_recovered = resume_recovered
         self.recovered: list[RecoveryReport] = []
+        self._otlp: Any = None
+        endpoint = _telemetry_endpoint(telemetry)
+        if endpoint is not None:
+            from isolane.telemetry.otlp import OtlpSink  # OpenTelemetry: loaded only when asked for
+
+            self._otlp = OtlpSink(endpoint)  # a bad URL or a missing SDK fails here, at once
+        #: The live OpenTelemetry exporter (``isolane.telemetry``), when one runs.
+        self.telemetry: Any = None
 
     @property
     def store(self) -> Store:
@@ -159,6 +170,10 @@ class Executor:
         tg.start_soon(self._writer.run)
         self._liveness_scope = anyio.CancelScope()
         tg.start_soon(stamp_liveness, self._runs, self._liveness_scope)
+        if self._otlp is not None:
+            from isolane.telemetry.live import start_live_export
+
+            self.telemetry = start_live_export(self, task_group=tg, sink=self._otlp)
         if self._recover:
             self.recovered = await self.recover(resume=self._resume_recovered)
         return self
@@ -463,3 +478,17 @@ class Executor:
         # a worker slot, through an outage if one comes meanwhile.
         return self._start(row.id, spec, lambda: self._specs.resumed(
             self.store, row.id, env=env, config=config, callable_of=self._callables), meta)
+
+
+def _telemetry_endpoint(telemetry: str | bool | None) -> str | None:
+    """Where live traces go: ``telemetry=URL``, else (unless ``telemetry=False``)
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT``."""
+    if isinstance(telemetry, str):
+        return telemetry
+    if telemetry is False:
+        return None
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    if endpoint is None and telemetry is True:
+        raise ConfigError("telemetry=True needs OTEL_EXPORTER_OTLP_ENDPOINT; or give the collector's "
+                          "URL: Executor(telemetry='http://127.0.0.1:4318')")
+    return endpoint

@@ -196,17 +196,19 @@ class TelemetryExporter:
 
 
 def start_live_export(executor: EventFeed, *, task_group: TaskGroup, endpoint: str | None = None,
-                      project: str | None = None) -> TelemetryExporter | None:
-    """Export ``executor``'s runs live to ``endpoint`` (default ``$OTEL_EXPORTER_OTLP_ENDPOINT``)
-    in a task of ``task_group``; ``None`` (and nothing started) when neither names one.
+                      project: str | None = None, sink: OtlpSink | None = None) -> TelemetryExporter | None:
+    """Export ``executor``'s runs live to ``sink``, or to ``endpoint`` (default
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT``), in a task of ``task_group``; ``None`` (and nothing
+    started) when none is given.
 
     What ``Executor(telemetry=...)`` calls when it opens.
     """
-    endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
-    if endpoint is None:
-        return None
+    if sink is None:
+        endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
+        if endpoint is None:
+            return None
+        sink = OtlpSink(endpoint, project=project)
     store = executor.store
-    exporter = TelemetryExporter(executor.events(types=SPAN_EVENT_TYPES), run_of=store.get_run,
-                                 endpoint=endpoint, project=project)
+    exporter = TelemetryExporter(executor.events(types=SPAN_EVENT_TYPES), run_of=store.get_run, sink=sink)
     task_group.start_soon(exporter.run)
     return exporter
