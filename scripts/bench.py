@@ -731,8 +731,8 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
         "slow_reader_unread_at_end": round(behind, 3),
     }
 # -- otel: throughput with the live OpenTelemetry exporter on vs off -------------------------------
-# Follows the run with RunHandle.events() until the executor-wide feed lands; at integration the
-# exporter is started the way Executor(telemetry=...) starts it (isolane.telemetry.start_live_export).
+# The exporter is started as users start it, Executor(telemetry=URL): it follows the executor-wide
+# feed of committed events (isolane.telemetry.start_live_export).
 
 
 class _Collector:
@@ -763,20 +763,13 @@ class _Collector:
 
 
 async def _e2e_otel(tmp: Path, n: int, endpoint: str | None) -> float:
-    """Events/s of one worker to SQLite, with a live exporter following the run when ``endpoint``."""
-    from isolane.telemetry.live import SPAN_EVENT_TYPES, TelemetryExporter
-
-    async with Executor(home=tmp) as ex:
+    """Events/s of one worker to SQLite, with the live exporter on (``endpoint``) or off."""
+    async with Executor(home=tmp, telemetry=endpoint or False) as ex:
         await ex.run(RunSpec(workflow=emit_many, config={"n": 1}))
         run = await ex.submit(RunSpec(workflow=emit_many, config={"n": n}))
-        async with anyio.create_task_group() as tg:
-            if endpoint is not None:
-                exporter = TelemetryExporter(run.events(types=SPAN_EVENT_TYPES), run_of=ex.store.get_run,
-                                             endpoint=endpoint)
-                tg.start_soon(exporter.run)
-            t0 = time.perf_counter()
-            await run.wait()
-            elapsed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await run.wait()
+        elapsed = time.perf_counter() - t0
         return ex.store.count_events(run.run_id, types=["custom"]) / elapsed
 
 
