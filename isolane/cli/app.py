@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 import orjson
 import typer
 
+from isolane.cli.answering import answer_command, requests_command
 from isolane.cli.branching import (
     branch_command,
     compare_command,
@@ -72,6 +73,8 @@ app.command("serve")(serve_command)
 app.command("files")(files_command)
 app.command("checkout")(checkout_command)
 app.command("export")(export_command)
+app.command("requests")(requests_command)
+app.command("answer")(answer_command)
 
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 

@@ -4,6 +4,7 @@
 
     Executor.submit(RunSpec) ──▶ RunHandle.events() ──▶ sink.event()   (live view | JSON | text)
           ▲                                              sink.tick()    (redraw / flush, 10 Hz)
+    a question on a TTY ──▶ Prompter: pause the view, read the answer, RunHandle.answer()
     SIGINT/SIGTERM ──▶ RunHandle.cancel() ──▶ the run ends ``cancelled`` ──▶ exit code 5
 
 The process exits with the code of the run's final status (:data:`~isolane.cli.codes.EXIT_CODES`).
@@ -31,6 +32,7 @@ from isolane.cli.console import CliApp, err, out
 from isolane.cli.live import RunView
 from isolane.cli.llm import BaseUrlOption, LlmOption, ModelOption, llm_for_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, parse_config
+from isolane.cli.prompt import Prompter
 from isolane.cli.render import error_text, event_line, format_duration, short
 from isolane.references import check_workflow_ref
 
@@ -173,9 +175,18 @@ class _LiveSink:
 
     def start(self, run_id: str) -> None:
         self._view = RunView(run_id, workflow=self._workflow, task=self._task)
-        self._live = Live(self._view, console=out, auto_refresh=False, transient=False,
-                          redirect_stdout=False, redirect_stderr=False)
-        self._live.start(refresh=True)
+        self.resume()
+
+    def pause(self) -> None:
+        """Give the terminal up (a person is typing an answer); events still fold in."""
+        self.close()
+
+    def resume(self) -> None:
+        """Draw the live view again, below whatever was printed meanwhile."""
+        if self._view is not None and self._live is None:
+            self._live = Live(self._view, console=out, auto_refresh=False, transient=False,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start(refresh=True)
 
     def event(self, event: Event) -> None:
         assert self._view is not None
@@ -187,7 +198,7 @@ class _LiveSink:
             self._live.refresh()
 
     def finish(self, outcome: Outcome) -> None:
-        if self._view is not None and self._live is not None:
+        if self._view is not None:
             self._view.finish(outcome.status)
             self.close()
         for line in _outcome_lines(outcome):
@@ -236,6 +247,14 @@ async def _ticker(sink: _Sink) -> None:
 Starter = Callable[["Executor"], Awaitable["RunHandle"]]
 
 
+def _prompter(handle: RunHandle, sink: _Sink) -> Prompter | None:
+    """A live view on a terminal with a person at it asks them the run's questions."""
+    if not isinstance(sink, _LiveSink) or not Prompter.possible(out):
+        return None
+    return Prompter(lambda request_id, text: handle.answer(request_id, text, source="terminal"),
+                    sink, out)
+
+
 async def follow(start: Starter, location: Location, sink: _Sink, *,
                  backend: str | None = None) -> Outcome:
     """Open an executor, start a run with ``start`` (submit, resume, …) and show it to the end.
@@ -248,11 +267,16 @@ async def follow(start: Starter, location: Location, sink: _Sink, *,
         async with Executor(db_url=location.db, home=location.home, backend=backend) as executor:
             handle = await start(executor)
             sink.start(handle.run_id)
+            prompter = _prompter(handle, sink)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signal, executor, handle.run_id, sink)
                 tg.start_soon(_ticker, sink)
+                if prompter is not None:
+                    tg.start_soon(prompter.run)
                 async for event in handle.events():
                     sink.event(event)
+                    if prompter is not None:
+                        prompter.see(event)
                 outcome = await handle.wait()
                 tg.cancel_scope.cancel()
         sink.finish(outcome)

@@ -129,6 +129,7 @@ class Executor:
         self._runs: LiveRuns | None = None
         self._attempts: Attempts | None = None
         self._liveness_scope: anyio.CancelScope | None = None
+        self._answers_scope: anyio.CancelScope | None = None  # delivers answers posted elsewhere
         self._recover = recover
         #: Callable workflows by run id: they can be resumed only by the process that has them.
         self._callables: dict[str, WorkflowFn] = {}
@@ -174,6 +175,8 @@ class Executor:
             from isolane.telemetry.live import start_live_export
 
             self.telemetry = start_live_export(self, task_group=tg, sink=self._otlp)
+        self._answers_scope = anyio.CancelScope()
+        tg.start_soon(human.deliver_posted, self._runs, store, self._answers_scope)
         if self._recover:
             self.recovered = await self.recover(resume=self._resume_recovered)
         return self
@@ -190,6 +193,8 @@ class Executor:
                 await runs.join()
                 if self._liveness_scope is not None:
                     self._liveness_scope.cancel()
+                if self._answers_scope is not None:
+                    self._answers_scope.cancel()
                 assert self._writer is not None
                 await self._writer.close()
         finally:

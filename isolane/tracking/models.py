@@ -47,6 +47,7 @@ from sqlalchemy.types import TypeEngine
 from isolane.tracking.rows import RUN_STATUSES
 
 __all__ = [
+    "ANSWERS_TABLE",
     "BRANCHES_TABLE",
     "DIAGNOSTICS_TABLE",
     "EDGES_TABLE",
@@ -283,4 +284,20 @@ BRANCHES_TABLE: Final = Table(
     _col("status", String(), default="running"),
     Index(None, "parent_run_id"),
     Index(None, "racing_group_id"),
+)
+
+#: Answers posted for a run another process drives (``isolane answer``, a second service): the
+#: run's owner delivers each to its worker and settles the row (``settled_at``, ``refused`` with
+#: the reason, or ``NULL`` once delivered); a settled answer's text is erased (it may be a password).
+ANSWERS_TABLE: Final = Table(
+    "posted_answers", METADATA,
+    _col("id", _BigId, primary_key=True, autoincrement=True),
+    _run_fk("run_id"),
+    _col("request_id", String()),
+    _col("text", Text()),
+    _col("source", String()),
+    _col("posted_at", Double(), default=_now),
+    _col("settled_at", Double(), null=True),
+    _col("refused", Text(), null=True),
+    Index(None, "run_id", "settled_at"),
 )
