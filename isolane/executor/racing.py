@@ -86,7 +86,7 @@ class _Strategy(Protocol):
 
 
 async def _wait(racer: Racer) -> None:
-    racer.outcome = await racer.handle.wait()
+    racer.outcome = await racer.handle.wait(progress=False)
     racer.ended_at = time.monotonic()
 
 

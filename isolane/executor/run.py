@@ -21,6 +21,7 @@ from isolane.schemas.redaction import secret_values
 from isolane.workflow import WorkflowFn
 
 if TYPE_CHECKING:
+    from isolane.executor.display import RunSnapshot
     from isolane.executor.executor import Executor
     from isolane.executor.human import HumanRequest
     from isolane.executor.live import LiveRun
@@ -126,6 +127,12 @@ class Outcome:
     def ok(self) -> bool:
         return self.status in ("completed", "won")
 
+    def _repr_html_(self) -> str:
+        """How the run ended, drawn in a notebook (:mod:`isolane.executor.display`)."""
+        from isolane.executor.display import outcome_html
+
+        return outcome_html(self)
+
     def raise_for_status(self) -> Any:
         """Return the result, or raise :class:`WorkflowError` describing why there is none."""
         if self.ok:
@@ -157,12 +164,43 @@ class RunHandle:
         it runs); ``None`` while queued, after the end, or for a run not driven here."""
         return self._live.monitor if self._live is not None else None
 
-    async def wait(self) -> Outcome:
-        """Wait for the run to end (its last event stored) and return its :class:`Outcome`."""
+    @property
+    def executor(self) -> Executor:
+        """The executor this handle calls."""
+        return self._executor
+
+    async def wait(self, *, progress: bool | None = None) -> Outcome:
+        """Wait for the run to end (its last event stored) and return its :class:`Outcome`.
+
+        ``progress`` shows the run meanwhile: updated in place in a notebook, a plain line on
+        stderr per change elsewhere; ``None`` (default): on in a notebook only.
+        """
+        from isolane.executor import progress as shown
+
+        if progress is None:
+            progress = shown.in_notebook()
+        if not progress:
+            return await self._wait()
+        return await shown.follow_with_progress(
+            self._wait, self._snapshot, shown.Progress(notebook=shown.in_notebook()))
+
+    async def _wait(self) -> Outcome:
         if self._live is not None:
             return await self._live.wait()
         store = self._executor.store
         return Outcome.from_row(await anyio.to_thread.run_sync(store.get_run, self.run_id))
+
+    def _snapshot(self) -> RunSnapshot:
+        from isolane.executor.display import snapshot
+
+        return snapshot(self._executor.store, self.run_id)
+
+    def _repr_html_(self) -> str:
+        """The run drawn in a notebook: status, DAG, cost, last events, a question waiting and
+        the call that answers it (:mod:`isolane.executor.display`; reads the store)."""
+        from isolane.executor.display import run_html
+
+        return run_html(self._snapshot())
 
     async def cancel(self, reason: str = "cancelled by request") -> None:
         """Stop the run: a cooperative request, then its whole process tree is killed."""

@@ -14,6 +14,10 @@ call here is forwarded to it and waits for the answer.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import functools
+import logging
 import queue
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -23,13 +27,17 @@ from typing import Any, Self
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from isolane.errors import RunStateError
+from isolane.executor.display import RunSnapshot, run_html, snapshot
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
 from isolane.executor.feed import EventSubscription
+from isolane.executor.human import HumanRequest
 from isolane.schemas.envelope import Event
 
 __all__ = ["SyncExecutor", "SyncRun", "SyncSubscription"]
 
 _END = object()
+
+log = logging.getLogger(__name__)
 
 
 class SyncRun:
@@ -40,8 +48,67 @@ class SyncRun:
         self._handle = handle
         self.run_id = handle.run_id
 
-    def wait(self) -> Outcome:
-        return self._portal.call(self._handle.wait)
+    def wait(self, *, progress: bool | None = None, ask: bool | None = None) -> Outcome:
+        """Wait for the run to end and return its :class:`Outcome`.
+
+        ``progress`` shows the run meanwhile (``None``: in a notebook only; see
+        :mod:`isolane.executor.progress`). ``ask`` puts each question the run asks to the person
+        running the cell with ``input()`` and sends the answer (``None``: in a notebook only;
+        off by itself where the kernel has no stdin, as under ``nbclient``).
+        """
+        from isolane.executor import progress as shown
+
+        notebook = shown.in_notebook()
+        showing = notebook if progress is None else progress
+        asking = notebook if ask is None else ask
+        if not showing and not asking:
+            return self._portal.call(functools.partial(self._handle.wait, progress=False))
+        view = shown.Progress(notebook=notebook, handle_name="run", awaited=False) if showing else None
+        asked: set[str] = set()
+        ended = self._portal.start_task_soon(functools.partial(self._handle.wait, progress=False))
+        while True:
+            finished = ended.done()  # before the read: the last read shows the final state
+            snap = self.snapshot()
+            if view is not None:
+                view.show(snap)
+            if finished:
+                return ended.result()
+            for request in snap.pending if asking else ():
+                if request.request_id not in asked:
+                    asked.add(request.request_id)
+                    asking = self._ask(request)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                ended.result(timeout=shown.TICK)
+
+    def _ask(self, request: HumanRequest) -> bool:
+        """Ask ``request`` with ``input()`` and send the answer; False when there is no stdin."""
+        who = request.agent or request.node_id or "the workflow"
+        try:
+            text = input(f"? {who} asks: {request.prompt}\n")
+        except (EOFError, NotImplementedError):  # IPython's StdinNotImplementedError included
+            log.info("no stdin to ask %s on; answer with run.answer(...)", request.request_id)
+            return False
+        try:
+            self.answer(request.request_id, text, source="notebook")
+        except RunStateError as exc:  # answered elsewhere or timed out meanwhile
+            log.warning("answer to %s not sent: %s", request.request_id, exc)
+        return True
+
+    def answer(self, request_id: str, text: str, *, source: str = "api") -> None:
+        """Answer the run's pending ``human_input_request`` ``request_id`` with ``text``."""
+        self._portal.call(functools.partial(self._handle.answer, request_id, text, source=source))
+
+    def pending_requests(self) -> list[HumanRequest]:
+        """The run's human-input requests still waiting for an answer, oldest first."""
+        return self._portal.call(self._handle.pending_requests)
+
+    def snapshot(self) -> RunSnapshot:
+        """What the notebook display shows of the run, read now (:mod:`isolane.executor.display`)."""
+        return snapshot(self._handle.executor.store, self.run_id)
+
+    def _repr_html_(self) -> str:
+        """The run drawn in a notebook, with ``run.answer(...)`` for a waiting question."""
+        return run_html(self.snapshot(), handle_name="run", awaited=False)
 
     def cancel(self, reason: str = "cancelled by request") -> None:
         self._portal.call(self._handle.cancel, reason)

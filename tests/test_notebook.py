@@ -1,0 +1,154 @@
+"""A run in a Jupyter notebook, executed for real: nbclient drives an IPython kernel that defines a
+workflow in a cell, runs it with SyncExecutor and with top-level ``await``, and displays it."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from isolane.executor.display import outcome_html
+from isolane.executor.run import Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CELLS = [
+    # 1: a workflow defined in a cell, one that asks, and one whose events carry markup
+    '''
+import anyio
+from isolane import Executor, RunSpec, SyncExecutor
+
+HOME = "home"
+
+def greet(ctx, task, config):
+    with ctx.node("hello", label="say hello"):
+        ctx.emit("note", text="<img src=x onerror=alert(1)>")
+    return {"greeting": f"hello {task}"}
+
+def asks(ctx, task, config):
+    with ctx.node("review", label="human review"):
+        color = ctx.ask("Which <b>color</b>?")
+    return {"color": color}
+''',
+    # 2: SyncExecutor; waiting shows progress (in place); the handle and the outcome display
+    '''
+with SyncExecutor(home=HOME) as ex:
+    run = ex.submit(RunSpec(workflow=greet, task="sync"))
+    outcome = run.wait()
+    display(run)
+outcome
+''',
+    # 3: top-level await with Executor
+    '''
+async with Executor(home=HOME) as aex:
+    handle = await aex.submit(RunSpec(workflow=greet, task="async"))
+    outcome = await handle.wait()
+    display(handle)
+outcome
+''',
+    # 4: a run that asks: its display offers the question and the call that answers it
+    '''
+async with Executor(home=HOME) as aex:
+    handle = await aex.submit(RunSpec(workflow=asks))
+    with anyio.fail_after(60):
+        while not await handle.pending_requests():
+            await anyio.sleep(0.1)
+    display(handle)
+    await handle.answer("review:1", "teal")
+    outcome = await handle.wait(progress=False)
+outcome
+''',
+]
+
+
+def _html_outputs(cell: Any) -> list[str]:
+    return [out["data"]["text/html"] for out in cell["outputs"]
+            if out["output_type"] in ("display_data", "execute_result") and "text/html" in out.get("data", {})]
+
+
+@pytest.fixture
+def executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The notebook, run top to bottom by a real kernel (this checkout on its path)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    for name in ("ISOLANE_HOME", "ISOLANE_DB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    client = NotebookClient(nb, kernel_name="python3", timeout=120,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    return nb
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_notebook_runs_and_displays_runs(executed: Any) -> None:
+    """Both executors run a cell-defined workflow; the handle shows status, DAG, cost and last
+    events as HTML, waiting updates one display in place, the outcome shows its result, a
+    waiting question shows with its answer call, every worker-written text is escaped, and no
+    cell writes to stderr."""
+    setup, sync_cell, async_cell, asking = executed.cells
+    for cell in executed.cells:
+        streams = [out for out in cell["outputs"] if out["output_type"] == "stream"]
+        assert [out for out in streams if out["name"] == "stderr"] == [], streams
+        assert not [out for out in cell["outputs"] if out["output_type"] == "error"]
+
+    # SyncExecutor: the progress display (one, updated in place to the end), the handle, the outcome.
+    progress, handle, outcome = _html_outputs(sync_cell)
+    assert 'class="isolane-run"' in progress and ">completed</span>" in progress
+    assert sum("display_id" in out.get("transient", {}) for out in sync_cell["outputs"]) <= 1
+    for page in (handle,):
+        assert 'class="isolane-run"' in page and ">completed</span>" in page
+        assert "DAG (1 nodes)" in page and "<code>hello</code> say hello" in page
+        assert "last 6 events" in page or re.search(r"last \d events", page)
+        assert "<img" not in page and html.escape("<img src=x onerror=alert(1)>") in page
+    assert 'class="isolane-outcome"' in outcome and "hello sync" in outcome
+
+    # top-level await: the same, without an explicit progress flag
+    pages = _html_outputs(async_cell)
+    assert any('class="isolane-run"' in p and ">completed</span>" in p for p in pages)
+    assert 'class="isolane-outcome"' in pages[-1] and "hello async" in pages[-1]
+
+    # the question waits in the display, with the exact call that answers it; then it is answered
+    shown, final = _html_outputs(asking)
+    assert "<b>? review asks:</b> Which &lt;b&gt;color&lt;/b&gt;?" in shown
+    assert html.escape("await handle.answer('review:1', \"your answer\")") in shown
+    assert re.search(r"isolane answer [0-9a-f]{12} review:1", shown)
+    assert "teal" in final and ">completed</span>" in final
+
+
+def test_an_outcome_escapes_what_the_worker_wrote() -> None:
+    """A failed outcome's error and traceback are escaped text, never markup."""
+    page = outcome_html(Outcome(run_id="r1", status="failed", error="<script>alert(1)</script>",
+                                error_type="ValueError", traceback="Traceback <b>x</b>"))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Traceback &lt;b&gt;x&lt;/b&gt;" in page and ">failed</span>" in page
+
+
+@pytest.mark.anyio
+async def test_waiting_with_progress_outside_a_notebook_writes_plain_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """wait(progress=True) in a terminal or a log writes one plain line per change (no repaint
+    codes, no line per tick); by default nothing is written outside a notebook."""
+    from isolane import Executor, RunSpec
+
+    async with Executor(home=tmp_path / "home") as ex:
+        quiet = await ex.submit(RunSpec(workflow="tests.flows.human:ticks",
+                                        config={"n": 40, "bursts": 4, "pause": 0.3}))
+        assert (await quiet.wait()).status == "completed"
+        assert capsys.readouterr().err == ""
+        run = await ex.submit(RunSpec(workflow="tests.flows.human:ticks",
+                                      config={"n": 40, "bursts": 4, "pause": 0.3}))
+        outcome = await run.wait(progress=True)
+    assert outcome.status == "completed"
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith(f"run {run.run_id[:12]} ") for line in lines)
+    assert lines[-1].startswith(f"run {run.run_id[:12]} completed · ")
+    assert len(lines) == len(set(lines)) and len(lines) < 40  # a line per change, not per tick
+    assert not any("\x1b" in line or "\r" in line for line in lines)
