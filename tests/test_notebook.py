@@ -52,16 +52,23 @@ async with Executor(home=HOME) as aex:
     display(handle)
 outcome
 ''',
-    # 4: a run that asks: its display offers the question and the call that answers it
+    # 4: an AG2 agent that asks a person (human_input_mode) and calls a (fake) LLM: the display
+    # offers the question and the call that answers it, then shows the cost table
     '''
-async with Executor(home=HOME) as aex:
-    handle = await aex.submit(RunSpec(workflow=asks))
-    with anyio.fail_after(60):
-        while not await handle.pending_requests():
-            await anyio.sleep(0.1)
-    display(handle)
-    await handle.answer("review:1", "teal")
-    outcome = await handle.wait(progress=False)
+from isolane.testing import FakeLLM, Script
+
+with FakeLLM(Script(default="Hello, <human>.")) as llm:
+    async with Executor(home=HOME) as aex:
+        handle = await aex.submit(RunSpec(workflow="tests.flows.human:ag2_human", task="hi bot",
+                                          config={"llm": llm.config()}))
+        with anyio.fail_after(60):
+            while not await handle.pending_requests():
+                await anyio.sleep(0.1)
+        display(handle)
+        (request,) = await handle.pending_requests()
+        await handle.answer(request.request_id, "tell me a joke")
+        outcome = await handle.wait(progress=False)
+        display(handle)
 outcome
 ''',
 ]
@@ -93,7 +100,7 @@ def test_a_notebook_runs_and_displays_runs(executed: Any) -> None:
     events as HTML, waiting updates one display in place, the outcome shows its result, a
     waiting question shows with its answer call, every worker-written text is escaped, and no
     cell writes to stderr."""
-    setup, sync_cell, async_cell, asking = executed.cells
+    _, sync_cell, async_cell, asking = executed.cells
     for cell in executed.cells:
         streams = [out for out in cell["outputs"] if out["output_type"] == "stream"]
         assert [out for out in streams if out["name"] == "stderr"] == [], streams
@@ -103,11 +110,10 @@ def test_a_notebook_runs_and_displays_runs(executed: Any) -> None:
     progress, handle, outcome = _html_outputs(sync_cell)
     assert 'class="isolane-run"' in progress and ">completed</span>" in progress
     assert sum("display_id" in out.get("transient", {}) for out in sync_cell["outputs"]) <= 1
-    for page in (handle,):
-        assert 'class="isolane-run"' in page and ">completed</span>" in page
-        assert "DAG (1 nodes)" in page and "<code>hello</code> say hello" in page
-        assert "last 6 events" in page or re.search(r"last \d events", page)
-        assert "<img" not in page and html.escape("<img src=x onerror=alert(1)>") in page
+    assert 'class="isolane-run"' in handle and ">completed</span>" in handle
+    assert "DAG (1 nodes)" in handle and "<code>hello</code> say hello" in handle
+    assert re.search(r"<summary>last \d+ events</summary>", handle) and "<code>run_completed</code>" in handle
+    assert "<img" not in handle and html.escape("<img src=x onerror=alert(1)>") in handle
     assert 'class="isolane-outcome"' in outcome and "hello sync" in outcome
 
     # top-level await: the same, without an explicit progress flag
@@ -115,12 +121,15 @@ def test_a_notebook_runs_and_displays_runs(executed: Any) -> None:
     assert any('class="isolane-run"' in p and ">completed</span>" in p for p in pages)
     assert 'class="isolane-outcome"' in pages[-1] and "hello async" in pages[-1]
 
-    # the question waits in the display, with the exact call that answers it; then it is answered
-    shown, final = _html_outputs(asking)
-    assert "<b>? review asks:</b> Which &lt;b&gt;color&lt;/b&gt;?" in shown
-    assert html.escape("await handle.answer('review:1', \"your answer\")") in shown
-    assert re.search(r"isolane answer [0-9a-f]{12} review:1", shown)
-    assert "teal" in final and ">completed</span>" in final
+    # the question waits in the display, with the exact call that answers it; then the cost
+    asked, final, ended = _html_outputs(asking)
+    assert "<b>? human asks:</b>" in asked and "Provide feedback to bot" in asked
+    assert html.escape("await handle.answer('chat:1', \"your answer\")") in asked
+    assert re.search(r"isolane answer [0-9a-f]{12} chat:1", asked)
+    assert "<summary>cost</summary>" in final and ">completed</span>" in final
+    assert re.search(r"<td[^>]*>total</td><td[^>]*>2</td>", final)  # two LLM calls in the table
+    assert "Hello, &lt;human&gt;." in final and "<human>" not in final
+    assert 'class="isolane-outcome"' in ended and "tell me a joke" in ended
 
 
 def test_an_outcome_escapes_what_the_worker_wrote() -> None:
