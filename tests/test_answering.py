@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pexpect
 import pytest
 
@@ -182,3 +183,26 @@ def test_an_answer_for_a_run_nobody_drives_is_refused_at_once(workdir: Path) -> 
     assert "isolane resume RUN" in refused.stderr
     with sqlite3.connect(workdir / "home" / "isolane.db") as db:
         assert db.execute("SELECT count(*) FROM posted_answers").fetchone() == (0,)
+
+
+@pytest.mark.anyio
+async def test_executor_answer_reaches_a_run_another_process_drives(
+        workdir: Path, follower: subprocess.Popen[str]) -> None:
+    """Executor.answer (RunHandle.answer, the REST route) on a run it does not drive posts the
+    answer for the run's owner, and returns once the owner delivered it."""
+    from isolane import Executor
+
+    run_id = _read_until(follower, "submitted")[0].split()[1]
+    _read_until(follower, "Which color?")
+    async with Executor(home=workdir / "home") as ex:
+        handle = ex.get(run_id)
+        assert not ex.is_live(run_id)
+        assert [r.request_id for r in await handle.pending_requests()] == ["review:1"]
+        await handle.answer("review:1", "violet")
+        with anyio.fail_after(30):  # delivered: the worker goes on to its next question
+            while [r.request_id for r in await handle.pending_requests()] != ["report:1"]:
+                await anyio.sleep(0.1)
+        await handle.answer("report:1", "s3cret", source="api")
+    rest = follower.communicate(timeout=60)[0]
+    assert follower.returncode == 0
+    assert 'result {"color":"violet","secret":"s3cret"}' in rest
