@@ -79,16 +79,20 @@ def _read_until(proc: subprocess.Popen[str], needle: str) -> list[str]:
 
 
 def test_run_isolated_on_a_tty_prompts_and_the_run_completes_with_the_answer(workdir: Path) -> None:
-    """On a real terminal the question is asked in place; the typed line is the answer."""
+    """On a real terminal each question is asked in place; the typed line is the answer (a
+    password's is not echoed)."""
     child = pexpect.spawn(sys.executable, ["-m", "isolane.cli", "run", "go", "-w", "flow.py:asks",
-                                           "--home", "home", "--timeout", "60"],
+                                           "-c", "password=true", "--home", "home", "--timeout", "60"],
                           cwd=str(workdir), env=_env(), timeout=60, encoding="utf-8",
                           dimensions=(40, 120))
     try:
         child.expect(r"review asks: (\x1b\[[0-9;]*m)*Which color\?")  # styled: codes between
         child.expect(r"answer review:1> ")
         child.sendline("blue")
-        child.expect(r'result: \{"color":"blue","secret":null\}')
+        child.expect(r"answer report:1> ")
+        child.sendline("hunter2")
+        child.expect(r'result: \{"color":"blue","secret":"hunter2"\}')
+        assert "hunter2" not in child.before  # a password is not echoed
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)

@@ -9,7 +9,8 @@
                      (anyio.wait_readable: no thread, cancellable) ─▶ handle.answer(id, line)
                      ─▶ resume the live view
 
-The terminal stays in canonical mode, so the kernel's line editing and echo apply; input typed
+The terminal stays in canonical mode, so the kernel's line editing and echo apply (no echo for a
+``password`` question); input typed
 before a question is asked is discarded, so a stray keystroke never answers one. Without a TTY
 on stdin nothing is prompted (answer with ``isolane answer``).
 """
@@ -20,7 +21,7 @@ import contextlib
 import os
 import sys
 import termios
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, Protocol
 
 import anyio
@@ -100,8 +101,9 @@ class Prompter:
                 termios.tcflush(self._fd, termios.TCIFLUSH)  # nothing typed before the question
             self._console.print(Text(f"answer {request_id}> ", style="bold"), end="")
             self._console.file.flush()
+            hidden = event.data.get("kind") == "password"
             line: bytes | None = None
-            with anyio.CancelScope() as self._abandon:
+            with anyio.CancelScope() as self._abandon, _no_echo(self._fd, hidden):
                 line = await self._read_line()
             if self._abandon.cancel_called:
                 self._console.print(Text("\n  answered elsewhere or timed out", style="dim"))
@@ -110,6 +112,8 @@ class Prompter:
             if not line:
                 self._console.print(Text("\nstdin closed: answer with `isolane answer`", style="dim"))
                 return False
+            if hidden:
+                self._console.print()  # the typed line was not echoed, nor its newline
             text = line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
             try:
                 await self._answer(request_id, text)
@@ -134,3 +138,23 @@ class Prompter:
             size += len(chunk)
             if chunk.endswith(b"\n") or size > _MAX_LINE:
                 return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _no_echo(fd: int, hidden: bool) -> Iterator[None]:
+    """Typed characters are not shown while a password is read (``hidden``)."""
+    if not hidden:
+        yield
+        return
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)

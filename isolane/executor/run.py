@@ -154,6 +154,9 @@ class RunHandle:
         self._live = live
         self.run_id = run_id
 
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self.run_id!r})"
+
     @property
     def done(self) -> bool:
         return self._live is None or self._live.done

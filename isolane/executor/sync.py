@@ -48,6 +48,9 @@ class SyncRun:
         self._handle = handle
         self.run_id = handle.run_id
 
+    def __repr__(self) -> str:
+        return f"SyncRun(run_id={self.run_id!r})"
+
     def wait(self, *, progress: bool | None = None, ask: bool | None = None) -> Outcome:
         """Wait for the run to end and return its :class:`Outcome`.
 
