@@ -221,11 +221,20 @@ async def deliver_posted(runs: LiveRuns, store: Store, scope: anyio.CancelScope,
             owned = {live.run_id: live for live in runs.active()}
             if not owned:
                 continue
-            for item in await anyio.to_thread.run_sync(posted.unsettled, store, list(owned)):
-                refused: str | None = None
-                try:
-                    await answer(store, owned[item.run_id], item.run_id, item.request_id, item.text,
-                                 source=item.source)
-                except IsolaneError as exc:
-                    refused = str(exc)
-                await anyio.to_thread.run_sync(functools.partial(posted.settle, store, item.id, refused=refused))
+            try:
+                await _deliver(store, owned)
+            except IsolaneError as exc:  # the store is away: the answers wait for the next look
+                log.warning("answers posted for runs of this executor not read: %s", exc)
+
+
+async def _deliver(store: Store, owned: dict[str, LiveRun]) -> None:
+    for item in await anyio.to_thread.run_sync(posted.unsettled, store, list(owned)):
+        live = owned[item.run_id]
+        if live.monitor is None and not live.done:
+            continue  # between two attempts: the next worker asks again, deliver to it then
+        refused: str | None = None
+        try:
+            await answer(store, live, item.run_id, item.request_id, item.text, source=item.source)
+        except IsolaneError as exc:
+            refused = str(exc)
+        await anyio.to_thread.run_sync(functools.partial(posted.settle, store, item.id, refused=refused))
