@@ -161,3 +161,53 @@ async def test_waiting_with_progress_outside_a_notebook_writes_plain_lines(
     assert lines[-1].startswith(f"run {run.run_id[:12]} completed · ")
     assert len(lines) == len(set(lines)) and len(lines) < 40  # a line per change, not per tick
     assert not any("\x1b" in line or "\r" in line for line in lines)
+
+
+NESTED = '''
+def nested(ctx, task, config):
+    with ctx.node("outer", label="outer step"):
+        with ctx.node("inner", label="inner step"):
+            ctx.emit("note", text="deep")
+    with ctx.node("last"):
+        pass
+    return "ok"
+'''
+
+
+@pytest.mark.anyio
+async def test_the_dag_picture_nests_sub_nodes_under_their_parent(tmp_path: Path) -> None:
+    """A node's sub-nodes are drawn inside its list item, each with its status."""
+    from isolane import Executor, RunSpec
+
+    (tmp_path / "nested.py").write_text(NESTED)
+    async with Executor(home=tmp_path / "home") as ex:
+        run = await ex.submit(RunSpec(workflow=f"{tmp_path / 'nested.py'}:nested"))
+        assert (await run.wait()).status == "completed"
+        page = run._repr_html_()
+    done = ">completed</span>"
+    assert re.search(r"<li><code>outer</code> outer step <span[^>]*" + done + r'<ul[^>]*><li><code>inner</code> '
+                     r"inner step <span[^>]*" + done + r"</li></ul></li><li><code>last</code> <span", page), page
+
+
+ASKING_SCRIPT = '''
+import sys
+from isolane import RunSpec, SyncExecutor
+
+with SyncExecutor(home=sys.argv[1]) as ex:
+    run = ex.submit(RunSpec(workflow="tests.flows.human:asks", config={"prompt": "Which color?"}))
+    outcome = run.wait(ask=True, progress=False)
+print("RESULT", outcome.status, outcome.result)
+'''
+
+
+def test_sync_wait_asks_pending_questions_with_input(tmp_path: Path) -> None:
+    """SyncRun.wait(ask=True) puts the run's question to input() and sends the line typed."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", ASKING_SCRIPT, str(tmp_path / "home")], input="teal\n",
+                          env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "? review asks: Which color?" in proc.stdout
+    assert "RESULT completed {'answer': 'teal'}" in proc.stdout
