@@ -210,3 +210,22 @@ async def test_executor_answer_reaches_a_run_another_process_drives(
     rest = follower.communicate(timeout=60)[0]
     assert follower.returncode == 0
     assert 'result {"color":"violet","secret":"s3cret"}' in rest
+
+
+def test_a_live_view_without_a_person_at_stdin_names_the_answer_command(workdir: Path) -> None:
+    """stdout is a terminal but stdin is not: nothing prompts; the view names the exact
+    `isolane answer` command, and running it completes the run."""
+    child = pexpect.spawn("/bin/sh", ["-c", f"exec {sys.executable} -m isolane.cli run go -w flow.py:asks "
+                                            "--home home --timeout 60 < /dev/null"],
+                          cwd=str(workdir), env=_env(), timeout=60, encoding="utf-8", dimensions=(40, 120))
+    try:
+        child.expect(r"answer with: isolane answer ([0-9a-f]{12}) review:1 TEXT")
+        prefix = child.match.group(1)
+        proc = _cli("answer", prefix, "review:1", "amber", "--home", "home", cwd=workdir)
+        assert proc.returncode == 0, proc.stderr
+        child.expect(r'result: \{"color":"amber"')
+        child.expect(pexpect.EOF)
+        assert "answer review:1>" not in child.before
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0

@@ -277,6 +277,9 @@ async def follow(start: Starter, location: Location, sink: _Sink, *,
                     sink.event(event)
                     if prompter is not None:
                         prompter.see(event)
+                    elif event.type == "human_input_request" and isinstance(sink, _LiveSink):
+                        sink.note(f"answer with: isolane answer {handle.run_id[:12]} "
+                                  f"{event.data.get('request_id')} TEXT")
                 outcome = await handle.wait()
                 tg.cancel_scope.cancel()
         sink.finish(outcome)
