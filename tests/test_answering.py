@@ -215,8 +215,8 @@ async def test_executor_answer_reaches_a_run_another_process_drives(
 def test_a_live_view_without_a_person_at_stdin_names_the_answer_command(workdir: Path) -> None:
     """stdout is a terminal but stdin is not: nothing prompts; the view names the exact
     `isolane answer` command, and running it completes the run."""
-    child = pexpect.spawn("/bin/sh", ["-c", f"exec {sys.executable} -m isolane.cli run go -w flow.py:asks "
-                                            "--home home --timeout 60 < /dev/null"],
+    child = pexpect.spawn("/bin/sh", ["-c", (f"exec {sys.executable} -m isolane.cli run go -w flow.py:asks "
+                                            "--home home --timeout 60 < /dev/null")],
                           cwd=str(workdir), env=_env(), timeout=60, encoding="utf-8", dimensions=(40, 120))
     try:
         child.expect(r"answer with: isolane answer ([0-9a-f]{12}) review:1 TEXT")
