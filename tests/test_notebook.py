@@ -4,8 +4,12 @@ workflow in a cell, runs it with SyncExecutor and with top-level ``await``, and 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +75,33 @@ with FakeLLM(Script(default="Hello, <human>.")) as llm:
         display(handle)
 outcome
 ''',
+    # 5: the cell waits on a run that asks; a person answers from a terminal meanwhile
+    '''
+async with Executor(home=HOME) as aex:
+    handle = await aex.submit(RunSpec(workflow=asks))
+    outcome = await handle.wait()
+outcome
+''',
 ]
+
+
+def _answer_from_a_terminal(home: Path, done: threading.Event, answered: list[str]) -> None:
+    """What a person at a terminal does while the notebook waits: `isolane runs`, `isolane
+    requests`, `isolane answer` (each a process of its own)."""
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "isolane.cli", *args, "--home", str(home)],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    while not done.wait(0.5):
+        if not (home / "isolane.db").exists():
+            continue
+        for line in cli("runs", "--status", "running", "--json").stdout.splitlines():
+            run_id = json.loads(line)["id"]
+            for request in map(json.loads, cli("requests", run_id, "--json").stdout.splitlines()):
+                if request["prompt"] == "Which <b>color</b>?":
+                    proc = cli("answer", run_id, request["request_id"], "from a terminal")
+                    answered.append(proc.stdout + proc.stderr)
+                    return
 
 
 def _html_outputs(cell: Any) -> list[str]:
@@ -89,7 +119,15 @@ def executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
     client = NotebookClient(nb, kernel_name="python3", timeout=120,
                             resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    done, answered = threading.Event(), []
+    person = threading.Thread(target=_answer_from_a_terminal, args=(tmp_path / "home", done, answered))
+    person.start()
+    try:
+        client.execute()
+    finally:
+        done.set()
+        person.join(90)
+    assert len(answered) == 1 and "answered review:1" in answered[0], answered
     return nb
 
 
@@ -98,9 +136,10 @@ def executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_a_notebook_runs_and_displays_runs(executed: Any) -> None:
     """Both executors run a cell-defined workflow; the handle shows status, DAG, cost and last
     events as HTML, waiting updates one display in place, the outcome shows its result, a
-    waiting question shows with its answer call, every worker-written text is escaped, and no
-    cell writes to stderr."""
-    _, sync_cell, async_cell, asking = executed.cells
+    waiting question shows with its answer call, `isolane answer` from another process reaches a
+    run a waiting cell drives, every worker-written text is escaped, and no cell writes to
+    stderr."""
+    _, sync_cell, async_cell, asking, waiting = executed.cells
     for cell in executed.cells:
         streams = [out for out in cell["outputs"] if out["output_type"] == "stream"]
         assert [out for out in streams if out["name"] == "stderr"] == [], streams
@@ -126,11 +165,16 @@ def test_a_notebook_runs_and_displays_runs(executed: Any) -> None:
     asked, final, ended = _html_outputs(asking)
     assert "<b>? human asks:</b>" in asked and "Provide feedback to bot" in asked
     assert html.escape("await handle.answer('chat:1', \"your answer\")") in asked
-    assert re.search(r"isolane answer [0-9a-f]{12} chat:1", asked)
+    assert re.search(r"isolane answer [0-9a-f]{12} chat:1 &#x27;your answer&#x27; --home /\S+/home</code>", asked)
     assert "<summary>cost</summary>" in final and ">completed</span>" in final
     assert re.search(r"<td[^>]*>total</td><td[^>]*>2</td>", final)  # two LLM calls in the table
     assert "Hello, &lt;human&gt;." in final and "<human>" not in final
     assert 'class="isolane-outcome"' in ended and "tell me a joke" in ended
+
+    # answered from a terminal while the cell waited: the progress and the outcome say so
+    progress, outcome = _html_outputs(waiting)
+    assert ">completed</span>" in progress and "from a terminal" in progress
+    assert "from a terminal" in outcome
 
 
 def test_an_outcome_escapes_what_the_worker_wrote() -> None:

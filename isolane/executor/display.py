@@ -17,13 +17,16 @@ renders the same in Jupyter, VS Code and a saved ``.ipynb``.
 from __future__ import annotations
 
 import html
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from isolane import settings
 from isolane.executor.human import EVENT_TYPES, HumanRequest, pending_requests
 from isolane.schemas.envelope import Event
 from isolane.tracking.cost import CostRollup, money, roll_up
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from isolane.executor.run import Outcome
     from isolane.tracking.store import Store
 
-__all__ = ["LAST_EVENTS", "RunSnapshot", "outcome_html", "run_html", "snapshot"]
+__all__ = ["LAST_EVENTS", "RunSnapshot", "outcome_html", "run_html", "snapshot", "store_options"]
 
 #: How many of the run's latest events the display lists.
 LAST_EVENTS: Final = 8
@@ -66,17 +69,30 @@ class RunSnapshot:
     last_events: Sequence[Event]
     pending: Sequence[HumanRequest]
     taken_at: float
+    #: The CLI options that name the run's store (``--home DIR``), for the answer command.
+    where: str = ""
 
 
-def snapshot(store: Store, run_id: str, *, last: int = LAST_EVENTS) -> RunSnapshot:
-    """Read what :func:`run_html` draws (blocking: a few small queries)."""
+def store_options(home: Path, db_url: str | None) -> str:
+    """The ``isolane`` options that reach the store an executor uses: ``--home DIR`` unless it
+    is the default; a database URL is not printed (it may hold a password)."""
+    if db_url is not None:
+        return "" if db_url == settings.db_url() else " --db URL"
+    if home.resolve() == settings.home().resolve():
+        return ""
+    return f" --home {shlex.quote(str(home.resolve()))}"
+
+
+def snapshot(store: Store, run_id: str, *, last: int = LAST_EVENTS, where: str = "") -> RunSnapshot:
+    """Read what :func:`run_html` draws (blocking: a few small queries); ``where``: see
+    :func:`store_options`."""
     row = store.get_run(run_id)
     nodes, _ = store.dag(row.id)
     cost = roll_up(store.llm_calls(row.id))
     recent = store.events(row.id, after_seq=max(0, row.last_seq - last))[-last:]
     waiting = pending_requests(store.events(row.id, types=EVENT_TYPES))
     return RunSnapshot(run=row, nodes=nodes, cost=cost, last_events=recent, pending=waiting,
-                       taken_at=time.time())
+                       taken_at=time.time(), where=where)
 
 
 def _e(value: Any, limit: int = _MAX_TEXT) -> str:
@@ -162,8 +178,9 @@ def _events(events: Sequence[Event]) -> str:
             f'<table style="{_TABLE}">{rows}</table></details>')
 
 
-def _pending(snap: RunSnapshot, handle_name: str, awaited: bool) -> str:
-    """Each waiting question, with the exact call (and command) that answers it."""
+def _pending(snap: RunSnapshot, handle_name: str, awaited: bool, waiting: bool) -> str:
+    """Each waiting question, with the exact call (and command) that answers it; while the cell
+    itself waits on the run (``waiting``) no other cell can run, so only the command."""
     if not snap.pending:
         return ""
     prefix = "await " if awaited else ""
@@ -171,12 +188,15 @@ def _pending(snap: RunSnapshot, handle_name: str, awaited: bool) -> str:
     for request in snap.pending:
         who = request.agent or request.node_id or "the workflow"
         call = f'{prefix}{handle_name}.answer({request.request_id!r}, "your answer")'
-        command = f"isolane answer {snap.run.id[:12]} {request.request_id} 'your answer'"
+        command = f"isolane answer {snap.run.id[:12]} {request.request_id} 'your answer'{snap.where}"
         blocks.append(
             f'<div style="background:#fffde7; border-left:4px solid #f9a825; padding:4px 8px; margin:4px 0">'
             f'<b>? {_e(who, 80)} asks:</b> {_e(request.prompt, 1000)}<br>'
-            f'<span style="color:#555">answer in a cell:</span> <code>{_e(call, 200)}</code>'
-            f' <span style="color:#555">or in a terminal:</span> <code>{_e(command, 200)}</code></div>')
+            + ('<span style="color:#555">this cell waits on the run; answer in a terminal:</span> '
+               if waiting else
+               f'<span style="color:#555">answer in a cell:</span> <code>{_e(call, 200)}</code>'
+               ' <span style="color:#555">or in a terminal:</span> ')
+            + f"<code>{_e(command, 200)}</code></div>")
     return "".join(blocks)
 
 
@@ -189,10 +209,12 @@ def _ending(row: RunRow) -> str:
     return ""
 
 
-def run_html(snap: RunSnapshot, *, handle_name: str = "handle", awaited: bool = True) -> str:
+def run_html(snap: RunSnapshot, *, handle_name: str = "handle", awaited: bool = True,
+             waiting: bool = False) -> str:
     """The run as one self-contained HTML block; ``handle_name``/``awaited`` spell the answer
-    call shown for a waiting question (``await handle.answer(...)``, ``run.answer(...)``)."""
-    parts = [_head(snap), _pending(snap, handle_name, awaited), _ending(snap.run), _dag(snap.nodes),
+    call shown for a waiting question (``await handle.answer(...)``, ``run.answer(...)``);
+    ``waiting``: drawn by the cell that waits on the run (progress)."""
+    parts = [_head(snap), _pending(snap, handle_name, awaited, waiting), _ending(snap.run), _dag(snap.nodes),
              _cost(snap.cost), _events(snap.last_events)]
     return f'<div class="isolane-run" style="{_BOX}">{"".join(parts)}</div>'
 

@@ -65,7 +65,7 @@ class Progress:
         if self._notebook:
             from IPython.display import HTML, display
 
-            page = run_html(snap, handle_name=self._handle_name, awaited=self._awaited)
+            page = run_html(snap, handle_name=self._handle_name, awaited=self._awaited, waiting=True)
             if page == self._last:
                 return
             self._last = page

@@ -185,7 +185,7 @@ class RunHandle:
         if not progress:
             return await self._wait()
         return await shown.follow_with_progress(
-            self._wait, self._snapshot, shown.Progress(notebook=shown.in_notebook()))
+            self._wait, self.snapshot, shown.Progress(notebook=shown.in_notebook()))
 
     async def _wait(self) -> Outcome:
         if self._live is not None:
@@ -193,17 +193,20 @@ class RunHandle:
         store = self._executor.store
         return Outcome.from_row(await anyio.to_thread.run_sync(store.get_run, self.run_id))
 
-    def _snapshot(self) -> RunSnapshot:
-        from isolane.executor.display import snapshot
+    def snapshot(self) -> RunSnapshot:
+        """What the notebook display shows of the run, read now (blocking; see
+        :mod:`isolane.executor.display`)."""
+        from isolane.executor.display import snapshot, store_options
 
-        return snapshot(self._executor.store, self.run_id)
+        where = store_options(self._executor.home, self._executor.db_url)
+        return snapshot(self._executor.store, self.run_id, where=where)
 
     def _repr_html_(self) -> str:
         """The run drawn in a notebook: status, DAG, cost, last events, a question waiting and
         the call that answers it (:mod:`isolane.executor.display`; reads the store)."""
         from isolane.executor.display import run_html
 
-        return run_html(self._snapshot())
+        return run_html(self.snapshot())
 
     async def cancel(self, reason: str = "cancelled by request") -> None:
         """Stop the run: a cooperative request, then its whole process tree is killed."""

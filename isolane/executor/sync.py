@@ -27,7 +27,7 @@ from typing import Any, Self
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from isolane.errors import RunStateError
-from isolane.executor.display import RunSnapshot, run_html, snapshot
+from isolane.executor.display import RunSnapshot, run_html
 from isolane.executor.executor import Executor, Outcome, RunHandle, RunSpec
 from isolane.executor.feed import EventSubscription
 from isolane.executor.human import HumanRequest
@@ -107,7 +107,7 @@ class SyncRun:
 
     def snapshot(self) -> RunSnapshot:
         """What the notebook display shows of the run, read now (:mod:`isolane.executor.display`)."""
-        return snapshot(self._handle.executor.store, self.run_id)
+        return self._handle.snapshot()
 
     def _repr_html_(self) -> str:
         """The run drawn in a notebook, with ``run.answer(...)`` for a waiting question."""
