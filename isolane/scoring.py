@@ -24,7 +24,7 @@ from typing import Any, Final
 from isolane.errors import ConfigError, WorkflowNotFound
 from isolane.workflow import resolve_workflow
 
-__all__ = ["SCORER_WORKFLOW", "SIGNATURE", "score_racers"]
+__all__ = ["SCORER_WORKFLOW", "SIGNATURE", "score_all", "score_racers"]
 
 #: The reference the parent submits (a module of isolane's: nothing of the user's is named).
 SCORER_WORKFLOW: Final = "isolane.scoring:score_racers"
@@ -42,10 +42,17 @@ def score_racers(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, Any]:
         scorer = resolve_workflow(ref).func
     except WorkflowNotFound as exc:
         raise ConfigError(f"cannot load scorer {ref!r}: {exc}") from None
+    return {"scores": score_all(scorer, racers, name=repr(ref))}
+
+
+def score_all(scorer: Any, racers: list[dict[str, Any]], *, name: str) -> dict[str, float]:
+    """``{run_id: score}`` of each racer (``{run_id, result, files, cost_usd}``), by ``scorer``;
+    a wrong signature, an exception or a score that is not a number is one :class:`ConfigError`
+    line naming the scorer ``name``."""
     try:
         inspect.signature(scorer).bind(None, {}, None)
     except TypeError:
-        raise ConfigError(f"scorer {ref!r} has the signature {_signature(scorer)}; a scorer is "
+        raise ConfigError(f"scorer {name} has the signature {_signature(scorer)}; a scorer is "
                           f"{SIGNATURE}") from None
     except ValueError:
         pass  # no signature to read (a builtin): the call says
@@ -55,13 +62,13 @@ def score_racers(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, Any]:
             value = scorer(racer["result"], racer["files"], racer["cost_usd"])
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
-            raise ConfigError(f"scorer {ref!r} raised {type(exc).__name__}: {first} "
+            raise ConfigError(f"scorer {name} raised {type(exc).__name__}: {first} "
                               f"(scoring racer {str(racer['run_id'])[:12]})") from exc
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise ConfigError(f"scorer {ref!r} returned {value!r} for racer {racer['run_id']}; "
+            raise ConfigError(f"scorer {name} returned {value!r} for racer {racer['run_id']}; "
                               f"a scorer is {SIGNATURE}")
         scores[racer["run_id"]] = float(value)
-    return {"scores": scores}
+    return scores
 
 
 def _signature(func: Any) -> str:

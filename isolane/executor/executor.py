@@ -37,6 +37,7 @@ from isolane.backends.registry import create_backend
 from isolane.errors import ConfigError, RunStateError
 from isolane.executor import human
 from isolane.executor.attempts import Attempts
+from isolane.executor.continuing import Continued, new_run_dir, prepare_branch, prepare_resume
 from isolane.executor.feed import (
     DEFAULT_FEED_BUFFER,
     EventCallback,
@@ -46,7 +47,7 @@ from isolane.executor.feed import (
 )
 from isolane.executor.hub import READ_PAGE, Batch, Hub, replay_then_live
 from isolane.executor.live import LiveRun, LiveRuns
-from isolane.executor.ownership import check_resumable, owner_stamp, stamp_liveness
+from isolane.executor.ownership import owner_stamp, stamp_liveness
 from isolane.executor.racing import Race, RaceOutcome, start_race
 from isolane.executor.recovery import RecoveryReport, recover_runs
 from isolane.executor.run import (
@@ -61,10 +62,8 @@ from isolane.references import check_workflow_ref
 from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
 from isolane.schemas.envelope import Event
 from isolane.schemas.spec import WorkerSpec
-from isolane.tracking.branching import create_branch, plan_branch
 from isolane.tracking.compare import Comparison, compare_runs
 from isolane.tracking.store import Store
-from isolane.tracking.workspace import restore_inherited
 from isolane.workflow import WorkflowFn
 
 __all__ = ["TERMINAL_STATUSES", "Executor", "Outcome", "RunHandle", "RunSpec"]
@@ -207,16 +206,13 @@ class Executor:
                     await anyio.to_thread.run_sync(self.backend.close)
         return result
 
-    async def _new_run_dir(self, run_id: str) -> Path:
-        """``<home>/runs/<run_id>``, with its ``work`` directory made."""
-        run_dir = (self.home / "runs" / run_id).resolve()
-        await anyio.to_thread.run_sync(lambda: (run_dir / "work").mkdir(parents=True, exist_ok=True))
-        return run_dir
-
     def _start(self, run_id: str, spec: RunSpec, worker_spec: WorkerSpec | Callable[[], WorkerSpec],
                meta: Mapping[str, Any]) -> RunHandle:
         assert self._attempts is not None
         return RunHandle(self, run_id, self._attempts.start(run_id, spec, worker_spec, meta=meta))
+
+    def _continue(self, run: Continued) -> RunHandle:
+        return self._start(run.run_id, run.spec, run.build, run.meta)
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -226,7 +222,7 @@ class Executor:
         # Fail now, in the caller, for a bad reference; its module is imported by the worker only.
         wf = await anyio.to_thread.run_sync(check_workflow_ref, spec.workflow)
         run_id = uuid.uuid4().hex
-        run_dir = await self._new_run_dir(run_id)
+        run_dir = await new_run_dir(self.home, run_id)
         work_dir = run_dir / "work"
         workflow_ref = portable_ref(spec.workflow)
         config = {**wf.defaults, **dict(spec.config)}
@@ -385,32 +381,10 @@ class Executor:
         is a branch with no changes.
         """
         self._open()
-        plan = await anyio.to_thread.run_sync(lambda: plan_branch(self.store, run_id, from_node))
-        parent = plan.parent
-        workflow = parent.meta.get("workflow_ref") or self._callables.get(parent.id)
-        if not workflow:
-            raise RunStateError(
-                f"run {parent.id} ran a Python callable this process does not have; register the "
-                "workflow by name or give 'module:function' to branch it")
-        child_id = uuid.uuid4().hex
-        work_dir = await self._new_run_dir(child_id) / "work"
-        options = dict(parent.meta.get("options", {}))
-        if timeout is not None:
-            options["timeout"] = timeout
-        if cancel_grace is not None:
-            options["cancel_grace"] = cancel_grace
-        meta = {"workflow_ref": parent.meta.get("workflow_ref"), "options": options,
-                **owner_stamp(), "hypothesis": hypothesis}
-        merged = {**parent.config, **dict(config or {})}
-        await anyio.to_thread.run_sync(lambda: create_branch(
-            self.store, plan, run_id=child_id, work_dir=str(work_dir), config=jsonable(merged),
-            name=name, hypothesis=hypothesis, racing_group_id=racing_group_id, meta=meta))
-        await anyio.to_thread.run_sync(restore_inherited, self.store, self.home, child_id, work_dir)
-        if not isinstance(workflow, str):
-            self._callables[child_id] = workflow
-        spec = RunSpec.from_stored(workflow, parent.task, options, config=merged)
-        return self._start(child_id, spec, lambda: self._specs.resumed(
-            self.store, child_id, env=env, workflow=workflow), meta)
+        return self._continue(await prepare_branch(
+            self.store, self._specs, self._callables, run_id, from_node, home=self.home, name=name,
+            hypothesis=hypothesis, config=config, env=env, timeout=timeout,
+            racing_group_id=racing_group_id, cancel_grace=cancel_grace))
 
     async def race(
         self,
@@ -465,24 +439,8 @@ class Executor:
         supplies credentials again (they are never stored); ``config`` overrides config keys.
         """
         self._open()
-        row = await anyio.to_thread.run_sync(lambda: self.store.get_run(run_id))
-        if self.is_live(row.id):
-            raise RunStateError(f"run {row.id} is still running here; wait for it or cancel it first")
-        await anyio.to_thread.run_sync(check_resumable, row)
-        workflow = row.meta.get("workflow_ref") or self._callables.get(row.id)
-        if not workflow:
-            raise RunStateError(
-                f"run {row.id} ran a Python callable, which cannot be restored in another process; "
-                "register the workflow by name or give 'module:function' to resume it")
-        spec = RunSpec.from_stored(workflow, row.task, row.meta.get("options", {}),
-                                   config={**row.config, **dict(config or {})})
-        meta = {**row.meta, **owner_stamp()}
-        await anyio.to_thread.run_sync(lambda: self.store.update_run(
-            row.id, status="queued", error=None, error_type=None, exit_code=None, meta=meta))
-        # The worker spec reads the store (the spool import, the state): built once the run has
-        # a worker slot, through an outage if one comes meanwhile.
-        return self._start(row.id, spec, lambda: self._specs.resumed(
-            self.store, row.id, env=env, config=config, callable_of=self._callables), meta)
+        return self._continue(await prepare_resume(self.store, self._specs, self._callables, run_id,
+                                                   is_live=self.is_live, env=env, config=config))
 
 
 def _telemetry_endpoint(telemetry: str | bool | None) -> str | None:

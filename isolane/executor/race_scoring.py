@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from isolane.errors import ConfigError
-from isolane.scoring import SCORER_WORKFLOW
-from isolane.scoring import SIGNATURE as SCORER_SIGNATURE
+from isolane.scoring import SCORER_WORKFLOW, score_all
 
 if TYPE_CHECKING:
     from isolane.executor.executor import Executor
@@ -57,19 +56,7 @@ class RaceScoring:
 
     @staticmethod
     def _in_process(scorer: Scorer, rows: list[dict[str, Any]]) -> dict[str, float]:
-        scores: dict[str, float] = {}
-        name = getattr(scorer, "__qualname__", repr(scorer))
-        for row in rows:
-            try:
-                value = scorer(row["result"], row["files"], row["cost_usd"])
-            except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise ConfigError(f"scorer {name} raised {type(exc).__name__}: {first}; a scorer is "
-                                  f"{SCORER_SIGNATURE}") from exc
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"scorer {name} returned {value!r}; a scorer is {SCORER_SIGNATURE}")
-            scores[row["run_id"]] = float(value)
-        return scores
+        return score_all(scorer, rows, name=getattr(scorer, "__qualname__", repr(scorer)))
 
     async def _in_worker(self, ref: str, rows: list[dict[str, Any]]) -> dict[str, float]:
         from isolane.executor.run import RunSpec
