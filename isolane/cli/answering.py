@@ -23,17 +23,16 @@ from rich.table import Table
 from rich.text import Text
 
 from isolane.cli.console import fail, out
-from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
+from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, RunArg, open_store
 from isolane.cli.render import format_duration, short
 from isolane.executor.human import EVENT_TYPES, pending_requests, post_answer
 
 __all__ = ["answer_command", "requests_command"]
 
-_RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 
 
 def requests_command(
-    run: _RunArg,
+    run: RunArg,
     db: DbOption = None,
     home: HomeOption = None,
     json_: JsonOption = False,
@@ -62,7 +61,7 @@ def requests_command(
 
 
 def answer_command(
-    run: _RunArg,
+    run: RunArg,
     request: Annotated[str, typer.Argument(metavar="REQUEST", help="The request id (`isolane requests RUN`).")],
     text: Annotated[str, typer.Argument(metavar="TEXT", help="The answer; '-' reads it from stdin.")],
     wait: Annotated[float, typer.Option(

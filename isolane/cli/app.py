@@ -31,7 +31,7 @@ from isolane.cli.dag import dag_command
 from isolane.cli.durability import recover_command, resume_command
 from isolane.cli.export import export_command
 from isolane.cli.files import checkout_command, files_command
-from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
+from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, RunArg, open_store
 from isolane.cli.render import (
     event_line,
     run_duration,
@@ -76,7 +76,6 @@ app.command("export")(export_command)
 app.command("requests")(requests_command)
 app.command("answer")(answer_command)
 
-RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 
 
 def _dumps(value: Any) -> bytes:

@@ -23,6 +23,7 @@ from isolane.cli.options import (
     HomeOption,
     JsonOption,
     Location,
+    RunArg,
     open_store,
     parse_config,
 )
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["branch_command", "compare_command", "play_from_command", "race_command"]
 
-RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 FromOption = Annotated[str, typer.Option("--from", metavar="NODE", help="The DAG node to start from.")]
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from isolane.cli.console import out
-from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, open_store
+from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, RunArg, open_store
 from isolane.cli.render import format_time, short_id
 from isolane.schemas.blobs import BlobStore
 
@@ -30,7 +30,6 @@ __all__ = ["checkout_command", "files_command", "files_table"]
 
 _SHORT_SHA: Final = 12
 
-RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 
 
 def _size(n: int) -> str:

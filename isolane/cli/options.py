@@ -26,11 +26,14 @@ __all__ = [
     "HomeOption",
     "JsonOption",
     "Location",
+    "RunArg",
     "open_store",
     "parse_config",
 ]
 
 
+#: A run named on the command line: an id or a unique prefix of one.
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="A run id or a unique prefix of one.")]
 DbOption = Annotated[
     str | None,
     typer.Option("--db", metavar="URL", envvar=settings.DB_URL_ENV, show_envvar=True,
