@@ -189,6 +189,40 @@ def test_an_answer_for_a_run_nobody_drives_is_refused_at_once(workdir: Path) -> 
         assert db.execute("SELECT count(*) FROM posted_answers").fetchone() == (0,)
 
 
+def test_an_answer_its_owner_never_delivered_is_erased_when_the_run_is_settled(workdir: Path) -> None:
+    """The owner dies after an answer was posted and before it delivered it: when recovery
+    settles the run, the answer is refused with the reason and its text (maybe a password) erased."""
+    from isolane import Executor
+    from isolane.tracking import answers
+    from isolane.tracking.store import Store
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isolane.cli", "run", "go", "-w", "flow.py:asks", "--home", "home"],
+        cwd=workdir, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    try:
+        run_id = _read_until(proc, "submitted")[0].split()[1]
+        _read_until(proc, "Which color?")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    home = workdir / "home"
+    with Store.open(home=home) as store:  # what `isolane answer` wrote an instant before
+        answers.post(store, run_id, "review:1", "hunter2", source="cli")
+
+    async def recover() -> None:
+        with anyio.fail_after(60):
+            async with Executor(home=home, recover=True) as ex:
+                await ex.join()
+
+    anyio.run(recover)
+    with sqlite3.connect(home / "isolane.db") as db:
+        rows = db.execute("SELECT text, settled_at IS NOT NULL, refused FROM posted_answers").fetchall()
+    assert rows == [("", 1, "the run ended before the answer reached it")]
+
+
 @pytest.mark.anyio
 async def test_executor_answer_reaches_a_run_another_process_drives(
         workdir: Path, follower: subprocess.Popen[str]) -> None:

@@ -32,6 +32,7 @@ from isolane.executor.hub import Hub
 from isolane.executor.monitor import RunMonitor, RunResult
 from isolane.executor.run import Outcome
 from isolane.executor.writer import StoreWriter, WriteItem
+from isolane.tracking import answers
 from isolane.tracking.state import current_state
 from isolane.tracking.store import Store
 
@@ -210,11 +211,18 @@ class LiveRuns:
         return outcome
 
     async def keep_state(self, run_id: str) -> None:
-        """Fold the ended run's state into ``session_states`` (see :mod:`isolane.tracking.state`)."""
+        """Fold the ended run's state into ``session_states`` (see :mod:`isolane.tracking.state`),
+        and refuse the answers posted for it that no worker will take now (their text erased:
+        an answer may be a password)."""
         try:
             await anyio.to_thread.run_sync(current_state, self.store, run_id)
         except IsolaneError as exc:  # the store is down: a resume rebuilds it from the log
             log.warning("run %s: its session state was not kept: %s", run_id, exc)
+        try:
+            await anyio.to_thread.run_sync(lambda: answers.abandon(
+                self.store, run_id, reason="the run ended before the answer reached it"))
+        except IsolaneError as exc:
+            log.warning("run %s: answers posted for it were not cleared: %s", run_id, exc)
 
     async def update(self, run_id: str, fields: Mapping[str, Any]) -> None:
         """Queue a change of the run's row (ordered with its events)."""

@@ -246,6 +246,7 @@ async def recover_runs(executor: Executor, runs: LiveRuns, *, resume: bool = Fal
                  else "the worker died while no parent was watching it")
         result = _verdict(adoption.terminal, cause=cause)
         await runs.writer.put_and_wait(WriteItem(run_updates={row.id: result.run_update()}))
+        await runs.keep_state(row.id)
         if resume and _resumable(result):
             await executor.resume(row.id)
             reports.append(RecoveryReport(row.id, "resumed", "running", adoption.imported, cause))
@@ -287,6 +288,7 @@ async def _resettle_crashed(executor: Executor, runs: LiveRuns, *, resume: bool)
                                        f"{imported.inserted} more events ending in {terminal.type}: "
                                        f"it is {result.status} now")],
             run_updates={row.id: result.run_update()}))
+        await runs.keep_state(row.id)
         log.info("run %s: resettled as %s from its spool", row.id, result.status)
         reports.append(RecoveryReport(row.id, "resettled", result.status, imported.inserted,
                                       "its spool held its outcome"))

@@ -178,7 +178,6 @@ class StoreWriter:
         max_batch_rows: int = 10_000,
         max_pending_items: int = 4,
         retry_max_delay: float = 5.0,
-        on_outage_end: Callable[[float, str], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub

@@ -24,7 +24,7 @@ from sqlalchemy import insert, select, update
 from isolane.tracking.models import ANSWERS_TABLE
 from isolane.tracking.store import Store
 
-__all__ = ["PostedAnswer", "Settlement", "post", "settle", "settlement", "unsettled"]
+__all__ = ["PostedAnswer", "Settlement", "abandon", "post", "settle", "settlement", "unsettled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,15 @@ def settle(store: Store, answer_id: int, *, refused: str | None = None) -> None:
     with store.transaction(write=True) as conn:
         conn.execute(update(ANSWERS_TABLE).where(ANSWERS_TABLE.c.id == answer_id).values(
             settled_at=time.time(), refused=refused, text=""))
+
+
+def abandon(store: Store, run_id: str, *, reason: str) -> int:
+    """Refuse every answer still waiting for ``run_id`` (it ended), erasing their text; how many."""
+    with store.transaction(write=True) as conn:
+        result = conn.execute(update(ANSWERS_TABLE).where(
+            ANSWERS_TABLE.c.run_id == run_id, ANSWERS_TABLE.c.settled_at.is_(None)).values(
+            settled_at=time.time(), refused=reason, text=""))
+        return int(result.rowcount or 0)
 
 
 def settlement(store: Store, answer_id: int) -> Settlement:
