@@ -16,6 +16,7 @@ from isolane.schemas import (
     decode_frame,
     decode_lines,
     encode_event,
+    event_from_row,
     validate_payload,
 )
 
@@ -147,6 +148,17 @@ def test_huge_integers_are_a_problem_not_a_crash() -> None:
     """An integer beyond 64 bits in the envelope is rejected as an invalid event."""
     frame = b'[{"v":1,"run_id":"r","seq":99999999999999999999999,"ts":1,"type":"custom","node_id":null,"data":{"name":"x"}}]'
     assert decode_frame(frame, "r").problems
+
+
+def test_a_number_beyond_a_double_is_kept_and_read_back() -> None:
+    """``1e1000000`` under an undeclared key is valid JSON: stored as written, and every reader
+    of the row gets the event (the number as infinity), never an exception."""
+    frame = b'[{"v":1,"run_id":"r","seq":1,"ts":1,"type":"custom","node_id":null,"data":{"name":"x","big":1e1000000}}]'
+    (event,) = decode_frame(frame, "r").events
+    row = event.row()
+    assert row[5] == '{"name":"x","big":1e1000000}'
+    read = event_from_row(*row)
+    assert read.data["name"] == "x" and read.data["big"] == float("inf")
 
 
 def test_invalid_utf8_under_an_undeclared_key_is_a_problem_not_a_crash() -> None:

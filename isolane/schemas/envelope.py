@@ -312,5 +312,24 @@ def event_from_row(
     run_id: str, seq: int, ts: float, type_: str, node_id: str | None, data: str | bytes | dict[str, Any]
 ) -> Event:
     """Build an :class:`Event` from a stored row (``data`` as JSON text or already decoded)."""
-    payload = data if isinstance(data, dict) else orjson.loads(data)
+    if isinstance(data, dict):
+        payload = data
+    else:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            payload = _lenient(data)
     return Event(run_id=run_id, seq=seq, ts=ts, type=type_, node_id=node_id, data=payload)
+
+
+def _lenient(data: str | bytes) -> Any:
+    """Valid JSON that orjson will not read: a number beyond a double (``1e1000000``, read as
+    infinity), written by a worker into an undeclared key. A reader of the run must not fail on
+    it (the text is stored as the worker wrote it)."""
+    import json
+
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return {"undecodable": text[:1000], "reason": str(exc)}
