@@ -25,7 +25,6 @@ from rich.text import Text
 from isolane.cli.console import fail, out
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, RunArg, open_store
 from isolane.cli.render import format_duration, short
-from isolane.executor.human import EVENT_TYPES, pending_requests, post_answer
 
 __all__ = ["answer_command", "requests_command"]
 
@@ -40,6 +39,8 @@ def requests_command(
     """List the run's human-input requests waiting for an answer (answer with `isolane answer`)."""
     with open_store(Location.of(db, home)) as store:
         row = store.get_run(run)
+        from isolane.executor.human import EVENT_TYPES, pending_requests  # not for --help
+
         waiting = pending_requests(store.events(row.id, types=EVENT_TYPES))
     if json_:
         for request in waiting:
@@ -76,5 +77,7 @@ def answer_command(
         text = sys.stdin.read().removesuffix("\n")
     with open_store(Location.of(db, home)) as store:
         run_id = store.get_run(run).id
+        from isolane.executor.human import post_answer  # not for --help
+
         post_answer(store, run_id, request, text, source="cli", wait=wait)
     out.print(f"answered {request} of run {run_id}")
