@@ -89,8 +89,10 @@ MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
 #: How far ahead of its tail a writer allocates the file (and the span it maps).
 GROWTH_BYTES: Final = 8 * 1024 * 1024
 
-#: One ``read`` takes at most this many bytes (a bound on a reader's memory per call).
-_SPAN_BYTES: Final = 4 * 1024 * 1024
+#: One ``read`` takes at most this many bytes (a bound on a reader's memory per call). A span
+#: becomes one write item of the parent, a few of which may be queued for the store: at 4 MiB the
+#: parent grew by ~105 MB while streaming a million events, at 1 MiB by ~34 MB, at the same rate.
+_SPAN_BYTES: Final = 1024 * 1024
 _NL: Final = b"\n"
 _NUL: Final = b"\0"
 #: Probe size when looking backwards for the end of the data.
