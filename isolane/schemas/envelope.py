@@ -183,12 +183,14 @@ def decode_frame(payload: bytes, run_id: str) -> DecodedFrame:
     return decoded if decoded is not None else _decode_slowly(payload, run_id)
 
 
-def _decode_fast(payload: bytes, run_id: str) -> DecodedFrame | None:
-    """The whole frame at once, or None when any part of it needs a closer look."""
+def _decode_fast(payload: bytes, run_id: str, *, lines: bool = False) -> DecodedFrame | None:
+    """The whole frame (``lines``: the JSON Lines) at once, or None when any part of it needs a
+    closer look."""
     try:
         if not payload.isascii():  # msgspec skips what no payload declares without checking it
             payload.decode("utf-8")
-        events = _FRAME_DECODER.decode(payload)
+        # JSON Lines in one C-level pass (``decode_lines``), or one JSON array.
+        events = _ONE_DECODER.decode_lines(payload) if lines else _FRAME_DECODER.decode(payload)
     except _DECODE_ERRORS:
         return None
     if not events:
@@ -228,7 +230,7 @@ def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
         return DecodedFrame([], [])
     body = data[:-1] if data.endswith(b"\n") else data
     if len(body) + 2 <= MAX_FRAME_BYTES and body[:1] == b"{":
-        decoded = _decode_fast(b"[" + body.replace(b"\n", b",") + b"]", run_id)
+        decoded = _decode_fast(data, run_id, lines=True)
         if decoded is not None:
             return decoded
     events: list[WireEvent] = []
