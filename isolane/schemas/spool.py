@@ -271,9 +271,11 @@ class SpoolReader:
     """Reads a spool's complete records in order, a bounded span at a time, with ``pread``.
 
     ``read(upto)`` returns the complete lines in ``[offset, upto)`` (a writer's doorbell says
-    where its tail is); ``read()`` without ``upto`` reads to the end of the data (the writer has
-    ended: see :func:`find_tail`) and, at that end, reports a torn last record. A call reads at
-    most ``max_span`` bytes: call again while :attr:`more` is true.
+    where its tail is); ``read()`` without ``upto`` reads on to the end of the data (the writer
+    has ended): a span that ends in NUL bytes ends it (a record never contains one, so they are
+    space allocated ahead; a gap of a whole span of NULs inside the data, which only a hostile
+    writer makes, ends it too), and there a torn last record is reported. A call reads at most
+    ``max_span`` bytes: call again while :attr:`more` is true.
     """
 
     def __init__(self, fd: int, *, offset: int = 0, max_span: int = _SPAN_BYTES,
@@ -290,11 +292,13 @@ class SpoolReader:
     def read(self, upto: int | None = None) -> SpoolSpan:
         final = upto is None
         if upto is None:
+            # The writer has ended: read on to the end of its data, where the zeros it allocated
+            # ahead begin. Reading forward finds it in a span or two; find_tail would read all
+            # the zeros (up to GROWTH_BYTES, ~14 ms) before a crash could be reported.
             if self._end is None:
-                self._end = find_tail(self.fd)[1]
+                self._end = os.fstat(self.fd).st_size
             upto = self._end
-        chunk = read_raw(self.fd, self.offset, min(upto - self.offset, self._max_span),
-                         live=not final)
+        chunk = read_raw(self.fd, self.offset, min(upto - self.offset, self._max_span), live=True)
         bounded = len(chunk) == self._max_span
         self.offset += len(chunk)
         span = self._lines.feed(chunk)
