@@ -29,7 +29,7 @@ from isolane.errors import ConfigError, PathEscape
 from isolane.schemas import decode_lines, encode_event
 from isolane.schemas.paths import open_inside, resolve_inside, walk_files
 from isolane.schemas.redaction import REDACTED, Redactor, secret_values
-from isolane.worker import proctree
+from isolane.worker import cgroup as cgroups
 from tests.helpers import RssPeak, alive
 
 pytestmark = pytest.mark.anyio
@@ -209,7 +209,7 @@ async def test_hostile_workflow(case: Case, home: Path, tmp_path: Path,
 async def test_fork_bomb_is_stopped_without_a_cgroup(home: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Where no cgroup can be made, counting the worker's descendants still stops a fork bomb."""
-    monkeypatch.setattr(proctree.ProcessCgroup, "create", classmethod(lambda cls, *a, **k: None))
+    monkeypatch.setattr(cgroups.ProcessCgroup, "create", classmethod(lambda cls, *a, **k: None))
     case = Case("fork_bomb", "failed", "process limit of 20 reached",
                 spec={"limits": Limits(processes=20)})
     ev = await _run_case(case, home, f"sqlite:///{tmp_path / 'isolane.db'}")
@@ -226,7 +226,7 @@ def _in_session(pid: int, sid: int) -> bool:
 
 async def test_cgroup_holds_the_run_and_is_removed(home: Path) -> None:
     """Where cgroups are writable, the worker runs in a pids cgroup of its own, removed at the end."""
-    cgroup = proctree.ProcessCgroup.create(f"probe-{os.getpid()}", processes=1)
+    cgroup = cgroups.ProcessCgroup.create(f"probe-{os.getpid()}", processes=1)
     if cgroup is None:
         pytest.skip("no writable pids cgroup on this machine")
     cgroup.remove()

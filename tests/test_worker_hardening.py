@@ -19,6 +19,7 @@ import pytest
 from isolane import Executor, Limits, Outcome, RunSpec
 from isolane.schemas.redaction import REDACTED, Redactor
 from isolane.tracking import Store
+from isolane.worker import cgroup as cgroups
 from isolane.worker import proctree
 from tests.helpers import alive, executor_on
 from tests.test_hardening_store import BAD_INPUTS, Evidence
@@ -96,12 +97,12 @@ async def test_processes_of_a_crashed_worker_are_killed(
     by ``os._exit(3)``, SIGSEGV or SIGKILL: once the run has ended, neither process is left, with or
     without a cgroup (without, the parent's last scan of the worker's tree finds them)."""
     if cgroup:
-        probe = proctree.ProcessCgroup.create(f"probe-{os.getpid()}", processes=1)
+        probe = cgroups.ProcessCgroup.create(f"probe-{os.getpid()}", processes=1)
         if probe is None:
             pytest.skip("no writable pids cgroup on this machine")
         probe.remove()
     else:  # a machine without cgroups
-        monkeypatch.setattr(proctree.ProcessCgroup, "create",
+        monkeypatch.setattr(cgroups.ProcessCgroup, "create",
                             classmethod(lambda cls, *a, **k: None))
     outcome, store, run_id = await _run(
         home, workflow="tests.flows.hardening:detaches_then_dies",
@@ -180,7 +181,7 @@ def test_a_tree_scan_forgets_nothing_a_dying_worker_had() -> None:
 def test_another_parents_sweep_spares_a_fresh_cgroup() -> None:
     """A parent's start-up sweep (another process) leaves an empty cgroup alone while the parent
     that made it lives; only one whose owner is gone, and older than a minute, is removed."""
-    fresh = proctree.ProcessCgroup.create(f"sweep-{os.getpid()}", processes=1)
+    fresh = cgroups.ProcessCgroup.create(f"sweep-{os.getpid()}", processes=1)
     if fresh is None:
         pytest.skip("no writable pids cgroup on this machine")
     dead = subprocess.Popen(["true"])
@@ -188,7 +189,7 @@ def test_another_parents_sweep_spares_a_fresh_cgroup() -> None:
     orphan = fresh.path.parent / f"isolane-sweep-orphan-{os.getpid()}.{dead.pid}"
     orphan.mkdir()
     try:
-        code = "from isolane.worker.proctree import remove_stale_cgroups; remove_stale_cgroups()"
+        code = "from isolane.worker.cgroup import remove_stale_cgroups; remove_stale_cgroups()"
         sweep = subprocess.run(
             [sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, check=True, capture_output=True)
         assert sweep.returncode == 0
@@ -201,7 +202,7 @@ def test_another_parents_sweep_spares_a_fresh_cgroup() -> None:
             pytest.skip("cgroupfs here does not let a test age a cgroup")
         if time.time() - orphan.stat().st_mtime < 60:
             pytest.skip("cgroupfs here does not keep a cgroup's times")
-        assert proctree.remove_stale_cgroups(fresh.path.parent) >= 1
+        assert cgroups.remove_stale_cgroups(fresh.path.parent) >= 1
         assert not orphan.exists() and fresh.path.is_dir()
     finally:
         fresh.remove()

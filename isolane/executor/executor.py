@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import Any, Self
 
 import anyio
 import anyio.to_thread
@@ -38,17 +37,11 @@ from isolane.errors import ConfigError, RunStateError
 from isolane.executor import human
 from isolane.executor.attempts import Attempts
 from isolane.executor.continuing import Continued, new_run_dir, prepare_branch, prepare_resume
-from isolane.executor.feed import (
-    DEFAULT_FEED_BUFFER,
-    EventCallback,
-    EventSubscription,
-    Feed,
-    FeedCursor,
-)
-from isolane.executor.hub import READ_PAGE, Batch, Hub, replay_then_live
+from isolane.executor.hub import Hub
 from isolane.executor.live import LiveRun, LiveRuns
 from isolane.executor.ownership import owner_stamp, stamp_liveness
 from isolane.executor.racing import Race, RaceOutcome, start_race
+from isolane.executor.reading import EventReading
 from isolane.executor.recovery import RecoveryReport, recover_runs
 from isolane.executor.run import (
     TERMINAL_STATUSES,
@@ -57,10 +50,9 @@ from isolane.executor.run import (
     RunSpec,
 )
 from isolane.executor.specs import WorkerSpecs, jsonable, portable_ref, stored_options
-from isolane.executor.writer import Commit, StoreWriter
+from isolane.executor.writer import StoreWriter
 from isolane.references import check_workflow_ref
 from isolane.schemas.blobs import DEFAULT_MAX_BLOB_BYTES
-from isolane.schemas.envelope import Event
 from isolane.schemas.spec import WorkerSpec
 from isolane.tracking.compare import Comparison, compare_runs
 from isolane.tracking.store import Store
@@ -71,7 +63,7 @@ __all__ = ["TERMINAL_STATUSES", "Executor", "Outcome", "RunHandle", "RunSpec"]
 _NOT_OPEN = "the executor is not open: use `async with Executor(...)`"
 
 
-class Executor:
+class Executor(EventReading):
     """Runs workflows in isolated worker processes and persists everything they report.
 
     Use as ``async with Executor(...) as ex``. ``db_url`` defaults to ``ISOLANE_DB_URL`` or a SQLite
@@ -267,80 +259,7 @@ class Executor:
         """Wait until every run this executor drives has ended (runs started meanwhile too)."""
         await self._open().join()
 
-    # -- reading a run ------------------------------------------------------------------------
-
-    def batches(self, run_id: str, since: int = 0, *, follow: bool = True,
-                page_size: Callable[[], int] = lambda: READ_PAGE) -> AsyncGenerator[Batch, None]:
-        """The run's committed events after ``since`` as shared batches (see
-        :func:`~isolane.executor.hub.replay_then_live`), following a run live here until it ends.
-
-        Close the iterator (``contextlib.aclosing``) when leaving it early.
-        """
-        live = self._open().get(run_id)
-        ended = (lambda: live.done) if follow and live is not None else None
-        return replay_then_live(self.store, self._hub, run_id, since, ended=ended,
-                                page_size=page_size)
-
-    @overload
-    def events(self, run_id: None = None, since: FeedCursor | None = None, *,
-               types: Iterable[str] | None = None, buffer: int = DEFAULT_FEED_BUFFER) -> Feed: ...
-
-    @overload
-    def events(self, run_id: str, since: int = 0, *, types: Iterable[str] | None = None,
-               follow: bool = True) -> AsyncIterator[Event]: ...
-
-    def events(self, run_id: str | None = None, since: int | FeedCursor | None = None, *,
-               types: Iterable[str] | None = None, follow: bool = True,
-               buffer: int = DEFAULT_FEED_BUFFER) -> AsyncIterator[Event]:
-        """One run's events after ``since``, in order: stored ones, then live ones as they commit
-        (until the run has ended; ``follow=False``: the stored ones only).
-
-        Without ``run_id``: the feed of every run of this executor (:class:`Feed`), each event
-        once after it is committed, in ``seq`` order per run, until the executor closes; a reader
-        more than ``buffer`` events behind catches up from the store (the writer never waits).
-        """
-        if run_id is None:
-            if since is not None and not isinstance(since, FeedCursor):
-                raise ConfigError("the feed of every run takes a FeedCursor as `since` "
-                                  "(from Feed.cursor()); a seq number needs a run_id")
-            self._open()
-            return Feed(self.store, self._hub, types=types, since=since, buffer=buffer)
-        if isinstance(since, FeedCursor):
-            raise ConfigError("a run's events take a seq number as `since`, not a FeedCursor")
-        return self._run_events(run_id, since or 0, types=types, follow=follow)
-
-    def on_event(self, callback: EventCallback, *, types: Iterable[str] | None = None,
-                 buffer: int = DEFAULT_FEED_BUFFER) -> EventSubscription:
-        """Call ``callback`` with every committed event of this executor's runs (of ``types``),
-        in a task of its own, from now until the subscription or the executor is closed; see
-        :class:`~isolane.executor.feed.EventSubscription`."""
-        subscription = EventSubscription(self.events(types=types, buffer=buffer), callback)
-        self._open().start_soon(subscription.run)
-        return subscription
-
-    def on_commit(self, observer: Callable[[Commit], None]) -> Callable[[], None]:
-        """Call ``observer`` after each store write (metrics); returns the function that stops it.
-        It runs on the writer's path: it must only count."""
-        self._open()
-        assert self._writer is not None
-        observers = self._writer.observers
-        observers.append(observer)
-        return lambda: observers.remove(observer) if observer in observers else None
-
-    def writer_backlog(self) -> int:
-        """Writes queued for the store writer and not yet taken (0 when it keeps up)."""
-        self._open()
-        assert self._writer is not None
-        return self._writer.backlog
-
-    async def _run_events(self, run_id: str, since: int, *, types: Iterable[str] | None,
-                          follow: bool) -> AsyncIterator[Event]:
-        wanted = frozenset(types) if types is not None else None
-        async with aclosing(self.batches(run_id, since, follow=follow)) as batches:
-            async for batch in batches:
-                for event in batch.events():
-                    if wanted is None or event.type in wanted:
-                        yield event
+    # -- questions to a person ----------------------------------------------------------------
 
     async def pending_requests(self, run_id: str) -> list[human.HumanRequest]:
         """The run's human-input requests still waiting for an answer, oldest first."""

@@ -48,12 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from isolane.schemas.limits import CPU_GRACE, Limits
-from isolane.worker.proctree import (
-    ProcessCgroup,
-    descendants,
-    kill_until_gone,
-    tree_usage,
-)
+from isolane.worker.cgroup import ProcessCgroup
+from isolane.worker.proctree import descendants, kill_until_gone, tree_usage
 
 if TYPE_CHECKING:
     from isolane.worker.emitter import Emitter

@@ -39,15 +39,9 @@ from isolane.backends.environment import DEFAULT_ENV_ALLOW, worker_environment
 from isolane.errors import ConfigError
 from isolane.schemas.spec import WorkerSpec
 from isolane.schemas.spool import SpoolError, find_tail, open_spool, writer_alive
+from isolane.worker.cgroup import ProcessCgroup, remove_stale_cgroups
 from isolane.worker.entry import worker_main
-from isolane.worker.proctree import (
-    SCAN_INTERVAL,
-    ProcessCgroup,
-    TreeScan,
-    kill_process_tree,
-    process_alive,
-    remove_stale_cgroups,
-)
+from isolane.worker.proctree import SCAN_INTERVAL, TreeScan, kill_process_tree, process_alive
 
 __all__ = ["DEFAULT_PRELOAD", "Launcher", "WorkerProcess", "open_run_spool", "portable_spec"]
 
