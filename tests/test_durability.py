@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from isolane import Executor, RunHandle, RunSpec
 from isolane.errors import RunStateError
 from isolane.schemas.envelope import encode_event
-from isolane.schemas.spool import offset_after
+from isolane.schemas.spool_seek import offset_after
 from isolane.tracking.state import resume_state
 from tests.helpers import executor_on
 

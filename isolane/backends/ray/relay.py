@@ -60,7 +60,8 @@ from isolane.backends.local.launcher import Launcher, WorkerProcess
 from isolane.errors import BlobError
 from isolane.schemas.blobs import BlobStore
 from isolane.schemas.spec import WorkerSpec
-from isolane.schemas.spool import DoorbellReader, find_tail, offset_after, read_raw
+from isolane.schemas.spool import DoorbellReader, find_tail, read_raw
+from isolane.schemas.spool_seek import offset_after
 from isolane.tracking.workspace import WorkspaceFile, write_workspace
 
 __all__ = ["BLOB", "EXIT", "LINES", "TOKEN_FILE", "RunRelay"]
