@@ -74,7 +74,8 @@ class LocalWorker:
             await anyio.wait_readable(self.process.sentinel)
         finally:
             self._watching = False
-        self._exit = WorkerExit(self.process.exitcode())
+        # In a thread: reading the status may wait for a worker start holding the status lock.
+        self._exit = WorkerExit(await anyio.to_thread.run_sync(self.process.exitcode))
         self._exited.set()
         if self._wait_scope is not None:
             self._wait_scope.cancel()

@@ -53,6 +53,11 @@ DEFAULT_PRELOAD: Final = ("autogen", "openai", "isolane.worker.entry", "isolane.
                           "isolane.workflows")
 
 _environ_lock = threading.Lock()
+#: multiprocess reads a forkserver child's exit status from its sentinel once, in ``poll``; and
+#: ``Process.start`` polls every earlier child (``_cleanup``). Two threads polling one child at
+#: once race for the status: the loser reads EOF and records exit code 255 (seen: a completed
+#: run marked crashed under load). Every start and every status read takes this lock.
+_popen_lock = threading.Lock()
 
 # What a worker must not inherit from the parent's start-up: re-running the parent's __main__
 # (multiprocessing's spawn semantics) would execute a user's script or our CLI in every worker.
@@ -131,8 +136,9 @@ class WorkerProcess:
 
     def exitcode(self) -> int | None:
         """The exit code once the process has ended (negative: killed by that signal)."""
-        self.process.join(0)
-        code = self.process.exitcode
+        with _popen_lock:
+            self.process.join(0)
+            code = self.process.exitcode
         return None if code is None else int(code)
 
     def request_cancel(self) -> None:
@@ -234,7 +240,8 @@ class Launcher:
         if self.start_method != "forkserver":
             return
         probe = _ForkServerWorker(target=_noop, name="isolane-warmup", daemon=False)
-        probe.start()
+        with _popen_lock:
+            probe.start()
         probe.join()
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
@@ -262,7 +269,8 @@ class Launcher:
             name=f"isolane-worker-{spec.run_id}", daemon=False,
         )
         try:
-            process.start()
+            with _popen_lock:
+                process.start()
         except BaseException:
             os.close(spool_fd)
             os.close(read_fd)
