@@ -166,21 +166,27 @@ def test_requests_and_answer_reach_a_run_that_run_isolated_drives(
         f"run {run_id} (completed) has no question")
 
 
-def test_an_answer_for_a_run_nobody_drives_is_refused_at_once(workdir: Path) -> None:
-    """A run whose owner died cannot receive an answer: the CLI says to resume it, and posts
-    nothing."""
+def _owner_killed_while_asking(workdir: Path) -> str:
+    """`run-isolated` starts an asking run and is SIGKILLed once the question is out; the run's id."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "isolane.cli", "run", "go", "-w", "flow.py:asks", "--home", "home"],
         cwd=workdir, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
     try:
-        run_id = _read_until(proc, "submitted")[0].split()[1]
+        run_id: str = _read_until(proc, "submitted")[0].split()[1]
         _read_until(proc, "Which color?")
     finally:
         proc.kill()  # the owner dies (SIGKILL); its worker ends with it (its control pipe closes)
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+    return run_id
+
+
+def test_an_answer_for_a_run_nobody_drives_is_refused_at_once(workdir: Path) -> None:
+    """A run whose owner died cannot receive an answer: the CLI says to resume it, and posts
+    nothing."""
+    run_id = _owner_killed_while_asking(workdir)
     refused = _cli("answer", run_id, "review:1", "green", "--home", "home", cwd=workdir)
     assert refused.returncode == 2, refused.stderr
     assert "not running in this executor or any other live process" in refused.stderr
@@ -196,18 +202,7 @@ def test_an_answer_its_owner_never_delivered_is_erased_when_the_run_is_settled(w
     from isolane.tracking import answers
     from isolane.tracking.store import Store
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "isolane.cli", "run", "go", "-w", "flow.py:asks", "--home", "home"],
-        cwd=workdir, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)
-    try:
-        run_id = _read_until(proc, "submitted")[0].split()[1]
-        _read_until(proc, "Which color?")
-    finally:
-        proc.kill()
-        proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+    run_id = _owner_killed_while_asking(workdir)
     home = workdir / "home"
     with Store.open(home=home) as store:  # what `isolane answer` wrote an instant before
         answers.post(store, run_id, "review:1", "hunter2", source="cli")

@@ -12,6 +12,7 @@ The spool format and its safe reading are :mod:`isolane.schemas.spool`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Final
 
 import orjson
@@ -49,35 +50,36 @@ def offset_after(fd: int, start: int, since_seq: int) -> int:
     return lo
 
 
+def _chunks(fd: int, at: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` read from ``at`` on, up to ``end``, a chunk at a time."""
+    while at < end:
+        chunk = os.pread(fd, min(_CHUNK, end - at), at)
+        if not chunk:
+            return
+        yield at, chunk
+        at += len(chunk)
+
+
 def _next_record(fd: int, pos: int, start: int, end: int) -> int:
     """The first record start at or after ``pos`` (``start`` is one; others follow a newline)."""
     if pos <= start:
         return start
-    at = pos - 1
-    while at < end:
-        chunk = os.pread(fd, min(_CHUNK, end - at), at)
-        if not chunk:
-            break
+    for at, chunk in _chunks(fd, pos - 1, end):
         nl = chunk.find(_NL)
         if nl >= 0:
             return at + nl + 1
-        at += len(chunk)
     return end
 
 
 def _record_at(fd: int, at: int, end: int) -> bytes:
     """The record starting at ``at``, its newline included (bounded by ``end``)."""
     parts: list[bytes] = []
-    while at < end:
-        chunk = os.pread(fd, min(_CHUNK, end - at), at)
-        if not chunk:
-            break
+    for _, chunk in _chunks(fd, at, end):
         nl = chunk.find(_NL)
         if nl >= 0:
             parts.append(chunk[:nl + 1])
             break
         parts.append(chunk)
-        at += len(chunk)
     return b"".join(parts)
 
 
