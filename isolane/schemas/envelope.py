@@ -243,17 +243,7 @@ def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
             events.extend(one.events)
             problems.extend(one.problems)
             continue
-        try:
-            event = _ONE_DECODER.decode(line)
-        except _DECODE_ERRORS as exc:
-            problems.append(InvalidEvent(f"malformed envelope: {exc}",
-                                         excerpt=line))
-            continue
-        problem = _check(event, run_id)
-        if problem is None:
-            events.append(event)
-        else:
-            problems.append(problem)
+        _take_one(line, run_id, events, problems)
     return DecodedFrame(events, problems, frozenset([event.type for event in events]))
 
 
@@ -265,17 +255,23 @@ def _decode_slowly(payload: bytes, run_id: str) -> DecodedFrame:
     events: list[WireEvent] = []
     problems: list[InvalidEvent] = []
     for part in parts:
-        try:
-            event = _ONE_DECODER.decode(part)
-        except _DECODE_ERRORS as exc:
-            problems.append(InvalidEvent(f"malformed envelope: {exc}", excerpt=bytes(part)))
-            continue
-        problem = _check(event, run_id)
-        if problem is None:
-            events.append(event)
-        else:
-            problems.append(problem)
+        _take_one(part, run_id, events, problems)
     return DecodedFrame(events, problems, frozenset([event.type for event in events]))
+
+
+def _take_one(record: bytes | msgspec.Raw, run_id: str, events: list[WireEvent],
+              problems: list[InvalidEvent]) -> None:
+    """Decode one envelope into ``events``, or what is wrong with it into ``problems``."""
+    try:
+        event = _ONE_DECODER.decode(record)
+    except _DECODE_ERRORS as exc:
+        problems.append(InvalidEvent(f"malformed envelope: {exc}", excerpt=bytes(record)))
+        return
+    problem = _check(event, run_id)
+    if problem is None:
+        events.append(event)
+    else:
+        problems.append(problem)
 
 
 # -- reading stored events -------------------------------------------------------------------------
