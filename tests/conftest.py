@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL
 
 from isolane.tracking import Store
 from isolane.tracking.urls import display_url, normalize_url
+from tests.cdp import Chromium, find_chromium
 from tests.helpers import import_ray
 from tests.pgcluster import PgCluster, PgClusterUnavailable
 
@@ -158,3 +159,17 @@ def backend_name(request: pytest.FixtureRequest) -> str:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                      logging_level="warning")
     return str(request.param)
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Chromium]:
+    """Debian's chromium, headless, with a profile of its own (the page tests); skipped where it
+    is absent, a failure with ``ISOLANE_REQUIRE_BROWSER=1`` (as ``.ci/run`` sets)."""
+    binary = find_chromium()
+    if binary is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
+        if os.environ.get("ISOLANE_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with Chromium(binary, tmp_path / "chromium-profile") as browser:
+        yield browser

@@ -127,3 +127,23 @@ def serve_process(home: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         reader.join(10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def visible(event: Any, *, first_line: bool = False) -> tuple[Any, ...] | None:
+    """What an AG2 program did, as a person reads it: messages said aloud (``first_line``: only
+    their first line), handoffs, tool calls and results, code runs, retried LLM calls."""
+    d = event.data
+    if event.type == "agent_message" and not d.get("silent"):
+        content = d["content"].split("\n")[0] if first_line else d["content"]
+        return ("message", d["sender"], content)
+    if event.type == "handoff":
+        return ("handoff", d.get("from_agent"), d["to_agent"])
+    if event.type == "tool_call":
+        return ("tool_call", d["agent"], d["tool"], d["arguments"])
+    if event.type == "tool_result":
+        return ("tool_result", d["agent"], d["tool"], d["content"], d.get("is_error", False))
+    if event.type == "code_execution":
+        return ("code", d["agent"], d["language"], d["exit_code"], d["output"].strip())
+    if event.type == "llm_retry":
+        return ("retry", d.get("agent"), d.get("model"), d.get("status"))
+    return None

@@ -27,7 +27,8 @@ from isolane.serve import BackgroundServer
 from isolane.testing import FakeLLM, Rule, Script, Served, fail, text, tool_call
 from isolane.tracking.cost import totals_of_update
 from isolane.tracking.rows import LlmCallRow
-from tests.cdp import Chromium, find_chromium
+from tests.cdp import Chromium
+from tests.helpers import visible as visible_event
 
 PROGRAMS = Path(__file__).resolve().parent / "ag2_programs"
 
@@ -114,26 +115,8 @@ def runs(ag2_home: Path) -> Iterator[Runs]:
         yield Runs(ex)
 
 
-def _visible(event: Event) -> tuple[Any, ...] | None:
-    """What the program did, as a person reads it: messages said aloud, tools, code, handoffs, retries."""
-    d = event.data
-    if event.type == "agent_message" and not d.get("silent"):
-        return ("message", d["sender"], d["content"])
-    if event.type == "handoff":
-        return ("handoff", d.get("from_agent"), d["to_agent"])
-    if event.type == "tool_call":
-        return ("tool_call", d["agent"], d["tool"], d["arguments"])
-    if event.type == "tool_result":
-        return ("tool_result", d["agent"], d["tool"], d["content"], d.get("is_error", False))
-    if event.type == "code_execution":
-        return ("code", d["agent"], d["language"], d["exit_code"], d["output"].strip())
-    if event.type == "llm_retry":
-        return ("retry", d.get("agent"), d.get("model"), d.get("status"))
-    return None
-
-
 def visible(run: StoredRun) -> list[tuple[Any, ...]]:
-    return [v for e in run.events if (v := _visible(e)) is not None]
+    return [v for e in run.events if (v := visible_event(e)) is not None]
 
 
 def assert_billed_calls_are_what_was_served(run: StoredRun, *, cached: int = 0) -> None:
@@ -317,18 +300,6 @@ def test_compare_agrees_with_the_other_readers(runs: Runs, ag2_home: Path, rest:
     for name, run in stored.items():
         assert _facts(compared[run.run_id], "cost_usd") == _facts(rest.get(f"/api/runs/{run.run_id}/cost").json()), name
         assert _facts(compared[run.run_id], "cost_usd")[:5] == _truth(name, run), name
-
-
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[Chromium]:
-    binary = find_chromium()
-    if binary is None:
-        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
-        if os.environ.get("ISOLANE_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with Chromium(binary, tmp_path / "chromium-profile") as browser:
-        yield browser
 
 
 @pytest.mark.parametrize("name", ["cache_disk", "local_model_retry"])

@@ -22,6 +22,7 @@ from isolane import RunSpec, SyncExecutor
 from isolane.schemas.envelope import Event
 from isolane.testing import FakeLLM, Served
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, LlmCallRow
+from tests.helpers import visible
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "research_flow.py"
 TASK = "How spread out are the measurements?"
@@ -68,22 +69,6 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleRun]:
                         store.llm_calls(outcome.run_id), nodes, edges, llm.served, Path(row.work_dir))
 
 
-def _visible(event: Event) -> tuple[Any, ...] | None:
-    """What a person reads in the chat: non-silent messages, handoffs, tools and code runs."""
-    d = event.data
-    if event.type == "agent_message" and not d.get("silent"):
-        return ("message", d["sender"], d["content"].split("\n")[0])
-    if event.type == "handoff":
-        return ("handoff", d.get("from_agent"), d["to_agent"])
-    if event.type == "tool_call":
-        return ("tool_call", d["agent"], d["tool"], d["arguments"])
-    if event.type == "tool_result":
-        return ("tool_result", d["agent"], d["tool"], d["content"], d.get("is_error", False))
-    if event.type == "code_execution":
-        return ("code", d["agent"], d["language"], d["exit_code"], d["output"].strip())
-    return None
-
-
 def test_the_sample_run_completes(sample_run: SampleRun) -> None:
     """The user-style AG2 workflow completes in its worker and leaves its files."""
     assert sample_run.status == "completed", sample_run.result
@@ -104,7 +89,7 @@ def test_the_sample_dag_is_its_two_steps(sample_run: SampleRun) -> None:
 
 def test_group_chat_is_stored_in_order_on_its_node(sample_run: SampleRun) -> None:
     """Every message, tool call/result, code run and handoff is stored once, in order, on its step's node."""
-    stored = [(e.node_id, _visible(e)) for e in sample_run.events if _visible(e) is not None]
+    stored = [(e.node_id, v) for e in sample_run.events if (v := visible(e, first_line=True)) is not None]
     data = "[9.8, 10.1, 10.4, 9.6, 10.0, 10.3, 9.9, 10.2]"
     stats = "{'mean': 10.0375, 'stdev': 0.26692695630078284}"
     assert stored == [

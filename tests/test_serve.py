@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import time
@@ -29,7 +28,7 @@ from isolane.serve import BackgroundServer
 from isolane.tracking.branching import racing_group
 from isolane.tracking.store import Store
 from isolane.workflow import registered_workflows
-from tests.cdp import Chromium, find_chromium
+from tests.cdp import Chromium
 from tests.helpers import alive, serve_process
 
 with warnings.catch_warnings():
@@ -509,18 +508,6 @@ def test_parent_restarted_while_a_question_is_pending_re_asks_it(tmp_path: Path)
 
 
 # -- the page in a real browser ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[Chromium]:
-    binary = find_chromium()
-    if binary is None:
-        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
-        if os.environ.get("ISOLANE_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with Chromium(binary, tmp_path / "chromium-profile") as browser:
-        yield browser
 
 
 def test_page_shows_the_dag_live_and_a_node_completes_without_reload(

@@ -176,12 +176,9 @@ def test_junk_since_closes_the_websocket_with_a_reason(server: BackgroundServer,
     """A WebSocket with a ``since`` that is not a seq ends with a close frame (4400) that says
     why, not with a dropped connection."""
     ws_url = server.url.replace("http://", "ws://")
-    with connect(f"{ws_url}/ws/runs/{run_id}?since={quote(since)}") as ws, \
-            pytest.raises(ConnectionClosed) as closed:
-        ws.recv(timeout=30)
-    assert closed.value.rcvd is not None, "no close frame: the connection was dropped"
-    assert closed.value.rcvd.code == 4400
-    assert "since must be an integer from 0" in closed.value.rcvd.reason
+    code, reason = _close_frame(f"{ws_url}/ws/runs/{run_id}?since={quote(since)}")
+    assert code == 4400
+    assert "since must be an integer from 0" in reason
 
 
 def _nested(depth: int) -> dict[str, Any]:
@@ -229,11 +226,16 @@ def test_a_store_that_is_down_is_a_503_and_a_close_frame(pg_cluster: PgCluster,
             shown = http.get(f"/api/runs/{run}")
             assert shown.status_code == 503, shown.text
             assert "check that it is running" in shown.json()["error"]
-            with connect(f"{srv.url.replace('http://', 'ws://')}/ws/runs/{run}") as ws, \
-                    pytest.raises(ConnectionClosed) as closed:
-                ws.recv(timeout=30)
-            assert closed.value.rcvd is not None, "no close frame: the connection was dropped"
-            assert closed.value.rcvd.code == 1011
-            assert "cannot read the database" in closed.value.rcvd.reason
+            code, reason = _close_frame(f"{srv.url.replace('http://', 'ws://')}/ws/runs/{run}")
+            assert code == 1011
+            assert "cannot read the database" in reason
         finally:
             pg_cluster.start()
+
+
+def _close_frame(url: str) -> tuple[int, str]:
+    """The close frame a WebSocket at ``url`` ends with (a dropped connection fails the test)."""
+    with connect(url) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=30)
+    assert closed.value.rcvd is not None, "no close frame: the connection was dropped"
+    return closed.value.rcvd.code, closed.value.rcvd.reason
