@@ -27,6 +27,7 @@ from isolane.errors import ConfigError
 
 __all__ = [
     "BACKEND_ENV",
+    "DB_FILENAME",
     "DB_URL_ENV",
     "DEFAULT_BACKEND",
     "DEFAULT_HOME",
@@ -38,6 +39,7 @@ __all__ = [
     "TOKEN_ENV",
     "backend",
     "db_url",
+    "default_db_file",
     "home",
     "host_id",
     "offline_llm_url",
@@ -58,6 +60,8 @@ OFFLINE_LLM_URL_ENV: Final = "ISOLANE_OFFLINE_LLM_URL"
 #: Default directory of runs and of the embedded SQLite database (relative to the working dir).
 DEFAULT_HOME: Final = Path(".isolane")
 DEFAULT_BACKEND: Final = "local"
+#: The embedded SQLite database's file name, in the home.
+DB_FILENAME: Final = "isolane.db"
 
 
 def _get(name: str, environ: Mapping[str, str] | None) -> str | None:
@@ -74,6 +78,12 @@ def home(environ: Mapping[str, str] | None = None) -> Path:
 def db_url(environ: Mapping[str, str] | None = None) -> str | None:
     """``$ISOLANE_DB_URL`` (``None``: the SQLite file in the home)."""
     return _get(DB_URL_ENV, environ)
+
+
+def default_db_file(home: Path | str | None = None) -> Path:
+    """The SQLite file used when no database URL is given: :data:`DB_FILENAME` in ``home``
+    (default :data:`DEFAULT_HOME`)."""
+    return (Path(home) if home is not None else DEFAULT_HOME) / DB_FILENAME
 
 
 def backend(environ: Mapping[str, str] | None = None) -> str:

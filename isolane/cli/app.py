@@ -31,7 +31,15 @@ from isolane.cli.dag import dag_command
 from isolane.cli.durability import recover_command, resume_command
 from isolane.cli.export import export_command
 from isolane.cli.files import checkout_command, files_command
-from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, RunArg, open_store
+from isolane.cli.options import (
+    DbOption,
+    HomeOption,
+    JsonOption,
+    Location,
+    RunArg,
+    open_lister,
+    open_store,
+)
 from isolane.cli.render import (
     event_line,
     run_duration,
@@ -107,7 +115,7 @@ def runs_command(
         fail(f"unknown status {status!r} for --status; use one of {', '.join(sorted(RUN_STATUSES))}")
     if limit < 1:
         fail(f"--limit must be at least 1, got {limit}")
-    with open_store(Location.of(db, home)) as store:
+    with open_lister(Location.of(db, home)) as store:
         rows = store.list_runs(limit=limit, status=status)
         counts = {row.id: store.count_events(row.id) for row in rows}
     if json_:

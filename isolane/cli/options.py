@@ -19,6 +19,7 @@ from isolane import settings
 from isolane.cli.console import fail
 
 if TYPE_CHECKING:
+    from isolane.tracking.listing import RunLister
     from isolane.tracking.store import Store
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "JsonOption",
     "Location",
     "RunArg",
+    "open_lister",
     "open_store",
     "parse_config",
 ]
@@ -82,6 +84,21 @@ def open_store(location: Location) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@contextmanager
+def open_lister(location: Location) -> Iterator[RunLister]:
+    """What lists runs: on the default SQLite file (no --db, no $ISOLANE_DB_URL) a reader that
+    needs no SQLAlchemy (see :mod:`isolane.tracking.listing`), else :func:`open_store`'s Store."""
+    from isolane.tracking.listing import SqliteRunReader
+
+    reader = SqliteRunReader.open(location.home) if location.db is None and settings.db_url() is None else None
+    if reader is None:
+        with open_store(location) as store:
+            yield store
+        return
+    with reader:
+        yield reader
 
 
 # -- --config ---------------------------------------------------------------------------------

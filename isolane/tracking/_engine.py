@@ -36,6 +36,7 @@ from sqlalchemy.exc import (
 from isolane.errors import StoreRefused, StoreUnavailable
 from isolane.tracking._dialects import DIALECTS, WRITE_OPTION, Backend
 from isolane.tracking._migrate import at_head, upgrade
+from isolane.tracking.listing import json_loads
 from isolane.tracking.storable import storable_json
 from isolane.tracking.urls import ENV_URL, display_url, resolve_url
 
@@ -57,11 +58,6 @@ def _json_dumps(value: Any) -> str:
     return storable_json(text)
 
 
-def _json_loads(value: Any) -> Any:
-    # SQLite hands a JSON column's number back as a number (NUMERIC affinity), not as text.
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
 def _reason(exc: StatementError, url: URL) -> str:
     """The driver's own first line, with the password (if any) masked."""
     text = str(exc.orig).strip() if exc.orig is not None else str(exc).strip()
@@ -74,7 +70,7 @@ def open_engine(url: str | URL | None, *, home: Path | str | None) -> tuple[Engi
     target = resolve_url(url, home=home)
     backend = DIALECTS[target.get_backend_name()]
     backend.create_location(target)
-    engine = create_engine(target, json_serializer=_json_dumps, json_deserializer=_json_loads,
+    engine = create_engine(target, json_serializer=_json_dumps, json_deserializer=json_loads,
                            **backend.engine_options(target))
     backend.prepare(engine)
     if at_head(engine):  # the common case: no migration lock, no Alembic import

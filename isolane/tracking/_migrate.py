@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
-
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy import Connection, Engine
 
-__all__ = ["HEAD_REVISION", "SCRIPT_LOCATION", "VERSION_TABLE", "alembic_config", "at_head", "upgrade"]
+__all__ = ["HEAD_REVISION", "REVISION_QUERY", "SCRIPT_LOCATION", "VERSION_TABLE", "alembic_config", "at_head",
+           "upgrade"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +38,20 @@ VERSION_TABLE: Final = "isolane_alembic_version"
 #: The newest revision shipped (a test checks it against the migration scripts): a database
 #: already there is opened without loading Alembic at all.
 HEAD_REVISION: Final = "0004"
+#: The one query telling the schema's revision (this module imports no SQLAlchemy at load, so a
+#: reader without it, :mod:`isolane.tracking.listing`, asks the same question).
+REVISION_QUERY: Final = f"SELECT version_num FROM {VERSION_TABLE}"
 
 
 def at_head(engine: Engine) -> bool:
     """Whether the database's schema is :data:`HEAD_REVISION` (one plain query, no Alembic);
     ``False`` when it cannot tell (no version table yet, or the query failed)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
     try:
         with engine.connect() as conn:
-            found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+            found = conn.execute(text(REVISION_QUERY)).scalars().all()
     except DBAPIError:
         return False
     return found == [HEAD_REVISION]

@@ -36,13 +36,16 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import URL
+from sqlalchemy.sql.selectable import TextualSelect
 
 from isolane.errors import ConfigError, RunNotFound
 from isolane.schemas.envelope import Event, EventRow, event_from_row
 from isolane.tracking._dialects import Backend
 from isolane.tracking._engine import open_engine, transaction
+from isolane.tracking.listing import count_events_query, list_runs_query
 from isolane.tracking.models import (
     DIAGNOSTICS_TABLE,
     EDGES_TABLE,
@@ -215,12 +218,8 @@ class Store:
                   parent_run_id: str | None = None) -> list[RunRow]:
         """Runs, newest first; optionally only those with ``status`` (one or several) or the
         children of ``parent_run_id``."""
-        stmt = select(*RUN_COLUMNS).order_by(RUNS_TABLE.c.created_at.desc(), RUNS_TABLE.c.id.desc())
-        if status is not None:
-            stmt = stmt.where(RUNS_TABLE.c.status.in_([status] if isinstance(status, str) else status))
-        if parent_run_id is not None:
-            stmt = stmt.where(RUNS_TABLE.c.parent_run_id == parent_run_id)
-        return self._rows(stmt.limit(limit), RunRow)
+        sql, params = list_runs_query(limit=limit, status=status, parent_run_id=parent_run_id)
+        return self._rows(text(sql).bindparams(**params).columns(*RUN_COLUMNS), RunRow)
 
     def count_runs_by_status(self) -> dict[str, int]:
         """How many runs the store holds in each status (metrics)."""
@@ -282,11 +281,9 @@ class Store:
 
     def count_events(self, run_id: str, *, types: Sequence[str] | None = None) -> int:
         """How many events of the run are stored (only of ``types`` when given)."""
-        stmt = select(func.count()).select_from(EVENTS_TABLE).where(EVENTS_TABLE.c.run_id == run_id)
-        if types is not None:
-            stmt = stmt.where(EVENTS_TABLE.c.type.in_(types))
+        sql, params = count_events_query(run_id, types=types)
         with self.transaction(write=False) as conn:
-            return int(conn.execute(stmt).scalar_one())
+            return int(conn.execute(text(sql), params).scalar_one())
 
     def seq_stats(self, run_id: str) -> tuple[int, int | None, int | None]:
         """``(count, min seq, max seq)`` of the run's stored events (``(0, None, None)`` if none);
@@ -340,6 +337,6 @@ class Store:
             row = conn.execute(stmt).first()
         return None if row is None else (int(row.seq), dict(row.state))
 
-    def _rows(self, stmt: Select[Any], row_type: type[R]) -> list[R]:
+    def _rows(self, stmt: Select[Any] | TextualSelect, row_type: type[R]) -> list[R]:
         with self.transaction(write=False) as conn:
             return [row_type(**row._mapping) for row in conn.execute(stmt)]

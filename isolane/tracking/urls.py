@@ -26,7 +26,7 @@ __all__ = ["DB_FILENAME", "DEFAULT_HOME", "ENV_URL", "display_url", "normalize_u
 ENV_URL: Final = settings.DB_URL_ENV
 #: Default directory of the embedded SQLite database (relative to the working directory).
 DEFAULT_HOME: Final = settings.DEFAULT_HOME
-DB_FILENAME: Final = "isolane.db"
+DB_FILENAME: Final = settings.DB_FILENAME
 
 _ACCEPTED: Final = "sqlite:///path/to/isolane.db or postgresql+psycopg://user:password@host:5432/dbname"
 _ALIASES: Final = {"postgres": "postgresql"}
@@ -45,8 +45,7 @@ def resolve_url(url: str | URL | None = None, *, home: Path | str | None = None)
     if url is None:
         url = settings.db_url()
     if url is None:
-        path = Path(home) if home is not None else DEFAULT_HOME
-        url = URL.create("sqlite", database=str(path / DB_FILENAME))
+        url = URL.create("sqlite", database=str(settings.default_db_file(home)))
     return normalize_url(url)
 
 
