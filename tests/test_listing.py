@@ -3,11 +3,15 @@ same statements, and steps aside (to the Store) whenever it cannot serve."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from isolane import settings
@@ -98,6 +102,38 @@ def test_a_failed_read_is_done_again_by_the_store(tmp_path: Path) -> None:
         reader._connection.execute("CREATE TEMP VIEW runs AS SELECT 1 AS x")  # shadows runs
         assert reader.list_runs() == expected
         assert reader.count_events("run-2") == 3
+
+
+def test_isolane_runs_loads_neither_sqlalchemy_nor_pydantic(tmp_path: Path) -> None:
+    """`isolane runs` on the default SQLite file imports no SQLAlchemy, Alembic or pydantic
+    (DESIGN.md "Performance targets"); with --db it reads through the Store as before."""
+    home = tmp_path / "home"
+    with Store.open(None, home=home) as store:
+        _fill(store)
+    probe = ("import sys\n"
+             "from isolane.cli.app import app\n"
+             "code = app.main(sys.argv[1:], prog_name='isolane')\n"
+             "heavy = ('sqlalchemy', 'alembic', 'pydantic')\n"
+             "print(code, ' '.join(n for n in heavy if n in sys.modules), file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISOLANE_")} | {"COLUMNS": "200"}
+    for args, loaded in [(["--home", str(home), "-n", "3", "--status", "completed"], ""),
+                         (["--db", f"sqlite:///{settings.default_db_file(home)}"], "sqlalchemy")]:
+        proc = subprocess.run([sys.executable, "-c", probe, "runs", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        code, _, modules = proc.stderr.strip().splitlines()[-1].partition(" ")
+        assert code == "0", proc.stderr
+        assert "run-3" in proc.stdout and "run-0" in proc.stdout, proc.stdout
+        assert modules.split() == ([loaded] if loaded else []), proc.stderr
+
+
+@pytest.mark.parametrize("args", [("-n", "x"), ("--home", "/etc/passwd")])
+def test_bad_values_keep_typers_messages(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Values the plain coercion does not take still get typer's own error."""
+    proc = subprocess.run([sys.executable, "-m", "isolane.cli", "runs", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: Invalid value for"), proc.stderr
+    assert ("valid integer" if "-n" in args else "is a file") in proc.stderr
 
 
 def test_engine_json_columns_read_as_the_reader_reads_them(tmp_path: Path) -> None:
