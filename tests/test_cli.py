@@ -293,6 +293,19 @@ def test_exit_code_table_is_in_the_help(workdir: Path) -> None:
     assert "2  bad input" in EXIT_CODES_HELP
 
 
+def test_help_lists_every_command_in_order(workdir: Path) -> None:
+    """`isolane --help` lists the commands whose module loads only when used, in their order,
+    then those of isolane.cli.app; each one's own --help works."""
+    names = ["run", "resume", "branch", "play-from", "race", "compare", "recover", "cost", "dag",
+             "serve", "files", "checkout", "export", "requests", "answer", "runs", "show", "events"]
+    listed = [line.split()[1] for line in cli("--help", cwd=workdir).stdout.splitlines()
+              if line.startswith("│ ") and len(line.split()) > 2 and line.split()[1] in names]
+    assert listed == names
+    for name in ("race", "serve", "answer"):
+        proc = cli(name, "--help", cwd=workdir)
+        assert proc.returncode == 0 and f"isolane {name}" in proc.stdout, proc.stderr
+
+
 def _cli_modules() -> Iterator[str]:
     for path in sorted((Path(__file__).parent.parent / "isolane" / "cli").glob("*.py")):
         yield "isolane.cli" if path.stem == "__init__" else f"isolane.cli.{path.stem}"

@@ -6,13 +6,14 @@ from __future__ import annotations
 import sys
 
 from isolane.cli.app import main
-from isolane.cli.run import run_isolated_main
 
 __all__: list[str] = []
 
 
 def _dispatch(argv: list[str]) -> None:
     if argv[:1] == ["run-isolated"]:
+        from isolane.cli.run import run_isolated_main
+
         run_isolated_main(argv[1:])
     main(argv)
 

@@ -17,20 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 import orjson
 import typer
 
-from isolane.cli.answering import answer_command, requests_command
-from isolane.cli.branching import (
-    branch_command,
-    compare_command,
-    play_from_command,
-    race_command,
-)
 from isolane.cli.codes import EXIT_CODES_HELP, EXIT_INTERRUPTED
 from isolane.cli.console import CliApp, fail, out
-from isolane.cli.cost import cost_command
-from isolane.cli.dag import dag_command
-from isolane.cli.durability import recover_command, resume_command
-from isolane.cli.export import export_command
-from isolane.cli.files import checkout_command, files_command
+from isolane.cli.lazy import LazyCommand, lazy_group
 from isolane.cli.options import (
     DbOption,
     HomeOption,
@@ -46,8 +35,6 @@ from isolane.cli.render import (
     runs_table,
     show_page,
 )
-from isolane.cli.run import RUN_HELP, run_command
-from isolane.cli.serve import serve_command
 from isolane.tracking.cost import roll_up
 from isolane.tracking.rows import RUN_STATUSES
 
@@ -61,31 +48,34 @@ _PAGE: Final = 2000
 #: Between two reads of another process's database while following a run.
 _FOLLOW_INTERVAL: Final = 0.25
 
+#: The commands defined in other modules, in the order the help lists them; each module is
+#: imported only when its command runs (or the help lists them all): see isolane.cli.lazy.
+_ELSEWHERE: Final = {
+    "run": LazyCommand("isolane.cli.run", "run_command", help="RUN_HELP"),
+    "resume": LazyCommand("isolane.cli.durability", "resume_command"),
+    "branch": LazyCommand("isolane.cli.branching", "branch_command"),
+    "play-from": LazyCommand("isolane.cli.branching", "play_from_command"),
+    "race": LazyCommand("isolane.cli.branching", "race_command"),
+    "compare": LazyCommand("isolane.cli.branching", "compare_command"),
+    "recover": LazyCommand("isolane.cli.durability", "recover_command"),
+    "cost": LazyCommand("isolane.cli.cost", "cost_command"),
+    "dag": LazyCommand("isolane.cli.dag", "dag_command"),
+    "serve": LazyCommand("isolane.cli.serve", "serve_command"),
+    "files": LazyCommand("isolane.cli.files", "files_command"),
+    "checkout": LazyCommand("isolane.cli.files", "checkout_command"),
+    "export": LazyCommand("isolane.cli.export", "export_command"),
+    "requests": LazyCommand("isolane.cli.answering", "requests_command"),
+    "answer": LazyCommand("isolane.cli.answering", "answer_command"),
+}
+
 app: Final = CliApp(
     name="isolane",
     help=f"Run workflows in isolated worker processes and inspect what they stored.\n\n{EXIT_CODES_HELP}",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
+    cls=lazy_group(_ELSEWHERE),
 )
-app.command("run", help=RUN_HELP)(run_command)
-app.command("resume")(resume_command)
-app.command("branch")(branch_command)
-app.command("play-from")(play_from_command)
-app.command("race")(race_command)
-app.command("compare")(compare_command)
-app.command("recover")(recover_command)
-app.command("cost")(cost_command)
-app.command("dag")(dag_command)
-app.command("serve")(serve_command)
-app.command("files")(files_command)
-app.command("checkout")(checkout_command)
-app.command("export")(export_command)
-app.command("requests")(requests_command)
-app.command("answer")(answer_command)
-
-
-
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS)
 

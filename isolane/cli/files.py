@@ -21,7 +21,6 @@ from rich.text import Text
 from isolane.cli.console import out
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, RunArg, open_store
 from isolane.cli.render import format_time, short_id
-from isolane.schemas.blobs import BlobStore
 
 if TYPE_CHECKING:
     from isolane.tracking.workspace import WorkspaceFile
@@ -106,6 +105,7 @@ def checkout_command(
     json_: JsonOption = False,
 ) -> None:
     """Write a run's workspace, as it was when node NODE ended, into DIR byte for byte."""
+    from isolane.schemas.blobs import BlobStore
     from isolane.tracking.workspace import files_at, write_workspace
 
     location = Location.of(db, home)

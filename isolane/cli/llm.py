@@ -31,14 +31,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
 from isolane.cli.console import fail
-from isolane.references import CheckedRef, check_workflow_ref
 from isolane.tracking.rows import RunRow
-from isolane.workflow import builtin_workflows
+
+if TYPE_CHECKING:
+    from isolane.references import CheckedRef
 
 __all__ = [
     "BASE_URL_ENV",
@@ -96,6 +97,7 @@ def _offline_endpoint(wf: CheckedRef) -> Iterator[dict[str, str]]:
         yield {}
         return
     from isolane.offline.server import FakeLLM
+    from isolane.workflow import builtin_workflows
     from isolane.workflows import OFFLINE_API_KEY, OFFLINE_URL_ENV, offline_script_for
 
     script = offline_script_for(builtin_workflows()[wf.name])
@@ -159,6 +161,8 @@ def llm_for_stored_run(row: RunRow, changes: Sequence[Mapping[str, Any]] = ({},)
         yield env
         return
     # Checked, never imported here: a user's module serves its own script in its worker.
+    from isolane.references import check_workflow_ref
+
     wf = check_workflow_ref(str(row.meta.get("workflow_ref") or row.workflow))
     with _offline_endpoint(wf) as offline_env:
         yield {**offline_env, **env}  # a provider key, when one is needed, serves the endpoint too

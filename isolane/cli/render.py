@@ -10,16 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from isolane.schemas.envelope import Event
 from isolane.tracking.cost import CostTotals, money, totals_of_update
 from isolane.tracking.rows import DagEdgeRow, DagNodeRow, DiagnosticRow, RunRow
+
+if TYPE_CHECKING:
+    from isolane.schemas.envelope import Event
 
 __all__ = [
     "STATUS_STYLES",

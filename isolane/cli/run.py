@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING, Annotated, Final, NoReturn, Protocol, TextIO
 import anyio
 import orjson
 import typer
-from rich.live import Live
 from rich.text import Text
 
 from isolane.backends.registry import BACKENDS
 from isolane.cli.codes import EXIT_CODES_HELP, exit_code_for
 from isolane.cli.console import CliApp, err, out
-from isolane.cli.live import RunView
 from isolane.cli.llm import BaseUrlOption, LlmOption, ModelOption, llm_for_run
 from isolane.cli.options import DbOption, HomeOption, JsonOption, Location, parse_config
-from isolane.cli.prompt import Prompter
 from isolane.cli.render import error_text, event_line, format_duration, short
-from isolane.references import check_workflow_ref
 
 if TYPE_CHECKING:
+    from rich.live import Live
+
+    from isolane.cli.live import RunView
+    from isolane.cli.prompt import Prompter
     from isolane.executor.executor import Executor
     from isolane.executor.run import Outcome, RunHandle
     from isolane.schemas.envelope import Event
@@ -174,6 +174,8 @@ class _LiveSink:
         self._live: Live | None = None
 
     def start(self, run_id: str) -> None:
+        from isolane.cli.live import RunView
+
         self._view = RunView(run_id, workflow=self._workflow, task=self._task)
         self.resume()
 
@@ -184,6 +186,8 @@ class _LiveSink:
     def resume(self) -> None:
         """Draw the live view again, below whatever was printed meanwhile."""
         if self._view is not None and self._live is None:
+            from rich.live import Live
+
             self._live = Live(self._view, console=out, auto_refresh=False, transient=False,
                               redirect_stdout=False, redirect_stderr=False)
             self._live.start(refresh=True)
@@ -249,6 +253,8 @@ Starter = Callable[["Executor"], Awaitable["RunHandle"]]
 
 def _prompter(handle: RunHandle, sink: _Sink) -> Prompter | None:
     """A live view on a terminal with a person at it asks them the run's questions."""
+    from isolane.cli.prompt import Prompter
+
     if not isinstance(sink, _LiveSink) or not Prompter.possible(out):
         return None
     return Prompter(lambda request_id, text: handle.answer(request_id, text, source="terminal"),
@@ -321,6 +327,8 @@ def run_command(
 
     resolve_url(location.db, home=location.home)  # a bad --db fails now, before a worker starts
     # A bad reference fails now, before a worker starts; the module is imported by the worker only.
+    from isolane.references import check_workflow_ref
+
     wf = check_workflow_ref(workflow)
     with llm_for_run(wf, parsed, llm=llm, model=model, base_url=base_url) as (run_config, llm_env):
         spec = RunSpec(workflow=workflow, task=task, config=run_config, name=name, timeout=timeout,
