@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def test_the_sqlite_reader_lists_what_the_store_lists(db_url: str, tmp_path: Pat
         _fill(local)
         reader = SqliteRunReader.open(home)
         assert reader is not None
-        with reader:
+        with closing(reader):
             for filters in _FILTERS:
                 rows = reader.list_runs(**filters)
                 assert rows == store.list_runs(**filters), filters
@@ -98,7 +99,7 @@ def test_a_failed_read_is_done_again_by_the_store(tmp_path: Path) -> None:
         expected = store.list_runs()
     reader = SqliteRunReader.open(home)
     assert reader is not None
-    with reader:
+    with closing(reader):
         reader._connection.execute("CREATE TEMP VIEW runs AS SELECT 1 AS x")  # shadows runs
         assert reader.list_runs() == expected
         assert reader.count_events("run-2") == 3
@@ -149,5 +150,5 @@ def test_engine_json_columns_read_as_the_reader_reads_them(tmp_path: Path) -> No
     engine.dispose()
     reader = SqliteRunReader.open(home)
     assert reader is not None
-    with reader, Store.open(None, home=home) as store:
+    with closing(reader), Store.open(None, home=home) as store:
         assert reader.list_runs()[0].result == 7 == store.list_runs()[0].result

@@ -7,7 +7,7 @@ become a :class:`Location` that opens the store for the read-only commands (:fun
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -97,7 +97,7 @@ def open_lister(location: Location) -> Iterator[RunLister]:
         with open_store(location) as store:
             yield store
         return
-    with reader:
+    with closing(reader):
         yield reader
 
 

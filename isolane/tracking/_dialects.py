@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Table, event, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.dml import Insert
@@ -137,6 +135,8 @@ def _sqlite_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
 
 
 def _sqlite_insert_ignore(table: Table, keys: Sequence[str]) -> Insert:
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
@@ -196,6 +196,8 @@ def _pg_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
 
 
 def _pg_insert_ignore(table: Table, keys: Sequence[str]) -> Insert:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
     return pg_insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 

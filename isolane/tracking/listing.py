@@ -21,8 +21,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -179,13 +178,7 @@ class SqliteRunReader:
         return int(count)
 
     def close(self) -> None:
+        """Close the connection (and the Store, if a failed read opened one)."""
         self._connection.close()
         if self._store is not None:
             self._store.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

@@ -41,8 +41,8 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from isolane.tracking.rows import RUN_STATUSES
 
@@ -77,8 +77,25 @@ NAMING_CONVENTION: Final = {
 #: Every status a DAG node can have.
 NODE_STATUSES: Final = frozenset({"pending", "running", "completed", "failed", "skipped", "cancelled"})
 
+class _JSON(TypeDecorator[Any]):
+    """JSON as text on SQLite, JSONB on PostgreSQL; Python ``None`` becomes SQL ``NULL``.
+
+    The PostgreSQL type is chosen when a PostgreSQL dialect asks, so a store on SQLite never
+    imports SQLAlchemy's PostgreSQL dialect (DESIGN.md, "Performance targets")."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+
 #: JSON as text on SQLite, JSONB on PostgreSQL; Python ``None`` becomes SQL ``NULL``.
-JSONType: Final[TypeEngine[Any]] = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+JSONType: Final[TypeEngine[Any]] = _JSON()
 
 # SQLite only aliases the rowid (a cheap autoincrement key) for a column declared exactly
 # ``INTEGER PRIMARY KEY``; PostgreSQL gets a 64-bit key for the tables that grow without bound.
