@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import sqlalchemy as sa
 
 from isolane import settings
@@ -106,7 +105,7 @@ def test_a_failed_read_is_done_again_by_the_store(tmp_path: Path) -> None:
 
 
 def test_isolane_runs_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
-    """`isolane runs` on the default SQLite file imports no SQLAlchemy, Alembic or pydantic, nor
+    """`isolane runs` on the default SQLite file imports no SQLAlchemy or Alembic, nor
     the modules of other commands (DESIGN.md "Performance targets"); with --db it reads through
     the Store as before."""
     home = tmp_path / "home"
@@ -131,7 +130,7 @@ def test_isolane_runs_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [("-n", "x"), ("--home", "/etc/passwd")])
 def test_bad_values_keep_typers_messages(tmp_path: Path, args: tuple[str, ...]) -> None:
-    """Values the plain coercion does not take still get typer's own error."""
+    """Bad values get typer's own error, with the exit code of a usage error."""
     proc = subprocess.run([sys.executable, "-m", "isolane.cli", "runs", *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2

@@ -21,7 +21,6 @@ import typer
 from rich.console import Console
 
 from isolane.cli.codes import EXIT_USAGE
-from isolane.cli.coercion import skip_pydantic
 from isolane.errors import IsolaneError, WorkflowNotFound
 
 __all__ = ["CliApp", "UsageFailure", "err", "fail", "one_line", "out"]
@@ -131,7 +130,6 @@ class CliApp(typer.Typer):
     def main(self, args: Sequence[str] | None = None, *, prog_name: str | None = None) -> int:
         """Run the command line ``args`` (default ``sys.argv[1:]``); return the exit code."""
         _configure_logging()
-        skip_pydantic()
         command = typer.main.get_command(self)
         try:
             rv = command.main(args=list(args) if args is not None else None, prog_name=prog_name,
