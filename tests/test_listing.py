@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from isolane import settings
@@ -114,7 +115,7 @@ def test_isolane_runs_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
     probe = ("import sys\n"
              "from isolane.cli.app import app\n"
              "code = app.main(sys.argv[1:], prog_name='isolane')\n"
-             "heavy = ('sqlalchemy', 'alembic', 'pydantic', 'isolane.executor', 'isolane.cli.run',\n"
+             "heavy = ('sqlalchemy', 'alembic', 'isolane.executor', 'isolane.cli.run',\n"
              "         'isolane.cli.branching', 'isolane.cli.serve')\n"
              "print(code, ' '.join(n for n in heavy if n in sys.modules), file=sys.stderr)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ISOLANE_")} | {"COLUMNS": "200"}
