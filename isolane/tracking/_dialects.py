@@ -7,7 +7,7 @@ lock that serializes migrations. Everything else in :mod:`isolane.tracking` is p
 * **SQLite** — ``PRAGMA`` set-up on every new connection; SQLAlchemy emits ``BEGIN`` itself
   (``BEGIN IMMEDIATE`` for writes, so a writer takes the lock up front and waits
   ``busy_timeout`` instead of failing on a read-to-write upgrade); events go in through the
-  ``sqlite3`` cursor's ``executemany`` with ``INSERT OR IGNORE``; migrations are serialized by
+  ``sqlite3`` cursor, up to 256 rows per ``INSERT OR IGNORE`` statement; migrations are serialized by
   the ``BEGIN IMMEDIATE`` write lock itself.
 * **PostgreSQL** (psycopg 3) — events go in as one ``INSERT … SELECT FROM unnest(arrays) ON
   CONFLICT DO NOTHING`` (one round trip per batch); migrations hold a transaction-scoped
@@ -20,6 +20,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,7 +76,15 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
-_SQLITE_INSERT_EVENTS: Final = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+#: Rows per ``INSERT`` statement, largest first: a batch goes in as few statements as these sizes
+#: make up (256 rows are 1,536 parameters, far below SQLite's 32,766), each compiled once and
+#: kept in the connection's statement cache.
+_SQLITE_ROWS_PER_INSERT: Final = (256, 32, 4, 1)
+_SQLITE_INSERT_EVENTS: Final = {
+    rows: f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES "
+          + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    for rows in _SQLITE_ROWS_PER_INSERT
+}
 
 
 def _sqlite_normalize_url(url: URL) -> URL:
@@ -120,16 +129,30 @@ def _sqlite_prepare(engine: Engine) -> None:
 
 
 def _sqlite_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
-    # The driver cursor directly: no per-row work in SQLAlchemy on the hot path. Its errors are
-    # wrapped as SQLAlchemy would (the store tells an outage from a refused row by those types).
+    """Insert through the driver's cursor, many rows per statement.
+
+    ``executemany`` steps the statement once per row, and the ``sqlite3`` module lets go of the
+    GIL around every step: with the event loop busy on the same GIL, each row then waits for it
+    again, up to a switch interval. A statement of 256 rows is bound in one C loop and stepped
+    once, so the insert runs mostly outside the GIL (and about 1.5x faster alone). No per-row
+    work in SQLAlchemy either; errors are wrapped as SQLAlchemy would wrap them (the store
+    tells an outage from a refused row by those types).
+    """
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    inserted = at = 0
+    sql = _SQLITE_INSERT_EVENTS[1]
     try:
-        cursor.executemany(_SQLITE_INSERT_EVENTS, events)
-        return int(cursor.rowcount)
+        for rows in _SQLITE_ROWS_PER_INSERT:
+            sql = _SQLITE_INSERT_EVENTS[rows]
+            while len(events) - at >= rows:
+                cursor.execute(sql, list(chain.from_iterable(events[at:at + rows])))
+                inserted += cursor.rowcount
+                at += rows
+        return inserted
     except sqlite3.Error as exc:
-        raise DBAPIError.instance(_SQLITE_INSERT_EVENTS, None, exc, sqlite3.Error) from exc
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
     except (OverflowError, TypeError, ValueError) as exc:  # a value sqlite3 cannot bind
-        raise StatementError(str(exc), _SQLITE_INSERT_EVENTS, None, exc) from exc
+        raise StatementError(str(exc), sql, None, exc) from exc
     finally:
         cursor.close()
 
