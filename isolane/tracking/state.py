@@ -14,12 +14,15 @@ worker and the parent never rewrites a growing state while a run is live.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from isolane.tracking.store import Store
-from isolane.tracking.workspace import file_baseline
+from isolane.tracking.workspace import FILE_EVENT_TYPES, file_baseline
 
 __all__ = ["current_state", "fold_snapshots", "resume_state"]
+
+#: What a resume reads of a run's events: its snapshots and its file history.
+_STATE_EVENT_TYPES: Final = ("state_snapshot", *FILE_EVENT_TYPES)
 
 
 def fold_snapshots(snapshots: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -38,21 +41,24 @@ def fold_snapshots(snapshots: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[s
 
 
 def resume_state(store: Store, run_id: str, *, upto_seq: int | None = None) -> dict[str, Any]:
-    """The state a new worker of ``run_id`` starts from (events after ``upto_seq`` ignored)."""
+    """The state a new worker of ``run_id`` starts from (events after ``upto_seq`` ignored).
+
+    One pass over the run's events reads both its snapshots and its file events; the last
+    ``seq`` is the run row's (``runs.last_seq``), not a count over its events.
+    """
     row = store.get_run(run_id)
     nodes, _ = store.dag(row.id)
-    snapshots = store.events(row.id, types=["state_snapshot"])
+    events = store.events(row.id, types=_STATE_EVENT_TYPES)
     if upto_seq is not None:
-        snapshots = [e for e in snapshots if e.seq <= upto_seq]
-    folded = fold_snapshots((e.seq, e.data) for e in snapshots)
-    _, _, high = store.seq_stats(row.id)
+        events = [e for e in events if e.seq <= upto_seq]
+    folded = fold_snapshots((e.seq, e.data) for e in events if e.type == "state_snapshot")
     return {
         "completed": {n.node_id: n.meta.get("result") for n in nodes if n.status == "completed"},
         "nodes": {n.node_id: n.parent_node_id for n in nodes},
         "phase": row.phase,
-        "last_seq": high or 0,
+        "last_seq": row.last_seq,
         # The files earlier workers reported: a new worker continues their versions.
-        "files": file_baseline(store, row.id, upto_seq=upto_seq),
+        "files": file_baseline(e for e in events if e.type in FILE_EVENT_TYPES),
         **folded,
     }
 
@@ -61,9 +67,8 @@ def current_state(store: Store, run_id: str) -> dict[str, Any]:
     """The run's latest consistent state: the kept one while it is current (no event since),
     else rebuilt with :func:`resume_state` and kept."""
     row = store.get_run(run_id)
-    _, _, high = store.seq_stats(row.id)
     kept = store.session_state(row.id)
-    if kept is not None and kept[0] == (high or 0):
+    if kept is not None and kept[0] == row.last_seq:
         return kept[1]
     state = resume_state(store, row.id)
     store.put_session_state(row.id, state["last_seq"], state)

@@ -106,8 +106,13 @@ def _row(event: Event) -> WorkspaceFile | None:
 def file_versions(store: Store, run_id: str, *, upto_seq: int | None = None) -> list[WorkspaceFile]:
     """Every recorded version of every file of the run (deletions included), in seq order;
     only those with ``seq <= upto_seq`` when given."""
+    return versions_of(store.events(run_id, types=FILE_EVENT_TYPES), upto_seq=upto_seq)
+
+
+def versions_of(events: Iterable[Event], *, upto_seq: int | None = None) -> list[WorkspaceFile]:
+    """The file versions that a run's file events (in seq order) record, up to ``upto_seq``."""
     rows: list[WorkspaceFile] = []
-    for event in store.events(run_id, types=FILE_EVENT_TYPES):
+    for event in events:
         if upto_seq is not None and event.seq > upto_seq:
             break
         row = _row(event)
@@ -158,13 +163,13 @@ def files_at(store: Store, run_id: str, node_id: str) -> dict[str, WorkspaceFile
     return files_upto(store, run_id, node_end_seq(store, run_id, node_id))
 
 
-def file_baseline(store: Store, run_id: str, *, upto_seq: int | None = None
-                  ) -> dict[str, dict[str, Any]]:
-    """What a new worker of the run starts from: each path's last version, deleted or not,
-    in the shape of :data:`isolane.worker.files.FILES_RESUME_KEY`."""
+def file_baseline(events: Iterable[Event]) -> dict[str, dict[str, Any]]:
+    """What a new worker of the run starts from, given the run's file events in seq order
+    (:data:`FILE_EVENT_TYPES`): each path's last version, deleted or not, in the shape of
+    :data:`isolane.worker.files.FILES_RESUME_KEY`."""
     return {path: {"version": row.version, "sha256": row.sha256, "size": row.size,
                    "deleted": row.deleted}
-            for path, row in _latest(file_versions(store, run_id, upto_seq=upto_seq)).items()}
+            for path, row in _latest(versions_of(events)).items()}
 
 
 # -- writing a workspace out -----------------------------------------------------------------------
