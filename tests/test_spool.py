@@ -349,6 +349,26 @@ def test_the_spool_limit_stops_the_run_and_keeps_a_reserve_for_its_end(tmp_path:
     assert (tmp_path / "events.jsonl").stat().st_size <= 50_000 + 20_000 + mmap.PAGESIZE
 
 
+def test_a_spool_already_past_its_limit_is_reported_at_the_first_event(tmp_path: Path) -> None:
+    """A resumed run whose earlier attempts filled the spool past max_bytes is stopped at its
+    first event, not only when a new window is mapped."""
+    path = tmp_path / "events.jsonl"
+    first = Emitter("r", spool=SpoolWriter(path), pipe_fd=None, heartbeat_interval=3600)
+    for i in range(300):
+        first.emit("custom", {"name": "x", "pad": "p" * 200, "i": i})
+    first.close()
+    full: list[int] = []
+    again = Emitter("r", spool=SpoolWriter(path, max_bytes=30_000), pipe_fd=None, start_seq=300,
+                    on_full=full.append, heartbeat_interval=3600)
+    try:
+        assert again.emit("custom", {"name": "after"}) == 301
+        assert full == [again.spool_tail]
+        again.emit("custom", {"name": "still fits in the reserve"})
+        assert len(full) == 1
+    finally:
+        again.close()
+
+
 def test_emit_from_a_repr_inside_emit_is_refused_instead_of_deadlocking(tmp_path: Path) -> None:
     """A value whose __repr__ emits (re-entering emit on its thread) gets a clear error there;
     the outer event is kept, with the failure as the value's text."""

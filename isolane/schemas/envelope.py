@@ -50,6 +50,7 @@ __all__ = [
     "decode_frame",
     "decode_lines",
     "encode_event",
+    "encode_plain_event",
     "event_from_row",
 ]
 
@@ -87,12 +88,20 @@ def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | No
     lets a newline end a record in the spool (see :mod:`isolane.schemas.spool`). Values orjson
     cannot encode are rendered with ``repr`` rather than dropping the event.
     """
-    envelope = {"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
-                "node_id": node_id, "data": data}
     try:
-        return _dumps(envelope)  # the common case: plain JSON types (the fastest call)
+        return encode_plain_event(run_id, seq, ts, type_, node_id, data)
     except TypeError:  # non-string keys, numpy values, objects JSON cannot hold
-        return _dumps(envelope, default=_default, option=_ENCODE_OPTIONS)
+        return _dumps({"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
+                       "node_id": node_id, "data": data}, default=_default, option=_ENCODE_OPTIONS)
+
+
+def encode_plain_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
+                       data: dict[str, Any]) -> bytes:
+    """:func:`encode_event` for plain JSON values only (the worker's hot path): raises
+    ``TypeError`` for anything else. It calls no ``__repr__`` (no user code can emit from
+    inside it), so the emitter guards only the fallback against re-entry."""
+    return _dumps({"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
+                   "node_id": node_id, "data": data})
 
 
 # -- decoding (parent side) ------------------------------------------------------------------------

@@ -110,7 +110,10 @@ class RunContext:
     def emit(self, name: str, /, **data: Any) -> int:
         """Emit a workflow event of type ``custom`` named ``name``; return its ``seq``."""
         data["name"] = name
-        return self._emitter.emit("custom", data, self.current_node)
+        node = _current_node.get()  # self.current_node, inlined: a workflow may emit a lot
+        if node is None and self._last_entered:
+            node = self._last_entered[-1]
+        return self._emitter.emit("custom", data, node)
 
     def emit_event(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
         """Emit a typed event (``isolane.schemas.payloads``: ``agent_message``, ``tool_call``,

@@ -35,15 +35,17 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
-from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event
+from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event, encode_plain_event
 from isolane.schemas.spool import DOORBELL, SpoolError
 from isolane.worker.spool_writer import SpoolWriter
 
 __all__ = ["Emit", "Emitter", "EmitterClosed"]
 
 log = logging.getLogger(__name__)
+
+_now: Final = time.time  # bound once: emit() is the hot path
 
 #: A single event larger than this is replaced by an ``error`` event that says so.
 MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
@@ -104,7 +106,7 @@ class Emitter:
         self._lock = threading.RLock()
         self._bell = threading.Condition(self._lock)
         self._rung = False  # a doorbell is due: the bell thread has been woken for it
-        self._encoding = False  # emit() is inside its encode (a __repr__ that emits re-enters)
+        self._refusing = False  # closed, or inside an encode that runs user code: emit() refuses
         self._linger = linger
         self._heartbeat_interval = heartbeat_interval
         #: Applied to each encoded record: the spool holds redacted bytes only.
@@ -132,31 +134,39 @@ class Emitter:
     def emit(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
         """Write one event to the spool and return its ``seq``; it is durable when this returns."""
         with self._lock:
-            if self._closed:
-                raise EmitterClosed(f"emitter of run {self.run_id} is closed")
-            if self._encoding:
-                raise RuntimeError("emit() was called while another event was being encoded on "
-                                   "this thread (from a __repr__ of its data?); emit it after")
-            self._encoding = True  # encoding may call a value's __repr__ (user code)
+            if self._refusing:  # closed, or inside the encoding of another event on this thread
+                self._refuse()
+            self._seq = seq = self._seq + 1
             try:
-                self._seq = seq = self._seq + 1
-                record = self._redact(encode_event(self.run_id, seq, time.time(), type_, node_id,
-                                                   data))
-            finally:
-                self._encoding = False
+                record = encode_plain_event(self.run_id, seq, _now(), type_, node_id, data)
+            except TypeError:  # values JSON cannot hold: rendered with repr (user code)
+                record = self._encode_any(seq, type_, node_id, data)
+            record = self._redact(record)
             if len(record) > MAX_EVENT_BYTES:
                 record = self._too_large(seq, type_, node_id, len(record))
             try:
-                self._append(record)
+                if self._append(record) and not self._full:  # true once past the spool's limit
+                    self._full = True
+                    self._report_full()
             except SpoolError as exc:
                 raise EmitterClosed(str(exc)) from exc
-            if self._spool.over_limit and not self._full:
-                self._full = True
-                self._report_full()
             if not self._rung:
                 self._rung = True
                 self._bell.notify()
         return seq
+
+    def _refuse(self) -> NoReturn:
+        if self._closed:
+            raise EmitterClosed(f"emitter of run {self.run_id} is closed")
+        raise RuntimeError("emit() was called while another event was being encoded on this "
+                           "thread (from a __repr__ of its data?); emit it after")
+
+    def _encode_any(self, seq: int, type_: str, node_id: str | None, data: dict[str, Any]) -> bytes:
+        self._refusing = True  # a __repr__ that emits re-enters emit(): refused
+        try:
+            return encode_event(self.run_id, seq, _now(), type_, node_id, data)
+        finally:
+            self._refusing = self._closed
 
     def _too_large(self, seq: int, type_: str, node_id: str | None, size: int) -> bytes:
         log.warning("event %s of type %s is %d bytes; replaced by an error event", seq, type_, size)
@@ -181,7 +191,7 @@ class Emitter:
         with self._lock:
             if self._finished:
                 return
-            self._finished = self._closed = True
+            self._finished = self._closed = self._refusing = True
             self._bell.notify_all()
         self._thread.join()
         self.flush()

@@ -85,24 +85,33 @@ class SpoolWriter:
         self._at = 0  # where the next record goes, in the window
         self._room = 0  # the window's size
         self._remap(complete, 0)
+        if self.over_limit:  # already past it (an earlier attempt): the first append says so
+            self._room = 0
 
     @property
     def tail(self) -> int:
         """The offset just after the last record written: where the next one goes."""
         return self._base + self._at
 
-    def append(self, record: bytes) -> None:
-        """Write one record (JSON bytes without newline) and publish it."""
+    def append(self, record: bytes) -> bool | None:
+        """Write one record (JSON bytes without newline) and publish it.
+
+        Returns :attr:`over_limit` when a window was mapped for it (the only time the limit is
+        checked), else ``None``: a caller learns of the limit at no cost per record.
+        """
         at = self._at
         end = at + len(record)
+        over = None
         if end >= self._room:
             self._remap(self._base + at, len(record) + 1)
             at = self._at
             end = at + len(record)
+            over = self.over_limit
         window = self._map
         window[at:end] = record  # type: ignore[index]
         window[end] = _NEWLINE  # type: ignore[index]  # stored after the bytes: now complete
         self._at = end + 1
+        return over
 
     def _remap(self, pos: int, need: int) -> None:
         base = pos - pos % _PAGE
