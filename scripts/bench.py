@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
 import os
@@ -141,6 +142,28 @@ def _raw_sqlite_rate(tmp: Path, n: int) -> float:
     return n / elapsed
 
 
+def _raw_multirow_rate(tmp: Path, n: int) -> float:
+    """The best plain ``sqlite3`` did here: 256 rows per ``INSERT`` statement (the way isolane's
+    store inserts), 1,000 rows per transaction."""
+    conn = _sqlite_conn(tmp / "raw_multirow.db")
+    rows = _rows(n)
+    per = 256
+    insert = "INSERT OR IGNORE INTO events (run_id, seq, ts, type, node_id, data) VALUES "
+    sql, one = insert + ", ".join(["(?,?,?,?,?,?)"] * per), insert + "(?,?,?,?,?,?)"
+    t0 = time.perf_counter()
+    for i in range(0, n, 1000):
+        chunk = rows[i:i + 1000]
+        conn.execute("BEGIN")
+        full = len(chunk) - len(chunk) % per
+        for j in range(0, full, per):
+            conn.execute(sql, list(itertools.chain.from_iterable(chunk[j:j + per])))
+        conn.executemany(one, chunk[full:])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return n / elapsed
+
+
 def _per_event_commit_rate(tmp: Path, n: int) -> float:
     conn = _sqlite_conn(tmp / "per_event.db")
     rows = _rows(n)
@@ -210,6 +233,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         emit = anyio.run(_emit_cost, tmp)
         e2e = anyio.run(_e2e, tmp, n)
         raw = _raw_sqlite_rate(tmp, n)
+        raw_multirow = _raw_multirow_rate(tmp, n)
         per_event_wal = _per_event_commit_rate(tmp, min(n, 20_000))
         per_event = _older_design_rate(tmp, min(n, 2_000))
     e2e_rate = e2e["custom"] / e2e["seconds"]
@@ -227,6 +251,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "per_event_commit_rows_per_s": round(per_event),
         "per_event_commit_wal_rows_per_s": round(per_event_wal),
         "ratio_vs_raw": round(e2e_rate / raw, 3),
+        "raw_sqlite_multirow_rows_per_s": round(raw_multirow),
+        "ratio_vs_raw_multirow": round(e2e_rate / raw_multirow, 3),
         "speedup_vs_per_event_commit": round(e2e_rate / per_event, 1),
         "speedup_vs_per_event_commit_wal": round(e2e_rate / per_event_wal, 1),
         "lost": lost,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from isolane.schemas import (
     event_from_row,
     validate_payload,
 )
+from isolane.schemas.envelope import WireEvent, event_rows
 
 
 def test_encode_then_decode_round_trips() -> None:
@@ -34,6 +36,21 @@ def test_encode_then_decode_round_trips() -> None:
         (1, "custom", None), (2, "dag_node_update", "step_1")]
     assert orjson.loads(decoded.events[0].data_json()) == {"name": "x", "k": [1, 2]}
     assert decoded.types == {"custom", "dag_node_update"}
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=8), st.text(max_size=40) | st.integers(-2**63, 2**63 - 1)),
+                max_size=30))
+def test_rows_built_in_one_pass_are_the_rows_of_each_event(datas: list[dict[str, object]]) -> None:
+    """event_rows (the parent's hot path) gives exactly WireEvent.row of every event, whatever
+    text the payloads hold, and a raw NUL in a payload too (the decoder refuses one; the rows
+    must not depend on that)."""
+    records = b"".join(encode_event("run-a", i, 1.5, "custom", "n" if i % 2 else None,
+                                    {**data, "name": "x"}) + b"\n" for i, data in enumerate(datas, 1))
+    events = decode_lines(records, "run-a").events
+    assert len(events) == len(datas)
+    assert event_rows(events) == [event.row() for event in events]
+    forged = WireEvent(1, "run-a", 1, 1.0, "custom", None, msgspec.Raw(b'{"name":"a\x00b"}'))
+    assert event_rows([forged, *events]) == [forged.row(), *(event.row() for event in events)]
 
 
 def test_records_hold_no_newline_and_no_nul_whatever_the_text() -> None:

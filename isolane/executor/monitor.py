@@ -46,7 +46,7 @@ import anyio
 from isolane.backends.interface import WorkerExit, WorkerHandle
 from isolane.errors import describe_exit
 from isolane.executor.writer import StoreWriter, WriteItem
-from isolane.schemas.envelope import EventRow, WireEvent, decode_lines
+from isolane.schemas.envelope import EventRow, WireEvent, decode_lines, event_rows
 from isolane.schemas.limits import Limits, crash_hint, limit_crash
 from isolane.schemas.outcome import Verdict, last_terminal, verdict
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
@@ -215,7 +215,7 @@ class RunMonitor:
         if events:
             self._expected = events[-1].seq + 1
             # decode_lines checked that every payload is UTF-8.
-            rows.extend([e.row() for e in events])
+            rows.extend(event_rows(events))
             if not decoded.types.isdisjoint(TERMINAL_EVENT_TYPES):
                 self._terminal = last_terminal(events) or self._terminal
         if diagnostics and self._invalid + len(diagnostics) > self.max_invalid:

@@ -53,7 +53,7 @@ from isolane.executor.ownership import owner_alive, owner_stamp
 from isolane.executor.run import Outcome, RunHandle, RunSpec
 from isolane.executor.spool import SpoolFollower, import_spool, probe_spool
 from isolane.executor.writer import WriteItem
-from isolane.schemas.envelope import WireEvent
+from isolane.schemas.envelope import WireEvent, event_rows
 from isolane.schemas.outcome import last_terminal, verdict
 from isolane.schemas.spec import EXIT_CODES
 from isolane.schemas.spool import SpoolError, spool_path
@@ -122,7 +122,7 @@ class _Adoption:
         if self.pid is None and not final and self._learn_pid():
             update.update(worker_pid=self.pid, worker_create_time=self.create_time)
         await self.runs.writer.put(WriteItem(
-            run_id=self.row.id, events=[e.row() for e in events],
+            run_id=self.row.id, events=event_rows(events),
             diagnostics=[DiagnosticRow(self.row.id, now, "spool_invalid", p) for p in problems],
             run_updates={self.row.id: update}))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isolane.errors import StoreRefused
-from isolane.schemas.envelope import WireEvent, decode_lines
+from isolane.schemas.envelope import WireEvent, decode_lines, event_rows
 from isolane.schemas.outcome import last_terminal
 from isolane.schemas.payloads import TERMINAL_EVENT_TYPES
 from isolane.schemas.spool import (
@@ -108,7 +108,7 @@ def _store_events(store: Store, run_id: str, events: list[WireEvent], result: Sp
     and each refused row becomes a ``store_refused`` problem (one bad record never blocks the
     rest of a run's import)."""
     try:
-        return store.write_batch(events=[e.row() for e in events])
+        return store.write_batch(events=event_rows(events))
     except StoreRefused:
         inserted = 0
         for event in events:

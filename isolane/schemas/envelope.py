@@ -31,6 +31,7 @@ readers of stored rows call :func:`event_from_row`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,6 +53,7 @@ __all__ = [
     "encode_event",
     "encode_plain_event",
     "event_from_row",
+    "event_rows",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -126,6 +128,15 @@ class WireEvent(msgspec.Struct, frozen=True):
         """The event as the store keeps it (``data`` as the worker's JSON text, unparsed)."""
         return (self.run_id, self.seq, self.ts, self.type, self.node_id,
                 bytes(self.data).decode("utf-8"))
+
+
+def event_rows(events: Sequence[WireEvent]) -> list[EventRow]:
+    """:meth:`WireEvent.row` of each event, with every ``data`` text decoded in one pass (the
+    parent's hot path: a span holds thousands of events)."""
+    texts = b"\x00".join([event.data for event in events]).decode("utf-8").split("\x00")
+    if len(texts) != len(events):  # a NUL byte in some data (nothing a JSON encoder writes)
+        return [event.row() for event in events]
+    return [(e.run_id, e.seq, e.ts, e.type, e.node_id, text) for e, text in zip(events, texts)]
 
 
 _MAX_SEQ: Final = 2**63
