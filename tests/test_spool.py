@@ -369,6 +369,27 @@ def test_a_spool_already_past_its_limit_is_reported_at_the_first_event(tmp_path:
         again.close()
 
 
+def test_an_event_that_cannot_be_encoded_takes_no_seq(tmp_path: Path) -> None:
+    """emit() that raises while encoding (here: a repr that raises BaseException) leaves no gap:
+    the next event takes the seq it would have had."""
+
+    class Interrupting:
+        def __repr__(self) -> str:
+            raise KeyboardInterrupt
+
+    emitter = Emitter("r", spool=SpoolWriter(tmp_path / "events.jsonl"), pipe_fd=None,
+                      heartbeat_interval=3600)
+    try:
+        assert emitter.emit("custom", {"name": "a"}) == 1
+        with pytest.raises(KeyboardInterrupt):
+            emitter.emit("custom", {"name": "b", "v": Interrupting()})
+        assert emitter.emit("custom", {"name": "c", "big": 2**70}) == 2
+    finally:
+        emitter.close()
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["seq"] for line in lines] == [1, 2]
+
+
 def test_emit_from_a_repr_inside_emit_is_refused_instead_of_deadlocking(tmp_path: Path) -> None:
     """A value whose __repr__ emits (re-entering emit on its thread) gets a clear error there;
     the outer event is kept, with the failure as the value's text."""

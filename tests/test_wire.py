@@ -69,6 +69,23 @@ def test_unencodable_values_are_rendered_not_dropped() -> None:
     assert orjson.loads(event.data_json())["obj"].startswith("<object object")
 
 
+def test_values_orjson_refuses_even_with_repr_are_rendered_key_by_key() -> None:
+    """An int past 64 bits, a cycle and nesting deeper than orjson goes make it raise whatever
+    ``default`` says; the event is kept with those values (only them) as their repr."""
+    cycle: list[object] = []
+    cycle.append(cycle)
+    deep: list[object] = []
+    inner = deep
+    for _ in range(300):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    for value, rendered in [(2**70, str(2**70)), ([2**70], f"[{2**70}]"), (cycle, "[[...]]"),
+                            (deep, "[" * 301 + "]" * 301)]:
+        record = encode_event("r", 1, 0.0, "custom", None, {"name": "x", "v": value, "ok": [1]})
+        (event,) = decode_lines(record + b"\n", "r").events
+        assert orjson.loads(event.data_json()) == {"name": "x", "v": rendered, "ok": [1]}
+
+
 def test_lines_of_the_older_spool_format_are_read() -> None:
     """A spool written before one record per line (a JSON array of envelopes per line) decodes."""
     older = orjson.dumps([{"v": 1, "run_id": "r", "seq": s, "ts": 1.0, "type": "custom",

@@ -51,7 +51,7 @@ __all__ = [
     "decode_frame",
     "decode_lines",
     "encode_event",
-    "encode_plain_event",
+    "envelope",
     "event_from_row",
     "event_rows",
 ]
@@ -82,6 +82,14 @@ _ENCODE_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _dumps: Final = orjson.dumps
 
 
+def envelope(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
+             data: dict[str, Any]) -> dict[str, Any]:
+    """One event's envelope as a dict: what :func:`encode_event` encodes (the worker's emitter
+    keeps one and changes its per-event fields in place, under its lock)."""
+    return {"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
+            "node_id": node_id, "data": data}
+
+
 def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
                  data: dict[str, Any]) -> bytes:
     """Encode one envelope as JSON: a spool record, without its ending newline.
@@ -90,20 +98,26 @@ def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | No
     lets a newline end a record in the spool (see :mod:`isolane.schemas.spool`). Values orjson
     cannot encode are rendered with ``repr`` rather than dropping the event.
     """
+    fields = envelope(run_id, seq, ts, type_, node_id, data)
     try:
-        return encode_plain_event(run_id, seq, ts, type_, node_id, data)
+        return _dumps(fields)  # the common case: plain JSON types (the fastest call)
     except TypeError:  # non-string keys, numpy values, objects JSON cannot hold
-        return _dumps({"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
-                       "node_id": node_id, "data": data}, default=_default, option=_ENCODE_OPTIONS)
+        pass
+    try:
+        return _dumps(fields, default=_default, option=_ENCODE_OPTIONS)
+    except TypeError:  # what orjson refuses even so: an int past 64 bits, a cycle, deep nesting
+        fields["data"] = ({str(key): _encodable(value) for key, value in data.items()}
+                          if isinstance(data, dict) else _default(data))
+        return _dumps(fields, default=_default, option=_ENCODE_OPTIONS)
 
 
-def encode_plain_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
-                       data: dict[str, Any]) -> bytes:
-    """:func:`encode_event` for plain JSON values only (the worker's hot path): raises
-    ``TypeError`` for anything else. It calls no ``__repr__`` (no user code can emit from
-    inside it), so the emitter guards only the fallback against re-entry."""
-    return _dumps({"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
-                   "node_id": node_id, "data": data})
+def _encodable(value: Any) -> Any:
+    """``value`` if orjson encodes it (with :func:`_default`), else its ``repr``."""
+    try:
+        _dumps(value, default=_default, option=_ENCODE_OPTIONS)
+    except TypeError:
+        return _default(value)
+    return value
 
 
 # -- decoding (parent side) ------------------------------------------------------------------------

@@ -37,7 +37,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn, Protocol
 
-from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event, encode_plain_event
+import orjson
+
+from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event, envelope
 from isolane.schemas.spool import DOORBELL, SpoolError
 from isolane.worker.spool_writer import SpoolWriter
 
@@ -46,6 +48,7 @@ __all__ = ["Emit", "Emitter", "EmitterClosed"]
 log = logging.getLogger(__name__)
 
 _now: Final = time.time  # bound once: emit() is the hot path
+_dumps: Final = orjson.dumps
 
 #: A single event larger than this is replaced by an ``error`` event that says so.
 MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
@@ -101,9 +104,11 @@ class Emitter:
         self.run_id = run_id
         self._spool = spool
         self._append = spool.append  # bound once: emit() is the hot path
+        self._envelope = envelope(run_id, start_seq, 0.0, "", None, {})
         self._pipe_fd = pipe_fd
         self._seq = start_seq
         self._lock = threading.RLock()
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._bell = threading.Condition(self._lock)
         self._rung = False  # a doorbell is due: the bell thread has been woken for it
         self._refusing = False  # closed, or inside an encode that runs user code: emit() refuses
@@ -133,14 +138,23 @@ class Emitter:
 
     def emit(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
         """Write one event to the spool and return its ``seq``; it is durable when this returns."""
-        with self._lock:
+        self._acquire()  # not `with`: entering and leaving a with-block costs more than the calls
+        try:
             if self._refusing:  # closed, or inside the encoding of another event on this thread
                 self._refuse()
             self._seq = seq = self._seq + 1
+            fields = self._envelope  # the envelope of encode_event, its fields set in place
+            fields["seq"] = seq
+            fields["ts"] = _now()
+            fields["type"] = type_
+            fields["node_id"] = node_id
+            fields["data"] = data
             try:
-                record = encode_plain_event(self.run_id, seq, _now(), type_, node_id, data)
+                # Plain JSON values: orjson runs no __repr__, nothing here can re-enter emit().
+                record = _dumps(fields)
             except TypeError:  # values JSON cannot hold: rendered with repr (user code)
                 record = self._encode_any(seq, type_, node_id, data)
+            fields["data"] = None  # the caller's data is not kept alive until the next event
             record = self._redact(record)
             if len(record) > MAX_EVENT_BYTES:
                 record = self._too_large(seq, type_, node_id, len(record))
@@ -153,6 +167,8 @@ class Emitter:
             if not self._rung:
                 self._rung = True
                 self._bell.notify()
+        finally:
+            self._release()
         return seq
 
     def _refuse(self) -> NoReturn:
@@ -165,6 +181,9 @@ class Emitter:
         self._refusing = True  # a __repr__ that emits re-enters emit(): refused
         try:
             return encode_event(self.run_id, seq, _now(), type_, node_id, data)
+        except BaseException:
+            self._seq = seq - 1  # not emitted: the next event takes its seq (no gap)
+            raise
         finally:
             self._refusing = self._closed
 
