@@ -5,7 +5,7 @@
     Executor / CLI ──Store.open(url)──▶ resolve URL ─▶ engine (backend by dialect name)
                                          └─▶ migrate to head (under the migration lock)
     StoreWriter (one thread) ──write_batch(events, diagnostics, run_updates)──▶ ONE transaction
-         (isolane.tracking.writes): runs (lock + last_seq) → events (executemany, duplicates
+         (isolane.tracking.writes): runs (lock + last_seq) → events (multi-row INSERTs, duplicates
          ignored) → projections (dag, phase, llm_calls, files) → diagnostics → run updates
     readers (any thread) ──get_run / list_runs / events / dag / …──▶ frozen rows
 

@@ -6,7 +6,7 @@ the branching writes that put several tables in one transaction.
 
     write_in(conn, events, diagnostics, run_updates)
         text in its stored form (isolane.tracking.storable: U+0000 becomes U+FFFD)
-        runs (lock + last_seq) → events (executemany, duplicates ignored)
+        runs (lock + last_seq) → events (many rows per INSERT, duplicates ignored)
         → projections (dag, phase, llm_calls, files) → diagnostics → run updates
 """
 
