@@ -143,11 +143,11 @@ def _raw_sqlite_rate(tmp: Path, n: int) -> float:
 
 
 def _raw_multirow_rate(tmp: Path, n: int) -> float:
-    """The best plain ``sqlite3`` did here: 256 rows per ``INSERT`` statement (the way isolane's
+    """The best plain ``sqlite3`` did here: 128 rows per ``INSERT`` statement (the way isolane's
     store inserts), 1,000 rows per transaction."""
     conn = _sqlite_conn(tmp / "raw_multirow.db")
     rows = _rows(n)
-    per = 256
+    per = 128
     insert = "INSERT OR IGNORE INTO events (run_id, seq, ts, type, node_id, data) VALUES "
     sql, one = insert + ", ".join(["(?,?,?,?,?,?)"] * per), insert + "(?,?,?,?,?,?)"
     t0 = time.perf_counter()

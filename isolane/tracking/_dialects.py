@@ -7,8 +7,8 @@ lock that serializes migrations. Everything else in :mod:`isolane.tracking` is p
 * **SQLite** — ``PRAGMA`` set-up on every new connection; SQLAlchemy emits ``BEGIN`` itself
   (``BEGIN IMMEDIATE`` for writes, so a writer takes the lock up front and waits
   ``busy_timeout`` instead of failing on a read-to-write upgrade); events go in through the
-  ``sqlite3`` cursor, up to 256 rows per ``INSERT OR IGNORE`` statement; migrations are serialized by
-  the ``BEGIN IMMEDIATE`` write lock itself.
+  ``sqlite3`` cursor, up to 128 rows per ``INSERT OR IGNORE`` statement; migrations are
+  serialized by the ``BEGIN IMMEDIATE`` write lock itself.
 * **PostgreSQL** (psycopg 3) — events go in as one ``INSERT … SELECT FROM unnest(arrays) ON
   CONFLICT DO NOTHING`` (one round trip per batch); migrations hold a transaction-scoped
   advisory lock.
@@ -77,9 +77,9 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA foreign_keys=ON",
 )
 #: Rows per ``INSERT`` statement, largest first: a batch goes in as few statements as these sizes
-#: make up (256 rows are 1,536 parameters, far below SQLite's 32,766), each compiled once and
-#: kept in the connection's statement cache.
-_SQLITE_ROWS_PER_INSERT: Final = (256, 32, 4, 1)
+#: make up, each compiled once and kept in the connection's statement cache. 128 rows are 768
+#: parameters: below 999, the limit of SQLite before 3.32 (Ubuntu 20.04's, for one).
+_SQLITE_ROWS_PER_INSERT: Final = (128, 16, 4, 1)
 _SQLITE_INSERT_EVENTS: Final = {
     rows: f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES "
           + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
@@ -133,7 +133,7 @@ def _sqlite_insert_events(conn: Connection, events: Sequence[EventRow]) -> int:
 
     ``executemany`` steps the statement once per row, and the ``sqlite3`` module lets go of the
     GIL around every step: with the event loop busy on the same GIL, each row then waits for it
-    again, up to a switch interval. A statement of 256 rows is bound in one C loop and stepped
+    again, up to a switch interval. A statement of 128 rows is bound in one C loop and stepped
     once, so the insert runs mostly outside the GIL (and about 1.5x faster alone). No per-row
     work in SQLAlchemy either; errors are wrapped as SQLAlchemy would wrap them (the store
     tells an outage from a refused row by those types).
