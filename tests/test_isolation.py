@@ -369,6 +369,20 @@ def test_redactor_keeps_json_valid_and_spares_ordinary_text() -> None:
     assert REDACTED in out and KEYS[0] not in frame.decode()
 
 
+@pytest.mark.parametrize("text", [
+    f"{KEYS[0]}", f"Authorization: Bearer {'t' * 20}", f"BeArEr\t{'t' * 20}", "hunter2-password",
+    "hunter2password",
+], ids=["key", "bearer", "mixed-case-bearer-tab", "configured", "configured-no-dash"])
+def test_each_secret_is_caught_alone_in_a_record_of_digits(text: str) -> None:
+    """The redactor's screen (a character test before each search) lets no secret through when
+    it is the only thing in a record, around numbers only."""
+    redact = Redactor(["hunter2-password", "hunter2password"])
+    frame = redact(encode_event("0123456789abcdef", 12345, 1733480000.25, "custom", "step_1",
+                                {"name": "n", "i": 1234567890, "v": text}))
+    assert orjson.loads(frame)["data"]["v"] != text
+    assert REDACTED in orjson.loads(frame)["data"]["v"]
+
+
 def test_short_configured_secrets_are_refused() -> None:
     """A configured secret under 8 characters is refused: it would rewrite ordinary words."""
     with pytest.raises(ConfigError, match="at least 8 characters"):

@@ -73,6 +73,7 @@ class RunContext:
         #: ``ctx.capture.attach(agent)`` for agents created before the run started.
         self.capture: Any = None
         self._emitter = emitter
+        self._emit = emitter.emit  # bound once: ctx.emit is a workflow's hot path
         #: Set when this worker continues an earlier attempt (``None`` on a first run).
         self.resume = resume
         #: Context variables saved in ``state_snapshot`` events; restored on resume.
@@ -113,7 +114,7 @@ class RunContext:
         node = _current_node.get()  # self.current_node, inlined: a workflow may emit a lot
         if node is None and self._last_entered:
             node = self._last_entered[-1]
-        return self._emitter.emit("custom", data, node)
+        return self._emit("custom", data, node)
 
     def emit_event(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
         """Emit a typed event (``isolane.schemas.payloads``: ``agent_message``, ``tool_call``,

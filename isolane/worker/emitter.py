@@ -143,7 +143,9 @@ class Emitter:
             if self._refusing:  # closed, or inside the encoding of another event on this thread
                 self._refuse()
             self._seq = seq = self._seq + 1
-            fields = self._envelope  # the envelope of encode_event, its fields set in place
+            # The envelope of encode_event, its fields set in place. It keeps the caller's data
+            # until the next event replaces it (a heartbeat at the latest, when idle).
+            fields = self._envelope
             fields["seq"] = seq
             fields["ts"] = _now()
             fields["type"] = type_
@@ -154,7 +156,6 @@ class Emitter:
                 record = _dumps(fields)
             except TypeError:  # values JSON cannot hold: rendered with repr (user code)
                 record = self._encode_any(seq, type_, node_id, data)
-            fields["data"] = None  # the caller's data is not kept alive until the next event
             record = self._redact(record)
             if len(record) > MAX_EVENT_BYTES:
                 record = self._too_large(seq, type_, node_id, len(record))
