@@ -24,6 +24,7 @@ from isolane.schemas.envelope import (
     decode_lines,
     encode_event,
     event_from_row,
+    events_from_rows,
 )
 from isolane.schemas.payloads import (
     EVENT_TYPES,
@@ -48,5 +49,6 @@ __all__ = [
     "decode_lines",
     "encode_event",
     "event_from_row",
+    "events_from_rows",
     "validate_payload",
 ]

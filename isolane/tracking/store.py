@@ -42,7 +42,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.selectable import TextualSelect
 
 from isolane.errors import ConfigError, RunNotFound
-from isolane.schemas.envelope import Event, EventRow, event_from_row
+from isolane.schemas.envelope import Event, EventRow, events_from_rows
 from isolane.tracking._dialects import Backend
 from isolane.tracking._engine import open_engine, transaction
 from isolane.tracking.listing import count_events_query, list_runs_query
@@ -277,7 +277,7 @@ class Store:
             stmt = stmt.where(EVENTS_TABLE.c.type.in_(types))
         stmt = stmt.order_by(EVENTS_TABLE.c.seq).limit(limit)
         with self.transaction(write=False) as conn:
-            return [event_from_row(*row) for row in conn.execute(stmt)]
+            return events_from_rows(conn.execute(stmt).tuples().all())
 
     def count_events(self, run_id: str, *, types: Sequence[str] | None = None) -> int:
         """How many events of the run are stored (only of ``types`` when given)."""
