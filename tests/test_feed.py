@@ -189,3 +189,31 @@ async def test_a_lagging_callback_waits_out_a_store_outage(
     assert outcome.status == "completed", outcome
     assert [e.seq for e in seen] == stored
     assert subscription.errors == 0
+
+
+async def test_a_reader_that_keeps_up_takes_a_write_larger_than_its_buffer_whole(home: Path) -> None:
+    """The bound is checked between writes: a write of two runs, more events than the buffer,
+    is queued whole (the reader could not have taken part of it first); a reader still over its
+    buffer when the next write comes is switched to the store. Events arrive decoded in chunks,
+    the cursor exact mid-batch."""
+    from isolane.executor.hub import DECODE_CHUNK, Hub
+    from isolane.tracking.store import Store
+
+    def rows(run_id: str, seqs: range) -> list[tuple[str, int, float, str, None, str]]:
+        return [(run_id, seq, 1.0, "custom", None, f'{{"name":"tick","i":{seq}}}') for seq in seqs]
+
+    big = range(1, DECODE_CHUNK * 2 + 3)
+    with Store.open(home=home) as store:
+        hub = Hub()
+        feed = Feed(store, hub, buffer=3)
+        hub.publish_write([("a", rows("a", big)), ("b", rows("b", range(1, 3)))])
+        assert not feed.behind
+        got = [await anext(feed) for _ in range(len(big) + 1)]
+        assert [(e.run_id, e.seq, e.data["i"]) for e in got] == \
+            [("a", seq, seq) for seq in big] + [("b", 1, 1)]
+        assert feed.cursor().positions == {"a": big[-1], "b": 1}
+        hub.publish_write([("b", rows("b", range(3, 7)))])  # 1 + 4 queued: over, but one write
+        assert not feed.behind
+        hub.publish_write([("a", rows("a", range(big[-1] + 1, big[-1] + 2)))])
+        assert feed.behind  # 5 > 3 still queued when the writer committed again
+        await feed.aclose()

@@ -3,22 +3,24 @@ a tracer, metrics), bounded so that no reader can stall the writer.
 
 ::
 
-    StoreWriter ──commit──▶ Hub.publish(run_id, rows) ──▶ FeedQueue.push (one per reader; bounded)
-                                                           │ overflow: every queued batch becomes a
-                                                           │ "missed" run position, the queue empties;
-                                                           │ later batches of a missed run are dropped
-                                                           ▼
-                      Feed (async iterator of Event)  ◀── queued batches, in publish order
-                                                       ◀── a missed run, re-read from the Store by
-                                                           seq (pages), then live again
+    StoreWriter ──commit──▶ Hub.publish_write ──▶ FeedQueue.push (one call per reader per write;
+                                                  │        bounded, checked between writes)
+                                                  │ overflow: every queued batch becomes a
+                                                  │ "missed" run position, the queue empties;
+                                                  │ later batches of a missed run are dropped
+                                                  ▼
+                      Feed (async iterator of Event) ◀── queued batches, in publish order
+                                                     ◀── a missed run, re-read from the Store by
+                                                         seq (pages), then live again
     Executor.on_event(callback) = a Feed read by a task of the executor's task group, calling the
     callback for each event (its errors logged, never raised into the writer)
 
 The guarantee is that of :func:`~isolane.executor.hub.replay_then_live`, per run: every committed
 event once, in ``seq`` order per run (runs interleave as they commit). A reader that falls behind
 costs the writer one dict entry per run it missed, never a wait: it catches up from the store.
-Memory per reader is bounded by ``buffer`` events plus a few integers per live run (a run's entry
-is dropped once it ended and its last batch was read). A feed ends when the executor closes, after
+Memory per reader is bounded by ``buffer`` events plus one write (whose rows the writer holds
+anyway, shared by every reader) plus a few integers per live run (a run's entry is dropped once
+it ended and its last batch was read). A feed ends when the executor closes, after
 yielding everything committed before.
 """
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -92,16 +94,11 @@ class _FeedQueue:
 
     # -- the writer's side: return at once, never raise -----------------------------------------
 
-    def push(self, run_id: str, batch: Batch) -> None:
-        if run_id in self.missed:
-            self._ready.set()
-            return
-        types = self._types
-        if types is not None and not any(row[3] in types for row in batch.rows):
-            return
-        self._queue.append((run_id, batch))
-        self._queued += len(batch)
-        self._pushed += 1
+    def push(self, batches: Sequence[tuple[str, Batch]]) -> None:
+        """One write's batches. The bound is checked before they are queued: a reader still more
+        than ``buffer`` events behind when the writer commits again is switched to the store,
+        while one that keeps up takes each write whole, however large (the writer publishes a
+        write at once, so no reader can take part of it before the rest comes)."""
         if self._queued > self._max:
             # Behind: each queued run is to be read from the store from its oldest queued seq on.
             for queued_run, queued in self._queue:
@@ -109,7 +106,15 @@ class _FeedQueue:
             self._queue.clear()
             self._queued = 0
             self._popped = self._pushed
-        self._ready.set()
+        queue, missed, types = self._queue, self.missed, self._types
+        for run_id, batch in batches:
+            if run_id in missed or (
+                    types is not None and not any(row[3] in types for row in batch.rows)):
+                continue
+            queue.append((run_id, batch))
+            self._queued += len(batch)
+            self._pushed += 1
+        self._ready.set()  # once per write, whatever it held (a missed run is read on waking)
 
     def ended(self, run_id: str) -> None:
         if run_id in self.last or run_id in self.missed:
@@ -213,9 +218,10 @@ class Feed(AsyncIterator[Event]):
                     fresh = batch.after(seen) if seen is not None else batch
                     if fresh is not None:
                         if types is None:
-                            for event in fresh.events():
-                                last[run_id] = event.seq  # the cursor is exact even mid-batch
-                                yield event
+                            for chunk in fresh.chunks():  # decoded as read: see Batch.chunks
+                                for event in chunk:
+                                    last[run_id] = event.seq  # the cursor is exact mid-batch
+                                    yield event
                         else:  # decode only what is wanted (a tracer skips most of a busy run)
                             for row in fresh.rows:
                                 if row[3] in types:

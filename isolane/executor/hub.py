@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final, Protocol
@@ -36,16 +36,18 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from isolane.schemas.envelope import SCHEMA_VERSION, Event, EventRow, event_from_row
+from isolane.schemas.envelope import SCHEMA_VERSION, Event, EventRow, events_from_rows
 
 if TYPE_CHECKING:
     from isolane.tracking.store import Store
 
-__all__ = ["READ_PAGE", "Batch", "FeedListener", "Hub", "Subscription", "encode_lines",
+__all__ = ["DECODE_CHUNK", "READ_PAGE", "Batch", "FeedListener", "Hub", "Subscription", "encode_lines",
            "replay_then_live"]
 
 #: Stored events read per store query while replaying.
 READ_PAGE: Final = 2000
+#: Events decoded at a time for a reader that does not share them (:meth:`Batch.chunks`).
+DECODE_CHUNK: Final = 256
 _seq: Final = itemgetter(1)  # of a stored row
 
 
@@ -106,8 +108,25 @@ class Batch:
         """
         if self._events is None:
             self._events = (self._base.events()[self._start:] if self._base is not None
-                            else [event_from_row(*row) for row in self.rows])
+                            else events_from_rows(self.rows))
         return self._events
+
+    def chunks(self) -> Iterator[Sequence[Event]]:
+        """The events for one reader that drops each after use, a few hundred at a time: decoded
+        chunk by chunk and not kept (unless :meth:`events` decoded them all already).
+
+        Decoding a large batch whole keeps thousands of new objects alive together, and
+        CPython's cyclic GC then costs several times the decoding itself, on the loop the writer
+        shares; a chunk dies before it matters. A single reader of every event (the feed) reads
+        this way; readers that share a batch (:meth:`events`) pay the GC once between them.
+        """
+        decoded = self._events if self._base is None else self._base._events
+        if decoded is not None:
+            yield self.events()
+            return
+        rows = self.rows
+        for start in range(0, len(rows), DECODE_CHUNK):
+            yield events_from_rows(rows[start:start + DECODE_CHUNK])
 
     def lines(self) -> list[str]:
         """The envelopes as JSON text (:func:`encode_lines`), encoded on the first call and
@@ -175,7 +194,8 @@ class FeedListener(Protocol):
     """A reader of every run's batches (:mod:`isolane.executor.feed`). Each call must return at
     once and never raise: it runs on the writer's path."""
 
-    def push(self, run_id: str, batch: Batch) -> None: ...
+    def push(self, batches: Sequence[tuple[str, Batch]]) -> None:
+        """One write's batches, with their runs, in commit order."""
 
     def ended(self, run_id: str) -> None: ...
 
@@ -222,16 +242,23 @@ class Hub:
 
     def publish(self, run_id: str, rows: Sequence[EventRow]) -> None:
         """Hand ``rows`` (committed, of run ``run_id``, in ``seq`` order, as stored) to every
-        subscriber of the run, as one batch. Nothing is decoded or encoded here; ``rows`` is
-        shared from now on and must not change."""
-        subs = self._subs.get(run_id)
-        if not rows or not (subs or self._feeds):
-            return
-        batch = Batch(rows)
-        for sub in subs or ():
-            sub._push(batch)
-        for feed in self._feeds:
-            feed.push(run_id, batch)
+        subscriber of the run, as one batch (a write of one run: :meth:`publish_write`)."""
+        self.publish_write(((run_id, rows),))
+
+    def publish_write(self, written: Sequence[tuple[str, Sequence[EventRow]]]) -> None:
+        """Hand each run's ``rows`` of one write (committed, in ``seq`` order per run, as
+        stored) to every subscriber of the run, as one batch each, and the whole write to each
+        feed listener in one call. Nothing is decoded or encoded here; the rows are shared from
+        now on and must not change."""
+        subs, feeds = self._subs, self._feeds
+        batches = [(run_id, Batch(rows)) for run_id, rows in written
+                   if rows and (feeds or run_id in subs)]
+        for run_id, batch in batches:
+            for sub in subs.get(run_id, ()):
+                sub._push(batch)
+        if batches:
+            for feed in feeds:
+                feed.push(batches)
 
     def wake(self, run_id: str) -> None:
         """Wake a run's readers without events (the run ended)."""

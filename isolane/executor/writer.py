@@ -260,13 +260,16 @@ class StoreWriter:
             await self._record_outage(rows, outage)
         self.rows_written += len(rows.events) - len(refused)
         self.batches += 1
+        written: list[tuple[str, Sequence[EventRow]]] = []
         for item in batch:
             if item.run_id is not None:
                 # The rows as stored (data still JSON text): readers build what they need, once.
                 stored: Sequence[EventRow] = item.events
                 if refused:
                     stored = [row for row in stored if (row[0], row[1]) not in refused]
-                self.hub.publish(item.run_id, stored)
+                written.append((item.run_id, stored))
+        self.hub.publish_write(written)  # as one write: a feed's bound is checked between writes
+        for item in batch:
             if item.committed is not None:
                 item.committed.set()
         if self.observers:
