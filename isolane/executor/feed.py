@@ -117,9 +117,11 @@ class _FeedQueue:
         self._ready.set()  # once per write, whatever it held (a missed run is read on waking)
 
     def ended(self, run_id: str) -> None:
-        if run_id in self.last or run_id in self.missed:
-            self._ended.append((self._pushed, run_id))
-            self._ready.set()
+        # Whatever the reader knows of the run: its batches may all be queued still, unread (a
+        # write is queued whole, then switched to the store at the next one), so it need not be
+        # in ``last`` or ``missed`` yet. The reader drains these on every turn.
+        self._ended.append((self._pushed, run_id))
+        self._ready.set()
 
     def close(self) -> None:
         self.closed = True

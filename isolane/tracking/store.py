@@ -277,7 +277,7 @@ class Store:
             stmt = stmt.where(EVENTS_TABLE.c.type.in_(types))
         stmt = stmt.order_by(EVENTS_TABLE.c.seq).limit(limit)
         with self.transaction(write=False) as conn:
-            return events_from_rows(conn.execute(stmt).tuples().all())
+            return events_from_rows(conn.execute(stmt).all())
 
     def count_events(self, run_id: str, *, types: Sequence[str] | None = None) -> int:
         """How many events of the run are stored (only of ``types`` when given)."""
