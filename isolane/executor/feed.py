@@ -117,11 +117,13 @@ class _FeedQueue:
         self._ready.set()  # once per write, whatever it held (a missed run is read on waking)
 
     def ended(self, run_id: str) -> None:
-        # Whatever the reader knows of the run: its batches may all be queued still, unread (a
-        # write is queued whole, then switched to the store at the next one), so it need not be
-        # in ``last`` or ``missed`` yet. The reader drains these on every turn.
-        self._ended.append((self._pushed, run_id))
-        self._ready.set()
+        # A run the reader has batches of: taken (``last``), to read from the store (``missed``),
+        # or all still queued, unread (a write is queued whole, then switched to the store at
+        # the next one). Only those: a reader that is not reading keeps no entry per ended run.
+        if run_id in self.last or run_id in self.missed or any(
+                queued == run_id for queued, _ in self._queue):
+            self._ended.append((self._pushed, run_id))
+            self._ready.set()
 
     def close(self) -> None:
         self.closed = True
