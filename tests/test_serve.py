@@ -120,15 +120,15 @@ def test_hub_builds_each_view_of_a_published_batch_once_for_every_subscriber() -
         first, second = hub.subscribe("r1"), hub.subscribe("r1")
         rows = [("r1", seq, 1.0, "custom", None, '{"name":"tick"}') for seq in (1, 2)]
         events = [event_from_row(*row) for row in rows]
-        hub.publish("r1", rows)
+        hub.publish_write([("r1", rows)])
         (a,), (b,) = first.take_batches(), second.take_batches()
         assert a is b and a.rows is rows and a.lines() is b.lines() and a.events() is b.events()
         assert a.lines() == [e.to_json().decode() for e in events]
-        hub.publish("r1", rows)
+        hub.publish_write([("r1", rows)])
         taken = first.take()  # event readers are served from the same batches, decoded once
         assert taken == events and all(x is y for x, y in zip(taken, second.take(), strict=True))
-        hub.publish("r1", rows)  # first now holds 2 + 2 > 3 events: dropped, told to catch up
-        hub.publish("r1", rows)
+        hub.publish_write([("r1", rows)])  # first now holds 2 + 2 > 3 events: dropped, told to catch up
+        hub.publish_write([("r1", rows)])
         assert first.lagged and first.take_batches() == []
 
     anyio.run(main)

@@ -2,12 +2,12 @@
 
 ::
 
-    StoreWriter ──commit──▶ Hub.publish(run_id, rows) ──▶ Batch ──▶ Subscription (bounded) ──▶ reader
+    StoreWriter ──commit──▶ Hub.publish_write(...)   ──▶ Batch ──▶ Subscription (bounded) ──▶ reader
                   the stored rows themselves:              │           │ overflow: marked lagged,
                   (run_id, seq, ts, type, node_id,         │           ▼ emptied
                    data as JSON text)                      │  reader catches up from the Store by seq
                                                            │
-                  one Batch per publish, shared by every subscriber; each view is built on first
+                  one Batch per run per write, shared by every subscriber; each view is built on first
                   request, at most once per batch:
                     Batch.lines()   envelopes as JSON text, the stored ``data`` text spliced in
                                     unparsed                                    (the WebSocket)
@@ -239,11 +239,6 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.run_id]
-
-    def publish(self, run_id: str, rows: Sequence[EventRow]) -> None:
-        """Hand ``rows`` (committed, of run ``run_id``, in ``seq`` order, as stored) to every
-        subscriber of the run, as one batch (a write of one run: :meth:`publish_write`)."""
-        self.publish_write(((run_id, rows),))
 
     def publish_write(self, written: Sequence[tuple[str, Sequence[EventRow]]]) -> None:
         """Hand each run's ``rows`` of one write (committed, in ``seq`` order per run, as
