@@ -2,13 +2,15 @@
 
 ::
 
-    Emitter.emit(): encode_event() → record ──Redactor.redact_record(record)──▶ spool
+    Emitter.emit(): data encoded ──▶ journal: screen (may_hold_secret) ──▶ spool
+                                          └─ may hold one: Redactor.redact_json(data),
+                                             redact_text(type, node_id) ──▶ spool
 
-The emitter redacts each encoded event in ``emit()``, before it is written to the spool; the
-parent reads nothing else, so the spool, the store, ``isolane events`` and every reader after them
-only ever see redacted bytes. The common case is a screen of a few substring searches over the
-record's text (``"sk-" in text``); a regular expression runs only on a record that may hold a
-secret. What is redacted, replaced by ``[REDACTED]``:
+The emitter redacts each event in ``emit()``, before it is written to the spool; the parent reads
+nothing else, so the spool, the store, ``isolane events`` and every reader after them only ever
+see redacted bytes. The common case is a screen of a few substring searches over the event's
+encoded pieces (:func:`may_hold_secret`); a regular expression runs only on a piece that may hold
+a secret. What is redacted, replaced by ``[REDACTED]``:
 
 * OpenAI and Anthropic style keys: ``sk-…``, ``sk-proj-…``, ``sk-ant-api03-…`` (``sk-`` followed by
   at least 16 key characters, not preceded by a letter or digit);
@@ -40,7 +42,7 @@ import orjson
 
 from isolane.errors import ConfigError
 
-__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "secret_values"]
+__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "may_hold_secret", "secret_values"]
 
 log = logging.getLogger(__name__)
 
@@ -92,35 +94,44 @@ def secret_values(env: Mapping[str, str] | None = None, secrets: Iterable[str] =
     return tuple(sorted(set(values), key=len, reverse=True))
 
 
-def _screen(values: tuple[str, ...], redact: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
-    """``frame`` unchanged when it cannot hold a secret, else ``redact(frame)``.
+def may_hold_secret(text: str, values: tuple[str, ...]) -> bool:
+    """Could ``text`` (encoded JSON, or a piece of it) hold a secret? False means it cannot.
 
-    This runs once per event, so it is built from the cheapest tests there are: ``in`` on the
-    decoded text (on bytes, ``needle in frame`` builds and drops a TypeError every time). A
-    one-character ``in`` is a ``memchr``; a short needle such as ``"sk-"`` is a slow scan on a
-    record full of digits (they collide with its letters in CPython's search filter). So each
-    pattern is first looked for by a character it cannot match without:
+    This runs once per event, so it is built from the cheapest tests there are: ``in`` on text
+    (on bytes, ``needle in frame`` builds and drops a TypeError every time). A one-character
+    ``in`` is a ``memchr``; a short needle such as ``"sk-"`` is a slow scan on a record full of
+    digits (they collide with its letters in CPython's search filter). So each pattern is first
+    looked for by a character it cannot match without:
 
     * a key (``sk-`` and key characters) holds a ``-``;
     * a bearer token follows ``bearer`` (any case) and a space or an escaped tab (``\\t``): no
       space and no backslash, no token; else the lowered text is searched, so ``BeArEr`` is
       caught as the redacting pattern catches it;
-    * a configured secret value is searched as it is (long needles are quick to rule out).
+    * a configured secret ``values`` (as JSON writes them) is searched as it is (long needles
+      are quick to rule out).
+
+    The worker's compiled journal (``isolane/worker/_journal.c``) applies the same tests.
     """
+    if "-" in text and "sk-" in text:
+        return True
+    if (" " in text or "\\" in text) and "bearer" in text.lower():
+        return True
+    for value in values:  # not any(<generator>): that costs more than the searches
+        if value in text:
+            return True
+    return False
+
+
+def _screen(values: tuple[str, ...], redact: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """``frame`` unchanged when it cannot hold a secret (:func:`may_hold_secret`), else
+    ``redact(frame)``; a frame that is not UTF-8 is redacted."""
 
     def screen(frame: bytes) -> bytes:
         try:
             text = frame.decode()
         except UnicodeDecodeError:
             return redact(frame)
-        if "-" in text and "sk-" in text:
-            return redact(frame)
-        if (" " in text or "\\" in text) and "bearer" in text.lower():
-            return redact(frame)
-        for value in values:
-            if value in text:
-                return redact(frame)
-        return frame
+        return redact(frame) if may_hold_secret(text, values) else frame
 
     return screen
 
@@ -136,15 +147,20 @@ class Redactor:
         self._with_key_prefix = [e for e in encoded if b"sk-" in e]
         self._others = [e for e in encoded if b"sk-" not in e]
         self._raw = [s.encode() for s in self.secrets]  # as they appear in a worker's output
-        #: ``redact_record(frame) -> frame``: the emitter calls it for every event, so the
-        #: common case (nothing to redact) is a closure that only searches.
+        #: The configured secrets that :func:`may_hold_secret` searches for (those holding
+        #: ``sk-`` are found by its ``sk-`` test): ``(as JSON writes them, as text)``.
+        self.needles: tuple[tuple[bytes, ...], tuple[bytes, ...]] = (
+            tuple(self._others), tuple(s.encode() for s in self.secrets if "sk-" not in s))
+        #: ``redact_record(frame) -> frame``: screen, then redact only a frame that may hold a
+        #: secret.
         self.redact_record: Callable[[bytes], bytes] = _screen(
-            tuple(e.decode() for e in self._others), self._redact)
+            tuple(e.decode() for e in self._others), self.redact_json)
 
     def __call__(self, frame: bytes) -> bytes:
         return self.redact_record(frame)
 
-    def _redact(self, frame: bytes) -> bytes:
+    def redact_json(self, frame: bytes) -> bytes:
+        """Redact encoded JSON (a record, or an event's ``data``); it stays valid JSON."""
         original = frame
         if b"sk-" in frame:
             for encoded in self._with_key_prefix:
