@@ -61,9 +61,11 @@ def emit_many(ctx: Any, task: str, config: dict[str, Any]) -> int:
     return n
 
 
-def emit_timed(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, float]:
+def emit_timed(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, Any]:
     """Inside a real worker: the cost of ``ctx.emit()`` (its spool, redaction and doorbells on),
     and of building the same call's dict and appending it to a list, in the same loop."""
+    from isolane.worker.journal import COMPILED
+
     samples = int(config["samples"])
     clock = time.perf_counter_ns
     overhead = sorted(-(clock() - clock()) for _ in range(50_000))[25_000]
@@ -86,16 +88,17 @@ def emit_timed(ctx: Any, task: str, config: dict[str, Any]) -> dict[str, float]:
     costs.sort()
     base.sort()
     return {"p50": max(0.0, costs[samples // 2] - overhead), "mean": mean,
-            "baseline_p50": max(0.0, base[samples // 2] - overhead)}
+            "baseline_p50": max(0.0, base[samples // 2] - overhead),
+            "journal": "compiled" if COMPILED else "python"}
 
 
-async def _emit_cost(tmp: Path, samples: int = 200_000) -> dict[str, float]:
+async def _emit_cost(tmp: Path, samples: int = 200_000) -> dict[str, Any]:
     """Per-call ``ctx.emit()`` cost in ns, measured by a real worker on itself."""
     async with Executor(home=tmp / "home") as ex:
         outcome = await ex.run(RunSpec(workflow=emit_timed, config={"samples": samples},
                                        env={"SERVICE_TOKEN": "a-configured-secret-value"}))
     assert outcome.status == "completed", outcome
-    result: dict[str, float] = outcome.result
+    result: dict[str, Any] = outcome.result
     return result
 
 
@@ -243,6 +246,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "emit_ns_p50": round(emit["p50"], 1),
         "emit_ns_mean": round(emit["mean"], 1),
         "emit_baseline_append_ns_p50": round(emit["baseline_p50"], 1),
+        "emit_journal": emit["journal"],
         "events": n,
         "e2e_status": e2e["status"],
         "e2e_seconds": round(e2e["seconds"], 3),
@@ -428,7 +432,8 @@ def crash(args: argparse.Namespace) -> dict[str, Any]:
         emit = anyio.run(_emit_cost, Path(d))
     return {**figures, "lost": figures["emitted"] - figures["stored"],
             "emit_ns_p50": round(emit["p50"], 1), "emit_ns_mean": round(emit["mean"], 1),
-            "emit_baseline_append_ns_p50": round(emit["baseline_p50"], 1)}
+            "emit_baseline_append_ns_p50": round(emit["baseline_p50"], 1),
+            "emit_journal": emit["journal"]}
 
 
 # -- state -----------------------------------------------------------------------------------------

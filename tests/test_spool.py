@@ -359,9 +359,10 @@ def test_a_spool_already_past_its_limit_is_reported_at_the_first_event(tmp_path:
     full: list[int] = []
     again = Emitter("r", spool=SpoolWriter(path, max_bytes=30_000), pipe_fd=None, start_seq=300,
                     on_full=full.append, heartbeat_interval=3600)
+    before = again.spool_tail
     try:
         assert again.emit("custom", {"name": "after"}) == 301
-        assert full == [again.spool_tail]
+        assert full == [before]  # reported as the event's room was made, before it was written
         again.emit("custom", {"name": "still fits in the reserve"})
         assert len(full) == 1
     finally:
@@ -389,9 +390,9 @@ def test_an_event_that_cannot_be_encoded_takes_no_seq(tmp_path: Path) -> None:
     assert [orjson.loads(line)["seq"] for line in lines] == [1, 2]
 
 
-def test_emit_from_a_repr_inside_emit_is_refused_instead_of_deadlocking(tmp_path: Path) -> None:
-    """A value whose __repr__ emits (re-entering emit on its thread) gets a clear error there;
-    the outer event is kept, with the failure as the value's text."""
+def test_emit_from_a_repr_inside_emit_is_stored_before_the_outer_event(tmp_path: Path) -> None:
+    """A value whose __repr__ emits (re-entering emit on its thread) neither deadlocks nor fails:
+    the data is encoded before the event takes its seq, so the inner event comes first."""
     emitter = Emitter("r", spool=SpoolWriter(tmp_path / "events.jsonl"), pipe_fd=None,
                       heartbeat_interval=3600)
 
@@ -405,9 +406,10 @@ def test_emit_from_a_repr_inside_emit_is_refused_instead_of_deadlocking(tmp_path
         emitter.emit("custom", {"name": "after"})
     finally:
         emitter.close()
-    events = [orjson.loads(line)["data"] for line in _lines(tmp_path / "events.jsonl")]
-    assert [e["name"] for e in events] == ["outer", "after"]
-    assert "while another event was being encoded" in events[0]["value"]
+    events = [orjson.loads(line) for line in _lines(tmp_path / "events.jsonl")]
+    assert [(e["seq"], e["data"]["name"]) for e in events] == [(1, "inner"), (2, "outer"),
+                                                               (3, "after")]
+    assert events[1]["data"]["value"] == "sneaky"
 
 
 def _lines(path: Path) -> Iterator[bytes]:

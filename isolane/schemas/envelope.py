@@ -5,7 +5,7 @@
     worker                                       parent
     ──────                                       ──────
     Emitter.emit(type, data)                     decode_lines(records, run_id)
-      encode_event() → one record                  the lines joined into one JSON array: one
+      journal: one record (as encode_event)        the lines joined into one JSON array: one
         └──▶ spool: record + b"\\n"                C-level decode, one validation call per event
              (<run dir>/events.jsonl, one           type; a bad line is decoded alone (its
              record per line; see                    neighbours survive)
@@ -23,9 +23,11 @@ An event is an envelope ``{v, run_id, seq, ts, type, node_id, data}``:
   type. Extra keys are kept (forward compatibility); missing or mistyped declared keys make the
   event invalid.
 
-Nothing else in isolane builds an envelope by hand: the worker calls :func:`encode_event`, the
-parent calls :func:`decode_lines` (:func:`decode_frame` for a JSON array of envelopes), and
-readers of stored rows call :func:`event_from_row` (:func:`events_from_rows` for many).
+Nothing else in isolane builds an envelope by hand: the worker's journal composes each record
+from :func:`record_prefix`, the per-event fields and :func:`encode_data` (the same JSON that
+:func:`encode_event` writes, in the same order), the parent calls :func:`decode_lines`
+(:func:`decode_frame` for a JSON array of envelopes), and readers of stored rows call
+:func:`event_from_row` (:func:`events_from_rows` for many).
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ __all__ = [
     "WireEvent",
     "decode_frame",
     "decode_lines",
+    "encode_data",
     "encode_event",
-    "envelope",
     "event_from_row",
     "event_rows",
     "events_from_rows",
+    "record_prefix",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -83,14 +86,6 @@ _ENCODE_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _dumps: Final = orjson.dumps
 
 
-def envelope(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
-             data: dict[str, Any]) -> dict[str, Any]:
-    """One event's envelope as a dict: what :func:`encode_event` encodes (the worker's emitter
-    keeps one and changes its per-event fields in place, under its lock)."""
-    return {"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
-            "node_id": node_id, "data": data}
-
-
 def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | None,
                  data: dict[str, Any]) -> bytes:
     """Encode one envelope as JSON: a spool record, without its ending newline.
@@ -99,17 +94,34 @@ def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | No
     lets a newline end a record in the spool (see :mod:`isolane.schemas.spool`). Values orjson
     cannot encode are rendered with ``repr`` rather than dropping the event.
     """
-    fields = envelope(run_id, seq, ts, type_, node_id, data)
+    fields = {"v": SCHEMA_VERSION, "run_id": run_id, "seq": seq, "ts": ts, "type": type_,
+              "node_id": node_id, "data": data}
     try:
         return _dumps(fields)  # the common case: plain JSON types (the fastest call)
     except TypeError:  # non-string keys, numpy values, objects JSON cannot hold
-        pass
+        fields["data"] = orjson.Fragment(encode_data(data))
+        return _dumps(fields)
+
+
+def record_prefix(run_id: str) -> bytes:
+    """The bytes every record of a run starts with, up to its ``seq``: ``{"v":1,"run_id":…,"seq":``.
+
+    The worker's journal (:mod:`isolane.worker.journal`) composes records from it and the
+    per-event fields, in :func:`encode_event`'s order, so both write the same JSON.
+    """
+    return b'{"v":%d,"run_id":%s,"seq":' % (SCHEMA_VERSION, _dumps(run_id))
+
+
+def encode_data(data: Any) -> bytes:
+    """An event's ``data`` as JSON, whatever it holds: values orjson cannot encode (non-string
+    keys, objects) are rendered with ``repr``, as is what it refuses even so (an int past 64 bits,
+    a cycle, nesting past 254 levels), key by key. Runs ``__repr__``: user code."""
     try:
-        return _dumps(fields, default=_default, option=_ENCODE_OPTIONS)
-    except TypeError:  # what orjson refuses even so: an int past 64 bits, a cycle, deep nesting
-        fields["data"] = ({str(key): _encodable(value) for key, value in data.items()}
-                          if isinstance(data, dict) else _default(data))
-        return _dumps(fields, default=_default, option=_ENCODE_OPTIONS)
+        return _dumps(data, default=_default, option=_ENCODE_OPTIONS)
+    except TypeError:  # what orjson refuses even with a default
+        fallback = ({str(key): _encodable(value) for key, value in data.items()}
+                    if isinstance(data, dict) else _default(data))
+        return _dumps(fallback, default=_default, option=_ENCODE_OPTIONS)
 
 
 def _encodable(value: Any) -> Any:

@@ -4,27 +4,29 @@
 
     workflow thread(s)                                   bell thread                 parent
     ──────────────────                                   ───────────                 ──────
-    emit(type, data) ─ lock ─ seq · encode · redact ─┐
-                                                     ├─▶ SpoolWriter.append(): copy into the
-                                                     │   shared mapping, then b"\\n" (published)
-                                                     └─▶ first event since the last doorbell:
-                                                         wake the bell thread ──▶ (linger inside a
-                                                                burst) ──▶ os.write(pipe, tail)
-                                                                          ──▶ reads the spool up
-                                                                              to the tail
+    emit(type, data) ─ encode data ─ Journal.commit() ─┐
+                     (user code may   screen · seq ·   ├─▶ the record in the spool's shared
+                      run here)       compose          │   mapping, then b"\\n" (published)
+                                                       └─▶ first event since the last doorbell:
+                                                           wake the bell thread ──▶ (linger
+                                                             inside a burst) ──▶ os.write(pipe,
+                                                             tail) ──▶ reads the spool up to it
     idle for heartbeat_interval ──▶ the bell thread emits a ``heartbeat`` event
 
-``emit()`` encodes its event on the caller's thread and copies it into the run's spool, mapped
-``MAP_SHARED`` (see :mod:`isolane.worker.spool_writer`): once it returns, the event survives a
-SIGKILL of the worker the next instant, with no system call on the way. The event pipe carries
-only doorbells, the spool's tail offset, so that the parent need not poll; it reads the records
-from the spool itself. A burst rings one doorbell per ``linger`` seconds; an event after a quiet
-spell rings at once.
+``emit()`` encodes its event's data on the caller's thread, then the run's journal
+(:mod:`isolane.worker.journal`) gives it its ``seq`` and composes its record straight into the
+spool, mapped ``MAP_SHARED`` (see :mod:`isolane.worker.spool_writer`): once ``emit()`` returns,
+the event survives a SIGKILL of the worker the next instant, with no system call on the way. The
+event pipe carries only doorbells, the spool's tail offset, so that the parent need not poll; it
+reads the records from the spool itself. A burst rings one doorbell per ``linger`` seconds; an
+event after a quiet spell rings at once.
 
-Secrets are redacted from each encoded record before it is written, so the spool, the store and
-every screen see the same redacted bytes. Events keep the order in which ``emit()`` assigned
-their ``seq``, whatever thread emits them. The spool is bounded (``SpoolWriter(max_bytes=)``):
-past it the run is stopped through ``on_full`` and a reserve remains for its last events.
+Secrets never reach the spool: the journal screens each event and sends back one that may hold a
+secret, which the emitter redacts (:class:`~isolane.schemas.redaction.Redactor`) before it
+commits it. Events keep the order in which they got their ``seq``, whatever thread emits them,
+and an event emitted while another's data is encoded (from a ``__repr__``) simply comes first.
+The spool is bounded (``SpoolWriter(max_bytes=)``): past it the run is stopped through
+``on_full`` and a reserve remains for its last events.
 """
 
 from __future__ import annotations
@@ -35,27 +37,34 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
-from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_event, envelope
+from isolane.schemas.envelope import MAX_FRAME_BYTES, encode_data, record_prefix
+from isolane.schemas.redaction import Redactor
 from isolane.schemas.spool import DOORBELL, SpoolError
+from isolane.worker.journal import CLOSED, NO_ROOM, REDACT, TOO_LARGE, UNSUPPORTED, Journal
 from isolane.worker.spool_writer import SpoolWriter
 
 __all__ = ["Emit", "Emitter", "EmitterClosed"]
 
 log = logging.getLogger(__name__)
 
-_now: Final = time.time  # bound once: emit() is the hot path
 _dumps: Final = orjson.dumps
 
+#: How many times emit() deals with a refusal of the journal before it gives up (see
+#: ``_commit_after``: a redaction, a window, a replacement, plain names, and room again).
+_MAX_RETRIES: Final = 8
 #: A single event larger than this is replaced by an ``error`` event that says so.
 MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
 
 
-def _unchanged(record: bytes) -> bytes:
-    return record
+def _plain(text: object, what: str = "node_id") -> str:
+    """``text`` as a str the journal can write: a lone surrogate escaped, another type's str()."""
+    if what == "type_" and not isinstance(text, str):
+        raise TypeError(f"an event type must be a str, not {type(text).__name__}")
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Emit(Protocol):
@@ -94,7 +103,7 @@ class Emitter:
         start_seq: int = 0,
         linger: float = 0.005,
         heartbeat_interval: float = 5.0,
-        redact: Callable[[bytes], bytes] | None = None,
+        redactor: Redactor | None = None,
         on_full: Callable[[int], None] | None = None,
     ) -> None:
         if linger < 0:
@@ -103,22 +112,19 @@ class Emitter:
             raise ValueError("heartbeat_interval must be positive")
         self.run_id = run_id
         self._spool = spool
-        self._append = spool.append  # bound once: emit() is the hot path
-        self._envelope = envelope(run_id, start_seq, 0.0, "", None, {})
         self._pipe_fd = pipe_fd
-        self._seq = start_seq
         self._lock = threading.RLock()
-        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._bell = threading.Condition(self._lock)
-        self._rung = False  # a doorbell is due: the bell thread has been woken for it
-        self._refusing = False  # closed, or inside an encode that runs user code: emit() refuses
+        #: Where each event is committed; it screens for secrets when there is a redactor.
+        self._redactor = redactor
+        self._journal = Journal(spool.cursor, record_prefix(run_id), start_seq,
+                                None if redactor is None else redactor.needles, self._wake,
+                                MAX_EVENT_BYTES)
+        self._commit = self._journal.commit  # bound once: emit() is the hot path
         self._linger = linger
         self._heartbeat_interval = heartbeat_interval
-        #: Applied to each encoded record: the spool holds redacted bytes only.
-        self._redact: Callable[[bytes], bytes] = _unchanged if redact is None else redact
         self._on_full = on_full
         self._full = False
-        self._closed = False
         self._finished = False
         self._pipe_broken = False
         self._last_ring = float("-inf")  # when a doorbell last rang (a burst lingers after it)
@@ -129,7 +135,7 @@ class Emitter:
     @property
     def last_seq(self) -> int:
         """The ``seq`` of the most recently emitted event."""
-        return self._seq
+        return self._journal.seq
 
     @property
     def spool_tail(self) -> int:
@@ -138,61 +144,55 @@ class Emitter:
 
     def emit(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
         """Write one event to the spool and return its ``seq``; it is durable when this returns."""
-        self._acquire()  # not `with`: entering and leaving a with-block costs more than the calls
         try:
-            if self._refusing:  # closed, or inside the encoding of another event on this thread
-                self._refuse()
-            self._seq = seq = self._seq + 1
-            # The envelope of encode_event, its fields set in place. It keeps the caller's data
-            # until the next event replaces it (a heartbeat at the latest, when idle).
-            fields = self._envelope
-            fields["seq"] = seq
-            fields["ts"] = _now()
-            fields["type"] = type_
-            fields["node_id"] = node_id
-            fields["data"] = data
+            # Encoded before the commit, outside any lock: user code that runs here (an enum's
+            # value, a __repr__ below) may emit events of its own; they come first.
+            body = _dumps(data)
+        except TypeError:  # values JSON cannot hold: rendered with repr
+            body = encode_data(data)
+        seq = self._commit(type_, node_id, body)
+        return seq if seq > 0 else self._commit_after(seq, type_, node_id, body)
+
+    def _commit_after(self, code: int, type_: str, node_id: str | None, body: bytes) -> int:
+        """Deal with what ``commit()`` returned instead of a seq, and commit again (each answer
+        is dealt with once: redacted, given room, replaced, made plain; more means a bug)."""
+        screened = False
+        for _ in range(_MAX_RETRIES):
+            if code == REDACT:
+                redactor = self._redactor
+                assert redactor is not None  # the journal screens only when there is one
+                body = redactor.redact_json(body)
+                type_ = redactor.redact_text(type_)
+                node_id = None if node_id is None else redactor.redact_text(node_id)
+                screened = True
+            elif code == NO_ROOM:
+                self._make_room(self._journal.need)
+            elif code == TOO_LARGE:
+                type_, body = "error", self._too_large(type_, self._journal.need)
+            elif code == UNSUPPORTED:
+                type_, node_id = _plain(type_, "type_"), None if node_id is None else _plain(node_id)
+            elif code == CLOSED:
+                raise EmitterClosed(f"emitter of run {self.run_id} is closed")
+            code = self._commit(type_, node_id, body, screened)
+            if code > 0:
+                return code
+        raise RuntimeError(f"the journal of run {self.run_id} kept refusing an event of type "
+                           f"{type_!r} (last answer {code}); this is a bug in isolane")
+
+    def _make_room(self, need: int) -> None:
+        with self._lock:  # one thread maps the next window; the others find it there
             try:
-                # Plain JSON values: orjson runs no __repr__, nothing here can re-enter emit().
-                record = _dumps(fields)
-            except TypeError:  # values JSON cannot hold: rendered with repr (user code)
-                record = self._encode_any(seq, type_, node_id, data)
-            record = self._redact(record)
-            if len(record) > MAX_EVENT_BYTES:
-                record = self._too_large(seq, type_, node_id, len(record))
-            try:
-                if self._append(record) and not self._full:  # true once past the spool's limit
-                    self._full = True
-                    self._report_full()
+                over = self._spool.make_room(need)
             except SpoolError as exc:
                 raise EmitterClosed(str(exc)) from exc
-            if not self._rung:
-                self._rung = True
-                self._bell.notify()
-        finally:
-            self._release()
-        return seq
+            if over and not self._full:
+                self._full = True
+                self._report_full()
 
-    def _refuse(self) -> NoReturn:
-        if self._closed:
-            raise EmitterClosed(f"emitter of run {self.run_id} is closed")
-        raise RuntimeError("emit() was called while another event was being encoded on this "
-                           "thread (from a __repr__ of its data?); emit it after")
-
-    def _encode_any(self, seq: int, type_: str, node_id: str | None, data: dict[str, Any]) -> bytes:
-        self._refusing = True  # a __repr__ that emits re-enters emit(): refused
-        try:
-            return encode_event(self.run_id, seq, _now(), type_, node_id, data)
-        except BaseException:
-            self._seq = seq - 1  # not emitted: the next event takes its seq (no gap)
-            raise
-        finally:
-            self._refusing = self._closed
-
-    def _too_large(self, seq: int, type_: str, node_id: str | None, size: int) -> bytes:
-        log.warning("event %s of type %s is %d bytes; replaced by an error event", seq, type_, size)
-        stub = {"message": f"{type_} event of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit "
-                           "and was not recorded", "error_type": "EventTooLarge"}
-        return encode_event(self.run_id, seq, time.time(), "error", node_id, stub)
+    def _too_large(self, type_: str, size: int) -> bytes:
+        log.warning("an event of type %s is %d bytes; replaced by an error event", type_, size)
+        return _dumps({"message": f"{type_} event of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte "
+                                  "limit and was not recorded", "error_type": "EventTooLarge"})
 
     def _report_full(self) -> None:
         log.warning("run %s: its spool passed its limit (%d bytes)", self.run_id, self._spool.tail)
@@ -201,9 +201,7 @@ class Emitter:
 
     def flush(self) -> None:
         """Ring the doorbell now (a question for a person should not wait for the linger)."""
-        with self._lock:
-            self._rung = False
-            tail = self._spool.tail
+        _, tail = self._journal.take()
         self._ring(tail)
 
     def close(self) -> None:
@@ -211,7 +209,8 @@ class Emitter:
         with self._lock:
             if self._finished:
                 return
-            self._finished = self._closed = self._refusing = True
+            self._finished = True
+            self._journal.close()
             self._bell.notify_all()
         self._thread.join()
         self.flush()
@@ -225,22 +224,27 @@ class Emitter:
 
     # -- the bell thread -----------------------------------------------------------------------
 
+    def _wake(self) -> None:
+        """The journal's call when it commits an event and no doorbell is due yet."""
+        with self._bell:
+            self._bell.notify()
+
     def _run(self) -> None:
+        journal = self._journal
         while True:
             with self._lock:
-                if not self._rung and not self._closed:
+                if not journal.rung and not journal.closed:
                     # Idle: sleep until an event arrives or a heartbeat is due.
                     self._bell.wait(max(0.0, self._last_sign + self._heartbeat_interval
                                         - time.monotonic()))
-                if self._rung and not self._closed \
+                if journal.rung and not journal.closed \
                         and time.monotonic() - self._last_ring < self._linger:
                     # Inside a burst (a doorbell rang moments ago): let the rest of it gather
                     # behind one doorbell. An event after a quiet spell rings at once.
                     self._bell.wait(self._linger)
-                if self._closed:
+                if journal.closed:
                     return
-                rung, self._rung = self._rung, False
-                tail = self._spool.tail
+                rung, tail = journal.take()
             if rung:
                 self._ring(tail)
             elif time.monotonic() - self._last_sign >= self._heartbeat_interval:
@@ -252,8 +256,7 @@ class Emitter:
                     return
 
     def _ring(self, tail: int) -> None:
-        self._last_ring = float("-inf")  # when a doorbell last rang (a burst lingers after it)
-        self._last_sign = time.monotonic()  # a doorbell or the start: heartbeats count from it
+        self._last_ring = self._last_sign = time.monotonic()
         fd = self._pipe_fd
         if fd is None or self._pipe_broken:
             return

@@ -206,7 +206,7 @@ def worker_main(spec: WorkerSpec, event_conn: Any, control_conn: Any) -> None:
         start_seq=spec.start_seq,
         linger=spec.flush_interval,
         heartbeat_interval=spec.heartbeat_interval,
-        redact=redactor.redact_record,
+        redactor=redactor,
         on_full=enforcer.spool_full,
     )
     enforcer.start(emitter, exit_code=EXIT_CODES["failed"])

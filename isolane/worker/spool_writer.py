@@ -4,8 +4,9 @@
 
     SpoolWriter(path)   open (no link, regular file) · take the writer lock · find the tail ·
                         clear a torn remnant · allocate GROWTH_BYTES ahead · map that window
-    append(record)      copy the record's bytes into the window, then store b"\\n" (published)
-                        past the window: allocate the next span of the file, map it, unmap the old
+    append(record)      the cursor copies the record's bytes into the window, then stores b"\\n"
+                        (published); the emitter's journal composes events into the same cursor
+    make_room(need)     past the window: allocate the next span of the file, map it, unmap the old
     close()             unmap, truncate the file to its last record (plain JSON Lines), unlock
 
 The mapping is ``MAP_SHARED``: a copy into it is a write into the kernel's page cache for that
@@ -33,11 +34,11 @@ from isolane.schemas.spool import (
     lock_writer,
     open_spool,
 )
+from isolane.worker.journal import Cursor, CursorLike
 
 __all__ = ["SpoolWriter"]
 
 _PAGE: Final = mmap.ALLOCATIONGRANULARITY
-_NEWLINE: Final = 10
 
 
 class SpoolWriter:
@@ -46,12 +47,15 @@ class SpoolWriter:
     ``identity`` (``(st_dev, st_ino)``), when given, is the file the parent opened for reading:
     a spool that is another file by the time the worker opens it is refused. ``max_bytes``
     bounds the file: past it (checked as each window is mapped, so within ``growth`` bytes)
-    :attr:`over_limit` is set, and ``reserve`` bytes later :meth:`append` raises
+    :attr:`over_limit` is set, and ``reserve`` bytes later :meth:`make_room` raises
     :class:`~isolane.schemas.spool.SpoolError` rather than grow the file any further.
+
+    Records are copied in by :attr:`cursor` (see :mod:`isolane.worker.journal`): by
+    :meth:`append`, or by the emitter's journal, which composes events straight into it.
     """
 
-    __slots__ = ("_allocated", "_at", "_base", "_fd", "_growth", "_limit", "_map", "_room",
-                 "over_limit", "path", "start")
+    __slots__ = ("_allocated", "_fd", "_growth", "_limit", "_map", "cursor", "over_limit", "path",
+                 "start")
 
     def __init__(self, path: str | os.PathLike[str], *, identity: tuple[int, int] | None = None,
                  growth: int = GROWTH_BYTES, max_bytes: int | None = None,
@@ -80,18 +84,17 @@ class SpoolWriter:
         self._allocated = info.st_size
         #: Where this writer started (the end of earlier attempts' records).
         self.start = complete
+        #: The mapped window records are copied into.
+        self.cursor: CursorLike = Cursor(complete)
         self._map: mmap.mmap | None = None
-        self._base = 0  # the file offset of the mapped window
-        self._at = 0  # where the next record goes, in the window
-        self._room = 0  # the window's size
-        self._remap(complete, 0)
-        if self.over_limit:  # already past it (an earlier attempt): the first append says so
-            self._room = 0
+        self._map_window(0)
+        if self.over_limit:  # already past it (an earlier attempt): say so at the first record
+            self.cursor.unmap()  # (the window stays mapped: close() unmaps it)
 
     @property
     def tail(self) -> int:
         """The offset just after the last record written: where the next one goes."""
-        return self._base + self._at
+        return self.cursor.tail
 
     def append(self, record: bytes) -> bool | None:
         """Write one record (JSON bytes without newline) and publish it.
@@ -99,21 +102,23 @@ class SpoolWriter:
         Returns :attr:`over_limit` when a window was mapped for it (the only time the limit is
         checked), else ``None``: a caller learns of the limit at no cost per record.
         """
-        at = self._at
-        end = at + len(record)
-        over = None
-        if end >= self._room:
-            self._remap(self._base + at, len(record) + 1)
-            at = self._at
-            end = at + len(record)
-            over = self.over_limit
-        window = self._map
-        window[at:end] = record  # type: ignore[index]
-        window[end] = _NEWLINE  # type: ignore[index]  # stored after the bytes: now complete
-        self._at = end + 1
+        if self.cursor.put(record):
+            return None
+        over = self.make_room(len(record) + 1)
+        if not self.cursor.put(record):
+            raise SpoolError(f"the spool {self.path} has no room for a record of {len(record)} "
+                             "bytes after growing")  # make_room maps at least that much
         return over
 
-    def _remap(self, pos: int, need: int) -> None:
+    def make_room(self, need: int) -> bool:
+        """Map a window that holds ``need`` more bytes at the tail (unless the current one does);
+        return :attr:`over_limit`. The caller serialises it with every other writer's call."""
+        if self.cursor.free < need:
+            self._map_window(need)
+        return self.over_limit
+
+    def _map_window(self, need: int) -> None:
+        pos = self.cursor.tail
         base = pos - pos % _PAGE
         length = max(self._growth, -(-(pos - base + need) // _PAGE) * _PAGE)
         limit = self._limit
@@ -132,15 +137,17 @@ class SpoolWriter:
             self._allocated = base + length
         window = mmap.mmap(self._fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                            offset=base)
-        if self._map is not None:
-            self._map.close()
-        self._map, self._base, self._at, self._room = window, base, pos - base, length
+        old, self._map = self._map, window
+        self.cursor.map(window, base)  # from the tail as it is now (a journal may have moved it)
+        if old is not None:
+            old.close()
 
     def close(self) -> None:
         """Unmap, cut the file at its last record and release the writer lock."""
         if self._map is None:
             return
-        tail = self.tail
+        self.cursor.unmap()
+        tail = self.cursor.tail
         self._map.close()
         self._map = None
         try:
