@@ -204,3 +204,15 @@ def test_invalid_utf8_under_an_undeclared_key_is_a_problem_not_a_crash() -> None
     assert [e.seq for e in decoded.events] == [1] and len(decoded.problems) == 1
     for event in decoded.events:
         bytes(event.data).decode()
+
+
+def test_past_max_problems_bad_lines_are_counted_and_good_ones_still_decoded() -> None:
+    """A flood of garbage costs a split past the caller's cap: the problems are counted, not
+    kept, and a valid record among them still decodes."""
+    good = encode_event("r", 1, 1.0, "custom", None, {"name": "kept"})
+    data = b"garbage!\n" * 50 + b'{"not":"an envelope"}\n' + good + b"\n" + b"\n" + b"x\n"
+    decoded = decode_lines(data, "r", max_problems=3)
+    assert [e.seq for e in decoded.events] == [1]
+    assert len(decoded.problems) == 3 and decoded.dropped == 49
+    uncapped = decode_lines(data, "r")
+    assert len(uncapped.problems) == 52 and uncapped.dropped == 0

@@ -203,7 +203,9 @@ class RunMonitor:
         rows: list[EventRow] = []
         diagnostics = [DiagnosticRow(run_id, now, "invalid_event", p.reason, p.excerpt)
                        for p in span.problems]
-        decoded = decode_lines(span.data, run_id)
+        # Past the invalid-record cap a run is stopped: its further bad records are only counted.
+        decoded = decode_lines(span.data, run_id,
+                               max_problems=max(self.max_invalid - self._invalid, 0) + 1)
         for problem in decoded.problems:
             diagnostics.append(DiagnosticRow(run_id, now, "invalid_event", problem.reason,
                                              problem.excerpt))

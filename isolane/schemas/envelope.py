@@ -16,12 +16,10 @@ An event is an envelope ``{v, run_id, seq, ts, type, node_id, data}``:
 * ``v`` – :data:`SCHEMA_VERSION`; ``run_id`` – the run (a branch is a run with a parent);
 * ``seq`` – per-run, strictly increasing from 1, assigned by the worker: the idempotency key;
 * ``ts`` – UTC time as float seconds since the Unix epoch;
-* ``type`` – one of :data:`~isolane.schemas.payloads.EVENT_TYPES`; stored strings never change
-  once released (add, don't rename);
+* ``type`` – one of :data:`~isolane.schemas.payloads.EVENT_TYPES` (add, never rename);
 * ``node_id`` – the DAG node the event belongs to, or ``None``;
 * ``data`` – the payload, whose shape :data:`~isolane.schemas.payloads.PAYLOADS` declares per
-  type. Extra keys are kept (forward compatibility); missing or mistyped declared keys make the
-  event invalid.
+  type. Extra keys are kept; missing or mistyped declared keys make the event invalid.
 
 Nothing else in isolane builds an envelope by hand: the worker's journal composes each record
 from :func:`record_prefix`, the per-event fields and :func:`encode_data` (the same JSON that
@@ -104,18 +102,14 @@ def encode_event(run_id: str, seq: int, ts: float, type_: str, node_id: str | No
 
 
 def record_prefix(run_id: str) -> bytes:
-    """The bytes every record of a run starts with, up to its ``seq``: ``{"v":1,"run_id":…,"seq":``.
-
-    The worker's journal (:mod:`isolane.worker.journal`) composes records from it and the
-    per-event fields, in :func:`encode_event`'s order, so both write the same JSON.
-    """
+    """What every record of a run starts with, up to its ``seq``: ``{"v":1,"run_id":…,"seq":``
+    (the worker's journal composes records from it in :func:`encode_event`'s order)."""
     return b'{"v":%d,"run_id":%s,"seq":' % (SCHEMA_VERSION, _dumps(run_id))
 
 
 def encode_data(data: Any) -> bytes:
-    """An event's ``data`` as JSON, whatever it holds: values orjson cannot encode (non-string
-    keys, objects) are rendered with ``repr``, as is what it refuses even so (an int past 64 bits,
-    a cycle, nesting past 254 levels), key by key. Runs ``__repr__``: user code."""
+    """An event's ``data`` as JSON, whatever it holds: what orjson cannot encode is rendered with
+    ``repr`` (key by key if it refuses even that: a big int, a cycle). Runs user code."""
     try:
         return _dumps(data, default=_default, option=_ENCODE_OPTIONS)
     except TypeError:  # what orjson refuses even with a default
@@ -174,23 +168,20 @@ _ONE_DECODER: Final = msgspec.json.Decoder(WireEvent)
 
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """What one frame held: the valid events, in order, and one problem per rejected part.
-
-    ``types`` is the set of event types among ``events`` (a monitor looks for terminal events
-    there instead of testing every event).
-    """
+    """What one frame held: the valid events, in order, and one problem per rejected part;
+    ``types``, the set of event types among ``events`` (a monitor looks for terminal ones)."""
 
     events: list[WireEvent]
     problems: list[InvalidEvent]
     types: frozenset[str] = frozenset()
+    #: Problems past the caller's ``max_problems``, counted and not kept.
+    dropped: int = 0
 
 
 def _check(event: WireEvent, run_id: str) -> InvalidEvent | None:
     if event.run_id != run_id:
-        return InvalidEvent(
-            f"event names run {event.run_id!r} but arrived on the pipe of run {run_id!r}",
-            excerpt=bytes(event.data),
-        )
+        return InvalidEvent(f"event names run {event.run_id!r} but arrived on the pipe of run "
+                            f"{run_id!r}", excerpt=bytes(event.data))
     if event.v != SCHEMA_VERSION:
         return InvalidEvent(f"unsupported schema version {event.v} (this parent reads {SCHEMA_VERSION})")
     if not 1 <= event.seq < _MAX_SEQ:
@@ -265,13 +256,15 @@ def _decode_fast(payload: bytes, run_id: str, *, lines: bool = False) -> Decoded
     return DecodedFrame(events, [], types)
 
 
-def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
+def decode_lines(data: bytes, run_id: str, *, max_problems: int | None = None) -> DecodedFrame:
     """Decode spool records of ``run_id`` (whole lines, each ending in ``b"\\n"``); never raises.
 
     The lines are joined into one JSON array and decoded as a frame (one C-level pass); if
     anything is wrong the lines are decoded one by one, so that every valid record survives and
     each bad line yields its own problem. A line holding an array of envelopes (the spool format
-    before one record per line) is read as such.
+    before one record per line) is read as such. Past ``max_problems`` problems, bad lines are
+    only counted (:attr:`DecodedFrame.dropped`), and a line that cannot be an envelope is not
+    even decoded: a hostile writer's flood of garbage costs a split, not a decode per line.
     """
     if not data:
         return DecodedFrame([], [])
@@ -282,7 +275,15 @@ def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
             return decoded
     events: list[WireEvent] = []
     problems: list[InvalidEvent] = []
+    cap = len(data) if max_problems is None else max_problems
+    dropped = 0
     for line in body.split(b"\n"):
+        if len(problems) >= cap:  # past the cap: count, and decode only what may be an envelope
+            over: list[InvalidEvent] = []
+            if line[:1] == b"{":
+                _take_one(line, run_id, events, over)
+            dropped += len(over) if line[:1] == b"{" else bool(line.strip())
+            continue
         if not line.strip():
             continue
         if line[:1] == b"[":
@@ -291,7 +292,7 @@ def decode_lines(data: bytes, run_id: str) -> DecodedFrame:
             problems.extend(one.problems)
             continue
         _take_one(line, run_id, events, problems)
-    return DecodedFrame(events, problems, frozenset([event.type for event in events]))
+    return DecodedFrame(events, problems, frozenset([event.type for event in events]), dropped)
 
 
 def _decode_slowly(payload: bytes, run_id: str) -> DecodedFrame:
