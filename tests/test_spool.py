@@ -170,6 +170,32 @@ def test_a_lying_doorbell_never_makes_a_reader_skip_what_is_written_later(tmp_pa
     os.close(fd)
 
 
+def test_a_reader_ahead_of_the_doorbells_waits_for_a_record_whose_bytes_land_out_of_order(
+        tmp_path: Path) -> None:
+    """A record being written may have its later bytes in place before its earlier ones (a
+    compiler or memcpy stores them in any order; only the newline comes last). A reader led
+    there by a lying doorbell takes none of it until it is whole, then all of it."""
+    path = tmp_path / "events.jsonl"
+    first, second = _record(1), _record(2)
+    with open(path, "wb") as fh:
+        fh.write(first + b"\n" + bytes(len(second) + 1) + bytes(4096))
+    fd = open_spool(path)
+    reader = SpoolReader(fd)
+    at = len(first) + 1
+    os.pwrite(fd := os.open(path, os.O_WRONLY), second[-20:], at + len(second) - 20)  # the end first
+    os.pwrite(fd, second[:10], at)  # and the start: a hole of NUL bytes between them
+    span = reader.read(1 << 40)
+    assert [e.seq for e in decode_lines(span.data, "r").events] == [1] and not span.problems
+    assert reader.offset == at
+    os.pwrite(fd, second[10:-20], at + 10)
+    assert reader.read(1 << 40).data == b""  # complete but not yet published by its newline
+    os.pwrite(fd, b"\n", at + len(second))
+    span = reader.read(1 << 40)
+    assert [e.seq for e in decode_lines(span.data, "r").events] == [2] and not span.problems
+    os.close(fd)
+    os.close(reader.fd)
+
+
 def test_doorbells_survive_garbage_on_the_pipe() -> None:
     """Misaligned bytes on the pipe cost at most a wrong hint; the reader keeps the highest tail."""
     read_fd, write_fd = os.pipe()

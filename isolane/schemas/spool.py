@@ -16,10 +16,11 @@
 
 **Records.** One event envelope per line, as JSON (see :mod:`isolane.schemas.envelope`). JSON
 text holds no raw newline and no NUL byte (both are escaped inside strings), so a ``b"\\n"`` can
-only end a record. The writer copies a record's bytes first and stores its ``b"\\n"`` after, in
-program order: a record whose newline is in the file is complete, and a process killed at any
+only end a record. The writer stores a record's bytes first (in any order) and its ``b"\\n"``
+after them: a record whose newline is in the file is complete, and a process killed at any
 instant leaves at most one torn record, after the last newline. Readers never take bytes past
-the last newline: a torn record is reported and dropped, never half-stored.
+the last newline: a torn record is reported and dropped, never half-stored; a live reader that a
+lying doorbell led past the tail leaves a record with NUL holes where it is until it is whole.
 
 **Space.** The writer grows the file ahead of itself in :data:`GROWTH_BYTES` steps (allocated,
 so a full disk fails at growth with an error, not with SIGBUS in the middle of a copy), which
@@ -297,6 +298,10 @@ class SpoolReader:
             upto = self._end
         chunk = read_raw(self.fd, self.offset, min(upto - self.offset, self._max_span), live=True)
         bounded = len(chunk) == self._max_span
+        if not final and _NUL in chunk[chunk.rfind(_NL) + 1:]:
+            # Past the last newline, a record with NUL bytes inside is still being written (its
+            # bytes are not stored in order): read it again when it is complete, never half.
+            chunk, bounded = chunk[:chunk.rfind(_NL) + 1], False
         self.offset += len(chunk)
         span = self._lines.feed(chunk)
         self.more = bounded and self.offset < upto

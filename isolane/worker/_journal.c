@@ -113,8 +113,10 @@ cursor_publish(Cursor *self, Py_ssize_t n)
 {
     char *end = (char *)self->view.buf + self->at + n;
     /* The record's bytes are stored before its newline: a process killed between the two leaves
-     * a torn record (no newline), never a published one with bytes missing. */
-    atomic_signal_fence(memory_order_seq_cst);
+     * a torn record (no newline), never a published one with bytes missing; and a reader on
+     * another CPU that sees the newline sees the bytes (a release fence: free on x86). The bytes
+     * themselves may land in any order: readers never take a record without its newline. */
+    atomic_thread_fence(memory_order_release);
     *end = '\n';
     self->at += n + 1;
 }
