@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isolane.executor.spool import import_spool
+from isolane.executor.spool import MAX_LISTED_PROBLEMS, import_spool
 from isolane.schemas.envelope import decode_lines, encode_event
 from isolane.schemas.spool import (
     DOORBELL,
@@ -133,6 +133,24 @@ def test_a_spool_truncated_inside_a_record_imports_up_to_the_last_complete_one(
     assert store.seq_stats(run_id) == (100, 1, 100)
     (diagnostic,) = store.diagnostics(run_id)
     assert diagnostic.kind == "spool_invalid" and "ends inside a record" in diagnostic.reason
+
+
+def test_a_spool_flooded_with_garbage_imports_its_records_and_lists_a_bounded_number_of_problems(
+        tmp_path: Path, store: Store) -> None:
+    """Garbage between valid records: every valid record is stored; at most 1,000 invalid ones are
+    listed as diagnostics, and one more says how many were only counted."""
+    run_id = "flooded-run"
+    store.create_run(run_id=run_id, workflow="w", task="t", status="crashed")
+    path = tmp_path / "events.jsonl"
+    garbage = b"garbage!\n" * 3000
+    path.write_bytes(b"".join(encode_event(run_id, seq, 1.0, "custom", None, {"name": "n"}) + b"\n"
+                              + garbage for seq in range(1, 4)))
+    result = import_spool(store, run_id, path)
+    assert result.inserted == 3 and store.seq_stats(run_id) == (3, 1, 3)
+    assert result.unlisted == 9000 - MAX_LISTED_PROBLEMS
+    diagnostics = store.diagnostics(run_id)
+    assert len(diagnostics) == MAX_LISTED_PROBLEMS + 1
+    assert f"{9000 - MAX_LISTED_PROBLEMS} more invalid records" in diagnostics[-1].reason
 
 
 # -- untrusted spools ----------------------------------------------------------------------------

@@ -37,9 +37,15 @@ from isolane.schemas.spool import (
 from isolane.tracking.rows import DiagnosticRow
 from isolane.tracking.store import Store
 
-__all__ = ["SpoolFollower", "SpoolImport", "import_spool", "probe_spool", "quarantine_spool"]
+__all__ = ["MAX_LISTED_PROBLEMS", "SpoolFollower", "SpoolImport", "import_spool", "probe_spool",
+           "quarantine_spool"]
 
 log = logging.getLogger(__name__)
+
+#: An import lists at most this many invalid records; it counts the rest (a flooded spool would
+#: otherwise cost a diagnostic row, and a decode, per line of garbage).
+MAX_LISTED_PROBLEMS = 1000
+
 
 @dataclass(slots=True)
 class SpoolImport:
@@ -49,6 +55,8 @@ class SpoolImport:
     inserted: int = 0
     last_seq: int = 0
     problems: list[str] = field(default_factory=list)
+    #: Invalid records past :data:`MAX_LISTED_PROBLEMS`, counted and not listed.
+    unlisted: int = 0
     terminal: WireEvent | None = None
     #: The latest ``run_started`` read (its ``pid`` and ``host`` say where a worker ran).
     started: WireEvent | None = None
@@ -56,9 +64,11 @@ class SpoolImport:
 
 def _take(result: SpoolImport, span: SpoolSpan, run_id: str) -> tuple[list[WireEvent], list[str]]:
     """Decode a span, noting its terminal and ``run_started`` events in ``result``."""
-    decoded = decode_lines(span.data, run_id)
+    decoded = decode_lines(span.data, run_id,
+                           max_problems=max(MAX_LISTED_PROBLEMS - len(result.problems), 0))
     problems = [p.reason for p in span.problems] + [p.reason for p in decoded.problems]
     result.problems.extend(problems)
+    result.unlisted += decoded.dropped
     events = decoded.events
     if events:
         result.events += len(events)
@@ -94,6 +104,9 @@ def import_spool(store: Store, run_id: str, path: Path, *, batch: int = 5000) ->
                 break
     finally:
         os.close(fd)
+    if result.unlisted:
+        result.problems.append(f"{result.unlisted} more invalid records were counted, not listed "
+                               "(a broken or hostile workflow writing into its event log?)")
     if result.problems:
         now = time.time()
         store.write_batch(diagnostics=[DiagnosticRow(run_id, now, "spool_invalid", p)
