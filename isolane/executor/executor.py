@@ -176,21 +176,31 @@ class Executor(EventReading):
                         tb: TracebackType | None) -> bool | None:
         runs = self._open()
         try:
-            if exc is not None:
-                for live in runs.active():
-                    with anyio.CancelScope(shield=True):
-                        await live.cancel("the executor is shutting down")
-            with anyio.CancelScope(shield=exc is not None):
-                await runs.join()
-                if self._liveness_scope is not None:
-                    self._liveness_scope.cancel()
-                if self._answers_scope is not None:
-                    self._answers_scope.cancel()
-                assert self._writer is not None
-                await self._writer.close()
+            try:
+                if exc is None:
+                    await runs.join()  # a cancel meanwhile stops the runs, below
+            finally:
+                # Shielded, and the drivers and the writer are too: a cancel from outside
+                # reaches every task of the group, and only this ends the runs with their last
+                # events stored and no worker left behind.
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as stopping:
+                        for live in runs.active():  # none, unless the block failed or was cancelled
+                            stopping.start_soon(live.cancel, "the executor is shutting down")
+                    await runs.join()
+                    if self._liveness_scope is not None:
+                        self._liveness_scope.cancel()
+                    if self._answers_scope is not None:
+                        self._answers_scope.cancel()
+                    assert self._writer is not None
+                    await self._writer.close()
         finally:
             try:
                 result = await self._tg_cm.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:
+                if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                    return None  # the block's own error, and nothing else failed: raised as it was
+                raise
             finally:
                 if self._store is not None:
                     self._store.close()

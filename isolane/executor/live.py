@@ -165,7 +165,12 @@ class LiveRuns:
                      then: Callable[[Outcome], Awaitable[None]] | None) -> None:
         result: RunResult | None = None
         try:
-            result = await drive(live)
+            # Shielded: a cancel from outside (one around ``async with Executor``, or the task
+            # group's own when one of its tasks failed) would reach this task directly, leaving
+            # the worker unwatched and its last events unstored. A run is stopped by
+            # :meth:`LiveRun.cancel`, which the executor's exit calls for every active run.
+            with anyio.CancelScope(shield=True):
+                result = await drive(live)
         except Exception as exc:
             log.exception("run %s: the parent failed while driving it", live.run_id)
             result = RunResult(

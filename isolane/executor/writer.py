@@ -213,8 +213,11 @@ class StoreWriter:
         await self._send.aclose()
 
     async def run(self) -> None:
+        """Write until :meth:`close`; a cancel from outside never stops it, because the runs
+        still ending (shielded, see :class:`~isolane.executor.live.LiveRuns`) settle through it."""
         try:
-            await self._run()
+            with anyio.CancelScope(shield=True):
+                await self._run()
         finally:
             self.hub.close()  # nothing more will commit: the executor-wide feeds end
 
