@@ -4,6 +4,7 @@ workers, a real SQLite file and a real PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -32,13 +33,41 @@ def _busy() -> RunSpec:
     return RunSpec(workflow="tests.flows:paced", config={"n": 20_000, "seconds": 60})
 
 
+@pytest.fixture(autouse=True)
+def _processes_before() -> None:
+    """What already ran beside the test (Ray's cluster of an earlier test, the forkserver)."""
+    _BEFORE.clear()
+    _BEFORE.update(p.pid for p in psutil.Process().children(recursive=True))
+
+
+_BEFORE: set[int] = set()
+
+
+def _left_behind() -> list[psutil.Process]:
+    """Processes the test started that still live: new children of this process, and new
+    descendants of multiprocess's shared forkserver (the workers; the forkserver itself and the
+    resource tracker stay). What an earlier test left running (Ray's cluster) is not looked at."""
+    me = psutil.Process()
+    left = []
+    for child in me.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "multiprocess." in " ".join(child.cmdline()):
+                left.extend(child.children(recursive=True))
+            elif child.pid not in _BEFORE:
+                left.append(child)
+    alive_now = []
+    for process in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.pid not in _BEFORE and process.status() != psutil.STATUS_ZOMBIE:
+                alive_now.append(process)
+    return alive_now
+
+
 def _assert_settled(home: Path, db_url: str | None, runs: Sequence[RunHandle], seen: Sequence[Event],
                     status: str) -> None:
     """Every run ended ``status`` with its worker gone; every event a reader was given, and every
     one the worker spooled, is in the store (importing the spools adds nothing)."""
-    leftover = [p for p in psutil.Process().children(recursive=True)
-                if "multiprocess." not in " ".join(p.cmdline())]  # the shared forkserver stays
-    assert not leftover
+    assert not _left_behind()
     with Store.open(db_url, home=home) as store:
         for run in runs:
             row = store.get_run(run.run_id)
