@@ -201,6 +201,8 @@ def test_a_cursor_refuses_a_window_it_cannot_write_or_that_misses_its_tail(impl:
     cursor = cursor_type(5000)
     with pytest.raises(ValueError, match="outside the window"):
         cursor.map(mmap.mmap(-1, mmap.PAGESIZE), 0)
+    with pytest.raises(ValueError, match="outside the window"):
+        cursor.map(mmap.mmap(-1, 8 * mmap.PAGESIZE), -100)
     if cursor_type is not PyCursor:  # the compiled cursor asks for a writable buffer
         with pytest.raises((TypeError, BufferError)):
             cursor.map(b"read-only bytes", 4990)

@@ -85,7 +85,7 @@ cursor_map(Cursor *self, PyObject *args)
     if (PyObject_GetBuffer(window, &view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    if (tail < base || tail - base > (long long)view.len) {
+    if (base < 0 || tail < base || tail - base > (long long)view.len) {
         PyBuffer_Release(&view);
         PyErr_Format(PyExc_ValueError, "tail %lld is outside the window [%lld, %lld)", tail, base,
                      base + (long long)view.len);

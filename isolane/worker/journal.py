@@ -141,7 +141,7 @@ class PyCursor:
         """Write into ``window`` (a writable buffer at file offset ``base``) from the tail on."""
         with self._lock:
             tail = self._base + self._at
-            if not base <= tail <= base + len(window):
+            if not 0 <= base <= tail <= base + len(window):
                 raise ValueError(f"tail {tail} is outside the window [{base}, {base + len(window)})")
             self._window, self._base, self._at = window, base, tail - base
 
