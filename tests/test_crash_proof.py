@@ -42,6 +42,24 @@ async def test_a_burst_then_sudden_death_loses_nothing(home: Path, db_url: str, 
     assert diagnostics == []
 
 
+async def test_events_of_a_fork_pool_beside_the_worker_never_overwrite_its_own(home: Path) -> None:
+    """A workflow whose fork-started multiprocessing pool emits while it emits: the children's
+    emit() returns 0 (nothing recorded, a warning in the run's output), and every event of the
+    worker itself is stored, in order."""
+    async with Executor(home=home) as ex:
+        run = await ex.submit(RunSpec(workflow="tests.flows.crash:emits_from_forked_children",
+                                      config={"n": 3000}))
+        outcome = await run.wait()
+        ticks = [e.data["i"] for e in ex.store.events(run.run_id, types=["custom"])
+                 if e.data["name"] == "tick"]
+        output = " ".join(e.data.get("text", "") for e in ex.store.events(run.run_id,
+                                                                        types=["output"]))
+        diagnostics = ex.store.diagnostics(run.run_id)
+    assert outcome.status == "completed", outcome
+    assert ticks == list(range(3000)) and diagnostics == []
+    assert "forked from the worker" in output
+
+
 async def test_a_lone_event_after_a_quiet_spell_survives_sigkill(home: Path, db_url: str) -> None:
     """One event after 0.3 s of silence, then SIGKILL: it is stored."""
     async with Executor(home=home, db_url=db_url) as ex:

@@ -458,3 +458,27 @@ def test_emit_from_a_repr_inside_emit_is_stored_before_the_outer_event(tmp_path:
 
 def _lines(path: Path) -> Iterator[bytes]:
     yield from path.read_bytes().rstrip(b"\0").splitlines()
+
+
+def test_a_process_forked_from_the_worker_records_nothing_and_leaves_the_spool_whole(
+        tmp_path: Path) -> None:
+    """A forked child inherits the emitter: its events would be written at the worker's own tail,
+    over the worker's. The child's emit() returns 0 and records nothing, and its close() leaves
+    the file alone; every event of the worker is intact."""
+    path = tmp_path / "events.jsonl"
+    emitter = Emitter("r", spool=SpoolWriter(path), pipe_fd=None, heartbeat_interval=3600)
+    emitter.emit("custom", {"name": "before"})
+    pid = os.fork()
+    if pid == 0:  # the child: emit concurrently with the worker, then close as a worker would
+        code = 0 if all(emitter.emit("custom", {"name": "child"}) == 0 for _ in range(2000)) else 1
+        emitter.close()
+        os._exit(code)
+    for i in range(2000):
+        emitter.emit("custom", {"name": "worker", "i": i})
+    _, status = os.waitpid(pid, 0)
+    emitter.emit("custom", {"name": "after"})
+    emitter.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    events = [orjson.loads(line) for line in _lines(path)]
+    assert [e["seq"] for e in events] == list(range(1, 2003))
+    assert {e["data"]["name"] for e in events} == {"before", "worker", "after"}

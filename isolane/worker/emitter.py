@@ -31,11 +31,13 @@ The spool is bounded (``SpoolWriter(max_bytes=)``): past it the run is stopped t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -56,6 +58,8 @@ _dumps: Final = orjson.dumps
 #: How many times emit() deals with a refusal of the journal before it gives up (see
 #: ``_commit_after``: a redaction, a window, a replacement, plain names, and room again).
 _MAX_RETRIES: Final = 8
+#: What ``commit`` answers in a process forked from the worker (see ``Emitter._after_fork``).
+_FORKED: Final = -100
 #: A single event larger than this is replaced by an ``error`` event that says so.
 MAX_EVENT_BYTES: Final = MAX_FRAME_BYTES // 2
 
@@ -129,8 +133,11 @@ class Emitter:
         self._pipe_broken = False
         self._last_ring = float("-inf")  # when a doorbell last rang (a burst lingers after it)
         self._last_sign = time.monotonic()  # a doorbell or the start: heartbeats count from it
+        self._forked = False  # this object was inherited by a process forked from the worker
+        self._forked_warned = False
         self._thread = threading.Thread(target=self._run, name="isolane-bell", daemon=True)
         self._thread.start()
+        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
 
     @property
     def last_seq(self) -> int:
@@ -143,7 +150,10 @@ class Emitter:
         return self._spool.tail
 
     def emit(self, type_: str, data: dict[str, Any], node_id: str | None = None) -> int:
-        """Write one event to the spool and return its ``seq``; it is durable when this returns."""
+        """Write one event to the spool and return its ``seq``; it is durable when this returns.
+
+        In a process forked from the worker nothing is recorded: 0 is returned (and a warning
+        logged once)."""
         try:
             # Encoded before the commit, outside any lock: user code that runs here (an enum's
             # value, a __repr__ below) may emit events of its own; they come first.
@@ -158,6 +168,8 @@ class Emitter:
         is dealt with once: redacted, given room, replaced, made plain; more means a bug)."""
         screened = False
         for _ in range(_MAX_RETRIES):
+            if code == _FORKED:
+                return self._from_forked_child(type_)
             if code == REDACT:
                 redactor = self._redactor
                 assert redactor is not None  # the journal screens only when there is one
@@ -204,8 +216,18 @@ class Emitter:
         _, tail = self._journal.take()
         self._ring(tail)
 
+    def _from_forked_child(self, type_: str) -> int:
+        if not self._forked_warned:
+            self._forked_warned = True
+            log.warning("process %d, forked from the worker of run %s, emitted a %s event: events "
+                        "of forked processes are not recorded (only the worker writes its event "
+                        "log); emit from the worker, or use threads", os.getpid(), self.run_id, type_)
+        return 0
+
     def close(self) -> None:
         """Stop the bell thread, ring a last doorbell and close the spool and the pipe."""
+        if self._forked:  # the worker's spool is not this process's to cut or close
+            return
         with self._lock:
             if self._finished:
                 return
@@ -266,3 +288,15 @@ class Emitter:
             # The parent is gone: keep running into the spool, recovery imports it.
             self._pipe_broken = True
             log.warning("event pipe closed (%s); events continue in the spool", exc)
+
+
+def _after_fork(ref: weakref.ref[Emitter]) -> None:
+    """In a process forked from the worker (a ``multiprocessing`` pool, ``os.fork``): the
+    inherited emitter records nothing. Its journal writes the worker's spool at the worker's own
+    tail, so the two processes would overwrite each other's events; and its locks may have been
+    held by a thread that does not exist here. ``emit()`` returns 0 and warns once."""
+    emitter = ref()
+    if emitter is not None:
+        emitter._forked = True
+        emitter._forked_warned = False
+        emitter._commit = lambda *args: _FORKED

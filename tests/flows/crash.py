@@ -71,3 +71,27 @@ def streams_with_receipts(ctx: RunContext, task: str, config: dict[str, Any]) ->
         seq = emit("streamed", i=i)
         os.write(fd, b"%d\n" % seq)
         i += 1
+
+
+def emits_from_forked_children(ctx: RunContext, task: str, config: dict[str, Any]) -> int:
+    """Emits while a fork-started multiprocessing pool's children emit too (and get 0 back)."""
+    import multiprocessing
+
+    global _FORKED_CTX
+    _FORKED_CTX = ctx  # the children inherit it by the fork (a RunContext cannot be pickled)
+    n = int(config.get("n", 2000))
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pending = pool.map_async(_emit_in_child, range(4))
+        for i in range(n):
+            ctx.emit("tick", i=i)
+        child_seqs = pending.get(timeout=60)
+    assert child_seqs == [0] * 4, child_seqs
+    return n
+
+
+_FORKED_CTX: RunContext | None = None
+
+
+def _emit_in_child(k: int) -> int:
+    assert _FORKED_CTX is not None
+    return max(_FORKED_CTX.emit("from_child", k=k, i=i) for i in range(500))
