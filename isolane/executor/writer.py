@@ -47,6 +47,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from sqlalchemy.exc import DBAPIError
 
 from isolane.errors import RunNotFound, StoreRefused, StoreUnavailable
+from isolane.executor.batch import REFUSAL_BUDGET, Rows
 from isolane.executor.hub import Hub
 from isolane.schemas.envelope import EventRow
 from isolane.tracking.rows import DiagnosticRow
@@ -61,10 +62,6 @@ log = logging.getLogger(__name__)
 _OUTAGE = (StoreUnavailable, DBAPIError)
 #: What makes a write split until the rows the database refuses are alone.
 _REFUSED = (StoreRefused, RunNotFound)
-#: Rows of one run isolated one by one in one write; past it, that run's failing pieces are
-#: refused whole.
-_REFUSAL_BUDGET = 32
-
 
 @dataclass(slots=True)
 class WriteItem:
@@ -91,80 +88,6 @@ class Commit:
     run_updates: Mapping[str, Mapping[str, Any]]
     #: The kind of each diagnostic written (``restart``, ``store_refused``, ...).
     diagnostic_kinds: Sequence[str]
-
-
-@dataclass(slots=True)
-class _Rows:
-    """A piece of a batch: events first, then diagnostics, then run updates (the order in which
-    they are written, so a run's final status never lands before its events)."""
-
-    events: Sequence[EventRow] = ()
-    diagnostics: Sequence[DiagnosticRow] = ()
-    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def split(self) -> tuple[_Rows, _Rows] | None:
-        """Two smaller pieces, in write order; ``None`` for a single row."""
-        events, diagnostics, updates = self.events, self.diagnostics, self.updates
-        if len(events) > 1:
-            first_run = events[0][0]
-            if events[-1][0] != first_run:  # runs apart first: one run's rows cost others nothing
-                cut = next(i for i, row in enumerate(events) if row[0] != first_run)
-            else:
-                cut = len(events) // 2
-            return _Rows(events[:cut]), _Rows(events[cut:], diagnostics, updates)
-        if events and (diagnostics or updates):
-            return _Rows(events), _Rows((), diagnostics, updates)
-        if len(diagnostics) > 1:
-            half = len(diagnostics) // 2
-            return _Rows((), diagnostics[:half]), _Rows((), diagnostics[half:], updates)
-        if diagnostics and updates:
-            return _Rows((), diagnostics), _Rows((), (), updates)
-        fields = [(run_id, name, value) for run_id, changes in updates.items()
-                  for name, value in changes.items()]
-        if len(fields) > 1:
-            half = len(fields) // 2
-            return _Rows(updates=_updates(fields[:half])), _Rows(updates=_updates(fields[half:]))
-        return None
-
-    def one_run(self) -> str | None:
-        """The run whose events are all this piece holds, if that is all it holds."""
-        if self.diagnostics or self.updates or not self.events:
-            return None
-        run_id = self.events[0][0]
-        return run_id if self.events[-1][0] == run_id else None
-
-    def refusal(self, reason: str) -> DiagnosticRow:
-        """The ``store_refused`` diagnostic that stands for this refused piece: one row, or the
-        events of one run that used up its budget."""
-        now = time.time()
-        if len(self.events) > 1:
-            run_id = self.events[0][0]
-            message = (f"the database refused {len(self.events)} more events of the run (seq "
-                       f"{self.events[0][1]} to {self.events[-1][1]}), refused as a whole after "
-                       f"{_REFUSAL_BUDGET} rows of it were refused one by one in one write: "
-                       f"{reason}; they are kept in the run's spool only")
-            return DiagnosticRow(run_id, now, "store_refused", message)
-        if self.events:
-            run_id, seq, _, type_, node_id, data = self.events[0]
-            message = (f"the database refused event seq {seq} ({type_}, node {node_id!r}): "
-                       f"{reason}; the event is kept in the run's spool only")
-            return DiagnosticRow(run_id, now, "store_refused", message, data)
-        if self.diagnostics:
-            refused = self.diagnostics[0]
-            return DiagnosticRow(refused.run_id, now, "store_refused",
-                                 f"the database refused a {refused.kind!r} diagnostic: {reason}")
-        (run_id, changes), = self.updates.items()
-        (name, value), = changes.items()
-        return DiagnosticRow(run_id, now, "store_refused",
-                             f"the database refused the run's {name!r}: {reason}; it was not "
-                             "stored", repr(value))
-
-
-def _updates(fields: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
-    updates: dict[str, dict[str, Any]] = {}
-    for run_id, name, value in fields:
-        updates.setdefault(run_id, {})[name] = value
-    return updates
 
 
 class StoreWriter:
@@ -255,7 +178,7 @@ class StoreWriter:
             start = 0
             for item in batch:
                 item.events, start = events[start:start + len(item.events)], start + len(item.events)
-        rows = _Rows(events, diagnostics, updates)
+        rows = Rows(events, diagnostics, updates)
         started = time.perf_counter()
         outage = _Outage()
         refused = await self._store(rows, outage)
@@ -286,7 +209,7 @@ class StoreWriter:
             except Exception:  # an observer's bug must never stop the writer
                 log.exception("a store-writer observer failed (ignored)")
 
-    async def _store(self, rows: _Rows, outage: _Outage) -> set[tuple[str, int]]:
+    async def _store(self, rows: Rows, outage: _Outage) -> set[tuple[str, int]]:
         """Write ``rows``, splitting around refused ones; return the keys of refused events."""
         refused: set[tuple[str, int]] = set()
         by_run: Counter[str | None] = Counter()  # rows refused one by one, per run
@@ -302,7 +225,7 @@ class StoreWriter:
             # Isolating a row costs a few transactions per halving; a run whose rows are refused
             # again and again (a hostile worker) gets a budget, then the rest of its failing
             # pieces are refused whole, so it cannot keep the writer from other runs.
-            halves = None if by_run[run_id] >= _REFUSAL_BUDGET and run_id is not None \
+            halves = None if by_run[run_id] >= REFUSAL_BUDGET and run_id is not None \
                 else piece.split()
             if halves is not None:
                 pending.extend(reversed(halves))
@@ -313,19 +236,19 @@ class StoreWriter:
             await self._record_refusal(piece, reason, outage)
         return refused
 
-    async def _record_refusal(self, piece: _Rows, reason: str, outage: _Outage) -> None:
+    async def _record_refusal(self, piece: Rows, reason: str, outage: _Outage) -> None:
         diagnostic = piece.refusal(reason)
         log.warning("run %s: %s", diagnostic.run_id, diagnostic.reason)
         for attempt in (diagnostic, replace(diagnostic, excerpt="")):
             try:
-                await self._write_retrying(_Rows(diagnostics=[attempt]), outage)
+                await self._write_retrying(Rows(diagnostics=[attempt]), outage)
                 return
             except _REFUSED:
                 continue  # the excerpt may be what the database refuses: once more without it
         log.error("run %s: the database refused even the diagnostic of a refused row: %s",
                   diagnostic.run_id, diagnostic.reason)
 
-    async def _write_retrying(self, rows: _Rows, outage: _Outage) -> None:
+    async def _write_retrying(self, rows: Rows, outage: _Outage) -> None:
         """Write ``rows`` in one transaction, again and again while the store is unreachable."""
         delay = 0.05
         while True:
@@ -347,7 +270,7 @@ class StoreWriter:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_delay)
 
-    async def _record_outage(self, rows: _Rows, outage: _Outage) -> None:
+    async def _record_outage(self, rows: Rows, outage: _Outage) -> None:
         assert outage.started is not None
         seconds = time.time() - outage.started
         log.warning("store is back after %.1f s", seconds)
@@ -359,7 +282,7 @@ class StoreWriter:
                                      f"store unavailable for {seconds:.1f} s; writes retried: "
                                      f"{outage.last_error}") for run_id in (runs or {None})]
         try:
-            await self._write_retrying(_Rows(diagnostics=diagnostics), _Outage())
+            await self._write_retrying(Rows(diagnostics=diagnostics), _Outage())
         except _REFUSED as exc:
             log.error("the database refused the store_outage diagnostic: %s", exc)
 
