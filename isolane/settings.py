@@ -31,11 +31,13 @@ __all__ = [
     "DB_URL_ENV",
     "DEFAULT_BACKEND",
     "DEFAULT_HOME",
+    "DEFAULT_SHUTDOWN_GRACE",
     "HOME_ENV",
     "HOST_ID_ENV",
     "OFFLINE_LLM_URL_ENV",
     "RAY_ADDRESS_ENV",
     "RAY_POOL_ENV",
+    "SHUTDOWN_GRACE_ENV",
     "TOKEN_ENV",
     "backend",
     "db_url",
@@ -45,6 +47,7 @@ __all__ = [
     "offline_llm_url",
     "ray_address",
     "ray_pool",
+    "shutdown_grace",
     "token",
 ]
 
@@ -55,6 +58,7 @@ HOST_ID_ENV: Final = "ISOLANE_HOST_ID"
 RAY_ADDRESS_ENV: Final = "ISOLANE_RAY_ADDRESS"
 RAY_POOL_ENV: Final = "ISOLANE_RAY_POOL"
 TOKEN_ENV: Final = "ISOLANE_TOKEN"
+SHUTDOWN_GRACE_ENV: Final = "ISOLANE_SHUTDOWN_GRACE"
 OFFLINE_LLM_URL_ENV: Final = "ISOLANE_OFFLINE_LLM_URL"
 
 #: Default directory of runs and of the embedded SQLite database (relative to the working dir).
@@ -62,6 +66,8 @@ DEFAULT_HOME: Final = Path(".isolane")
 DEFAULT_BACKEND: Final = "local"
 #: The embedded SQLite database's file name, in the home.
 DB_FILENAME: Final = "isolane.db"
+#: Seconds a closing executor waits for an unreachable database (its events stay in the spools).
+DEFAULT_SHUTDOWN_GRACE: Final = 30.0
 
 
 def _get(name: str, environ: Mapping[str, str] | None) -> str | None:
@@ -110,6 +116,21 @@ def ray_pool(environ: Mapping[str, str] | None = None) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{RAY_POOL_ENV}={raw!r} is not a number of relays") from None
+
+
+def shutdown_grace(environ: Mapping[str, str] | None = None) -> float:
+    """``$ISOLANE_SHUTDOWN_GRACE`` in seconds, else :data:`DEFAULT_SHUTDOWN_GRACE`; raises
+    :class:`ConfigError`."""
+    raw = _get(SHUTDOWN_GRACE_ENV, environ)
+    if raw is None:
+        return DEFAULT_SHUTDOWN_GRACE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{SHUTDOWN_GRACE_ENV}={raw!r} is not a number of seconds") from None
+    if not seconds >= 0:  # NaN too
+        raise ConfigError(f"{SHUTDOWN_GRACE_ENV} cannot be negative, got {raw!r}")
+    return seconds
 
 
 def token(environ: Mapping[str, str] | None = None) -> str | None:

@@ -109,6 +109,8 @@ class Attempts:
         await self._runs.writer.put_and_wait(WriteItem(run_updates={run_id: {
             "status": "starting", "attempt": worker_spec.attempt, "heartbeat_at": time.time(),
             "worker_pid": None, "worker_create_time": None, "meta": dict(meta)}}))
+        if live.cancel_requested is not None:  # asked while the intent waited for the store
+            return RunResult("cancelled", None, error=live.cancel_requested, error_type="cancelled")
         try:
             worker = await self.backend.launch(worker_spec)
         except SpoolError as exc:  # a spool a live worker still writes, or one a worker replaced

@@ -73,6 +73,9 @@ class Executor(EventReading):
     ``backend_options`` for it; or it is a ready :class:`WorkerBackend`. ``telemetry`` sends
     every run as an OpenTelemetry trace, live, to a collector's URL (default
     ``$OTEL_EXPORTER_OTLP_ENDPOINT`` when set; ``False``: never; needs ``isolane[otel]``).
+    ``shutdown_grace`` (default ``ISOLANE_SHUTDOWN_GRACE`` or 30 s) bounds how long the exit waits
+    for an unreachable database: past it the active runs are stopped, what was not written stays
+    in the runs' spools for recovery, and a warning counts it.
     """
 
     def __init__(
@@ -91,7 +94,11 @@ class Executor(EventReading):
         backend: str | WorkerBackend | None = None,
         backend_options: Mapping[str, Any] | None = None,
         telemetry: str | bool | None = None,
+        shutdown_grace: float | None = None,
     ) -> None:
+        self.shutdown_grace = settings.shutdown_grace() if shutdown_grace is None else shutdown_grace
+        if not self.shutdown_grace >= 0:
+            raise ConfigError(f"shutdown_grace cannot be negative, got {shutdown_grace!r}")
         if max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, got {max_workers}")
         if max_blob_bytes < 0:
@@ -175,24 +182,28 @@ class Executor(EventReading):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
         runs = self._open()
+        assert self._writer is not None
+        # From here an outage cannot hold the exit longer than the grace: the writer then stops
+        # waiting for the store (the events are in the spools) and the runs are stopped, below.
+        self._writer.give_up_after(self.shutdown_grace)
         try:
             try:
                 if exc is None:
-                    await runs.join()  # a cancel meanwhile stops the runs, below
+                    await runs.join_unless_store_lost()  # a cancel meanwhile stops the runs
             finally:
                 # Shielded, and the drivers and the writer are too: a cancel from outside
                 # reaches every task of the group, and only this ends the runs with their last
-                # events stored and no worker left behind.
+                # events stored (or, past the grace of an outage, left to the spools) and no
+                # worker left behind.
                 with anyio.CancelScope(shield=True):
                     async with anyio.create_task_group() as stopping:
-                        for live in runs.active():  # none, unless the block failed or was cancelled
+                        for live in runs.active():  # none, unless failed, cancelled or store lost
                             stopping.start_soon(live.cancel, "the executor is shutting down")
                     await runs.join()
                     if self._liveness_scope is not None:
                         self._liveness_scope.cancel()
                     if self._answers_scope is not None:
                         self._answers_scope.cancel()
-                    assert self._writer is not None
                     await self._writer.close()
         finally:
             try:

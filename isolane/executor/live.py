@@ -161,6 +161,19 @@ class LiveRuns:
             for live in pending:
                 await live.wait()
 
+    async def join_unless_store_lost(self) -> None:
+        """:meth:`join`, or return as soon as the writer gave up on an unreachable store
+        (:meth:`StoreWriter.give_up_after`): nothing more can be stored, so the executor's exit
+        stops the runs still active instead of waiting for them."""
+        async with anyio.create_task_group() as tg:
+            async def store_lost() -> None:
+                await self.writer.gave_up.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(store_lost)
+            await self.join()
+            tg.cancel_scope.cancel()
+
     async def _drive(self, live: LiveRun, drive: Driver, interrupted: str,
                      then: Callable[[Outcome], Awaitable[None]] | None) -> None:
         result: RunResult | None = None
@@ -190,13 +203,16 @@ class LiveRuns:
         """``read()`` in a thread, tried again through a store outage until it succeeds.
 
         Every store read on a run's path goes through here (or through the writer): an outage
-        delays the run, it never ends it or the executor. A cancel of the caller stops waiting.
+        delays the run, it never ends it or the executor. A cancel of the caller stops waiting,
+        and so does a closing executor's writer giving up on the store (the error is raised).
         """
         delay = 0.1
         while True:
             try:
                 return await anyio.to_thread.run_sync(read)
             except StoreUnavailable as exc:
+                if self.writer.gave_up.is_set():
+                    raise  # the executor is closing and gave up on the store: no more waiting
                 log.warning("store unavailable while %s (%s); trying again in %.1f s", what, exc, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY_DELAY)

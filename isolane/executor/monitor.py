@@ -18,7 +18,7 @@ actor's streaming generator. Either way the monitor decodes and validates every 
 The status is decided from what the worker reported and how it ended:
 
 ========================  ===============================================================
-``cancelled``             a cancel was requested (whatever the worker managed to report)
+``cancelled``             a cancel was requested while the worker ran (whatever it managed to report)
 ``timed_out``             the run passed its timeout, or its heartbeats stopped
 ``completed``/``failed``  the worker reported ``run_completed`` / ``run_failed`` and exited
                           (``failed`` also: a limit, ``LimitExceeded``; a flood of invalid records)
@@ -145,8 +145,12 @@ class RunMonitor:
         return result
 
     async def cancel(self, message: str = "cancelled by request") -> None:
-        """Stop the run: cooperative request, then SIGKILL of its tree after the grace period."""
-        if self._stop is None:
+        """Stop the run: cooperative request, then SIGKILL of its tree after the grace period.
+
+        A worker that has already exited keeps the outcome it ended with: only the records it
+        left are still being handed to the writer (an executor closing during a store outage
+        stops every run whose last events are not stored yet)."""
+        if self._stop is None and not self._exited.is_set():
             self._stop = _Stop("cancelled", message)
         await self._stop_worker()
 

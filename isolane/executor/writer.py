@@ -19,7 +19,10 @@ A write that fails is one of two things, told apart by the store (see
 * **an outage** (:class:`StoreUnavailable`: connection refused or lost, server shutting down, a
   timeout, a lock, a full disk): the same rows are written again with backoff, for as long as it
   takes. The events are safe in the runs' spools and the full stream back-pressures the runs. A
-  ``store_outage`` diagnostic records how long it lasted.
+  ``store_outage`` diagnostic records how long it lasted. Once the executor is closing
+  (:meth:`StoreWriter.give_up_after`), an outage longer than its ``shutdown_grace`` ends the
+  writing: what is queued, and what comes later, is counted and dropped, its waiters released,
+  and one warning says so; recovery imports those events from the spools later.
 * **a refusal** (:class:`StoreRefused`: the database will never take one of the rows, e.g. a value
   out of range; or :class:`RunNotFound`): the batch is split, runs apart first, then in halves,
   until every row the database takes is stored and each refused row is alone. A refused row
@@ -46,7 +49,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy.exc import DBAPIError
 
-from isolane.errors import RunNotFound, StoreRefused, StoreUnavailable
+from isolane.errors import IsolaneError, RunNotFound, StoreRefused, StoreUnavailable
 from isolane.executor.batch import REFUSAL_BUDGET, Rows
 from isolane.executor.hub import Hub
 from isolane.schemas.envelope import EventRow
@@ -115,6 +118,10 @@ class StoreWriter:
         self.rows_refused = 0
         #: Called with a :class:`Commit` after each write (errors are logged, never raised).
         self.observers: list[Callable[[Commit], None]] = []
+        #: Set once the writer stopped waiting for an unreachable store (:meth:`give_up_after`).
+        self.gave_up = anyio.Event()
+        self._grace: tuple[float, float] | None = None  # (since, seconds), monotonic
+        self._wake = anyio.Event()  # cuts a retry's backoff short when the grace is set
 
     @property
     def backlog(self) -> int:
@@ -134,6 +141,14 @@ class StoreWriter:
     async def close(self) -> None:
         """No more items; :meth:`run` returns after writing what is queued."""
         await self._send.aclose()
+
+    def give_up_after(self, seconds: float) -> None:
+        """From now on, stop writing once the store has been unreachable for ``seconds`` (counted
+        from now at the earliest): the executor's exit calls it so that an outage cannot hold it
+        (the events are safe in the runs' spools). While the store answers, nothing changes:
+        every queued write is still made."""
+        self._grace = (time.monotonic(), seconds)
+        self._wake.set()
 
     async def run(self) -> None:
         """Write until :meth:`close`; a cancel from outside never stops it, because the runs
@@ -160,7 +175,26 @@ class StoreWriter:
                         break
                     batch.append(item)
                     rows += len(item.events)
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except _GiveUp as exc:
+                    await self._drop(batch, exc.seconds)
+                    return
+
+    async def _drop(self, batch: list[WriteItem], seconds: float) -> None:
+        """Given up on the store: count ``batch`` and every item until :meth:`close` as not
+        written, release their waiters (no sender may block: the runs still have to end), and
+        say so once."""
+        self.gave_up.set()
+        dropped = _Dropped()
+        dropped.add(batch)
+        async for item in self._recv:
+            dropped.add([item])
+        log.warning(
+            "the store stayed unreachable for %.1f s while the executor was closing (its "
+            "shutdown_grace): %s of %d run(s) were not written; the events are safe in the runs' "
+            "spools, and `isolane recover` (or Executor(recover=True)) imports them and settles "
+            "those runs once the store is back", seconds, dropped, len(dropped.runs))
 
     async def _write(self, batch: list[WriteItem]) -> None:
         merged: list[EventRow] = []
@@ -252,6 +286,7 @@ class StoreWriter:
         """Write ``rows`` in one transaction, again and again while the store is unreachable."""
         delay = 0.05
         while True:
+            self._wake = anyio.Event()
             try:
                 await anyio.to_thread.run_sync(lambda: self.store.write_batch(
                     events=rows.events, diagnostics=rows.diagnostics, run_updates=rows.updates,
@@ -263,11 +298,19 @@ class StoreWriter:
                 # Events are also in each run's spool; holding the batch back-pressures the runs.
                 first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
                 if outage.started is None:
-                    outage.started = time.time()
+                    outage.started, outage.since = time.time(), time.monotonic()
                     log.warning("store write failed, retrying (events are safe in the spools): %s",
                                 first_line)
                 outage.last_error = first_line[:200]
-                await anyio.sleep(delay)
+                wait = delay
+                if self._grace is not None:  # the executor is closing: wait only so long
+                    since = max(outage.since, self._grace[0])
+                    wait = since + self._grace[1] - time.monotonic()
+                    if wait <= 0:
+                        raise _GiveUp(time.monotonic() - since) from exc
+                    wait = min(wait, delay)
+                with anyio.move_on_after(wait):
+                    await self._wake.wait()
                 delay = min(delay * 2, self._retry_max_delay)
 
     async def _record_outage(self, rows: Rows, outage: _Outage) -> None:
@@ -289,7 +332,40 @@ class StoreWriter:
 
 @dataclass(slots=True)
 class _Outage:
-    """When the store first failed during one batch, and its last error."""
+    """When the store first failed during one batch (wall clock, and monotonic), its last error."""
 
     started: float | None = None
+    since: float = 0.0
     last_error: str = ""
+
+
+class _GiveUp(IsolaneError):
+    """The store stayed unreachable past the closing executor's grace (never leaves the writer)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"store unreachable for {seconds:.1f} s")
+        self.seconds = seconds
+
+
+@dataclass(slots=True)
+class _Dropped:
+    """What the writer did not write because it gave up; its waiters are released all the same."""
+
+    events: int = 0
+    updates: int = 0
+    diagnostics: int = 0
+    runs: set[str] = field(default_factory=set)
+
+    def add(self, items: Sequence[WriteItem]) -> None:
+        for item in items:
+            self.events += len(item.events)
+            self.updates += len(item.run_updates)
+            self.diagnostics += len(item.diagnostics)
+            self.runs.update(row[0] for row in item.events)
+            self.runs.update(item.run_updates)
+            if item.committed is not None:
+                item.committed.set()
+
+    def __str__(self) -> str:
+        return (f"{self.events} events, {self.updates} run-row updates and {self.diagnostics} "
+                "diagnostics")
