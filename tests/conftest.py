@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 from isolane.tracking import Store
 from isolane.tracking.urls import display_url, normalize_url
 from tests.cdp import Chromium, find_chromium
-from tests.helpers import import_ray
+from tests.helpers import ProcessWatch, import_ray
 from tests.pgcluster import PgCluster, PgClusterUnavailable
 
 PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -173,3 +173,9 @@ def chromium(tmp_path: Path) -> Iterator[Chromium]:
         pytest.skip(reason)
     with Chromium(binary, tmp_path / "chromium-profile") as browser:
         yield browser
+
+
+@pytest.fixture
+def process_watch() -> ProcessWatch:
+    """What the test starts that outlives it: ``assert not process_watch.left_behind()``."""
+    return ProcessWatch()

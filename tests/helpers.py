@@ -20,8 +20,8 @@ import pytest
 
 from isolane import Executor
 
-__all__ = ["RAY_OPTIONS", "REQUIRE_RAY_ENV", "RssPeak", "alive", "executor_on", "import_ray",
-           "serve_process"]
+__all__ = ["RAY_OPTIONS", "REQUIRE_RAY_ENV", "ProcessWatch", "RssPeak", "alive", "executor_on",
+           "import_ray", "serve_process"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,3 +147,30 @@ def visible(event: Any, *, first_line: bool = False) -> tuple[Any, ...] | None:
     if event.type == "llm_retry":
         return ("retry", d.get("agent"), d.get("model"), d.get("status"))
     return None
+
+
+class ProcessWatch:
+    """The processes a test starts that outlive it (the ``process_watch`` fixture).
+
+    Looked at: new children of the test process, and new descendants of multiprocess's shared
+    forkserver (isolane's workers, forked by it; the forkserver itself and the resource tracker
+    stay). Not looked at: what ran before the test (Ray's cluster of an earlier test)."""
+
+    def __init__(self) -> None:
+        self.before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    def left_behind(self) -> list[psutil.Process]:
+        me = psutil.Process()
+        candidates: list[psutil.Process] = []
+        for child in me.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "multiprocess." in " ".join(child.cmdline()):
+                    candidates.extend(child.children(recursive=True))
+                else:
+                    candidates.append(child)
+        left = []
+        for process in candidates:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if process.pid not in self.before and process.status() != psutil.STATUS_ZOMBIE:
+                    left.append(process)
+        return left

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
 
 from isolane import Executor, RunHandle, RunSpec
@@ -24,7 +23,7 @@ from isolane.errors import ConfigError
 from isolane.executor.spool import import_spool
 from isolane.schemas.spool import spool_path
 from isolane.tracking.store import Store
-from tests.helpers import alive
+from tests.helpers import ProcessWatch, alive
 from tests.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -48,9 +47,18 @@ async def _until_stored(run: RunHandle, i: int) -> None:
             return
 
 
+@pytest.fixture(autouse=True)
+def _watch(process_watch: ProcessWatch) -> None:
+    global _WATCH
+    _WATCH = process_watch
+
+
+_WATCH: ProcessWatch | None = None
+
+
 def _no_worker_left() -> None:
-    leftover = [p for p in psutil.Process().children(recursive=True)
-                if "multiprocess." not in " ".join(p.cmdline())]  # the shared forkserver stays
+    assert _WATCH is not None
+    leftover = _WATCH.left_behind()
     assert not leftover, leftover
 
 

@@ -4,7 +4,6 @@ workers, a real SQLite file and a real PostgreSQL)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -12,14 +11,13 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import psutil
 import pytest
 import sqlalchemy as sa
 
 from isolane import Event, Executor, RunHandle, RunSpec
 from isolane.executor.spool import import_spool
 from isolane.tracking.store import Store
-from tests.helpers import alive
+from tests.helpers import ProcessWatch, alive
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
@@ -34,40 +32,19 @@ def _busy() -> RunSpec:
 
 
 @pytest.fixture(autouse=True)
-def _processes_before() -> None:
-    """What already ran beside the test (Ray's cluster of an earlier test, the forkserver)."""
-    _BEFORE.clear()
-    _BEFORE.update(p.pid for p in psutil.Process().children(recursive=True))
+def _watch(process_watch: ProcessWatch) -> None:
+    global _WATCH
+    _WATCH = process_watch
 
 
-_BEFORE: set[int] = set()
-
-
-def _left_behind() -> list[psutil.Process]:
-    """Processes the test started that still live: new children of this process, and new
-    descendants of multiprocess's shared forkserver (the workers; the forkserver itself and the
-    resource tracker stay). What an earlier test left running (Ray's cluster) is not looked at."""
-    me = psutil.Process()
-    left = []
-    for child in me.children():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "multiprocess." in " ".join(child.cmdline()):
-                left.extend(child.children(recursive=True))
-            elif child.pid not in _BEFORE:
-                left.append(child)
-    alive_now = []
-    for process in left:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if process.pid not in _BEFORE and process.status() != psutil.STATUS_ZOMBIE:
-                alive_now.append(process)
-    return alive_now
+_WATCH: ProcessWatch | None = None
 
 
 def _assert_settled(home: Path, db_url: str | None, runs: Sequence[RunHandle], seen: Sequence[Event],
                     status: str) -> None:
     """Every run ended ``status`` with its worker gone; every event a reader was given, and every
     one the worker spooled, is in the store (importing the spools adds nothing)."""
-    assert not _left_behind()
+    assert _WATCH is not None and not _WATCH.left_behind()
     with Store.open(db_url, home=home) as store:
         for run in runs:
             row = store.get_run(run.run_id)
