@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -122,20 +122,6 @@ def may_hold_secret(text: str, values: tuple[str, ...]) -> bool:
     return False
 
 
-def _screen(values: tuple[str, ...], redact: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
-    """``frame`` unchanged when it cannot hold a secret (:func:`may_hold_secret`), else
-    ``redact(frame)``; a frame that is not UTF-8 is redacted."""
-
-    def screen(frame: bytes) -> bytes:
-        try:
-            text = frame.decode()
-        except UnicodeDecodeError:
-            return redact(frame)
-        return redact(frame) if may_hold_secret(text, values) else frame
-
-    return screen
-
-
 class Redactor:
     """Redact one encoded frame: ``redactor(frame) -> frame``. Thread-safe, stateless per call."""
 
@@ -151,13 +137,16 @@ class Redactor:
         #: ``sk-`` are found by its ``sk-`` test): ``(as JSON writes them, as text)``.
         self.needles: tuple[tuple[bytes, ...], tuple[bytes, ...]] = (
             tuple(self._others), tuple(s.encode() for s in self.secrets if "sk-" not in s))
-        #: ``redact_record(frame) -> frame``: screen, then redact only a frame that may hold a
-        #: secret.
-        self.redact_record: Callable[[bytes], bytes] = _screen(
-            tuple(e.decode() for e in self._others), self.redact_json)
+        self._screened = tuple(e.decode() for e in self._others)
 
     def __call__(self, frame: bytes) -> bytes:
-        return self.redact_record(frame)
+        """``frame`` unchanged when it cannot hold a secret (:func:`may_hold_secret`), else
+        redacted (:meth:`redact_json`); a frame that is not UTF-8 is redacted."""
+        try:
+            text = frame.decode()
+        except UnicodeDecodeError:
+            return self.redact_json(frame)
+        return self.redact_json(frame) if may_hold_secret(text, self._screened) else frame
 
     def redact_json(self, frame: bytes) -> bytes:
         """Redact encoded JSON (a record, or an event's ``data``); it stays valid JSON."""
